@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.<name> [--quick]``; each prints one JSON line last."""

@@ -1,0 +1,53 @@
+"""Shared plumbing of the benchmarks: the JSON line and the BENCHMARKS.md table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def finish(name: str, result: dict[str, Any], *, columns: list[str]) -> None:
+    """Append a row to the benchmark's table in BENCHMARKS.md and print the JSON line."""
+    result = {"benchmark": name, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(), **result}
+    header = f"## {name}"
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# fedlm benchmarks\n"
+    cols = ["date", *columns, "machine"]
+    row = "| " + " | ".join(_fmt(result.get(c)) for c in cols) + " |"
+    if header not in text:
+        text = text.rstrip() + f"\n\n{header}\n\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    # insert the row at the end of this benchmark's table
+    start = text.index(header)
+    end = text.find("\n## ", start + len(header))
+    section = text[start:] if end == -1 else text[start:end]
+    lines = section.rstrip("\n").split("\n")
+    last_row = max(i for i, line in enumerate(lines) if line.startswith("|"))
+    lines.insert(last_row + 1, row)
+    new_section = "\n".join(lines) + "\n"
+    text = text[:start] + new_section + ("" if end == -1 else text[end:])
+    BENCHMARKS_MD.write_text(text)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)

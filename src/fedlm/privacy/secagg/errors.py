@@ -1,0 +1,59 @@
+"""Errors of the secure-aggregation protocol, each with a machine-readable ``reason``.
+
+Reasons a single message is rejected (the sender is then treated as dropped):
+
+- ``"version"``: the message was written by another protocol version.
+- ``"malformed"``: the bytes do not parse as the claimed message type.
+- ``"wrong_round"``: the message belongs to another round.
+- ``"out_of_phase"``: the message type is not the one the receiver expects now.
+- ``"not_member"``: the sender is not in the cohort, not a neighbour, or already dropped.
+- ``"replay"``: the same sender already sent a message in this phase.
+- ``"wrong_size"``: a key, share list or vector has the wrong length.
+- ``"decrypt_failed"``: an AES-GCM tag did not verify (tampered or mis-routed share).
+- ``"bad_params"``: round parameters a client refuses (e.g. no headroom for the sum).
+
+Reasons a round aborts (:class:`SecAggAborted`; nothing about any input is revealed):
+
+- ``"below_threshold"``: too few clients (or too few shares of some secret) are left.
+- ``"bad_share"``: reconstructed secrets do not match the advertised keys, or the
+  masks did not cancel (the decoded total weight is impossible).
+- ``"disconnected"``: the survivors' neighbour graph fell apart, so finishing would
+  reveal partial sums of its components.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedlm.errors import ProtocolError
+
+
+class SecAggError(ProtocolError):
+    """A message was rejected by a secure-aggregation client or server.
+
+    Attributes:
+        reason: short tag from the module docstring's list.
+        detail: human-readable explanation naming the sender, field and value.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class SecAggAborted(SecAggError):
+    """The round cannot finish without weakening privacy; no sum is returned.
+
+    Attributes:
+        phase: the phase at which the round stopped.
+        stats: round statistics gathered so far (filled in by the simulator).
+    """
+
+    def __init__(self, reason: str, detail: str, *, phase: str) -> None:
+        super().__init__(reason, f"round aborted in phase {phase!r}: {detail}")
+        self.phase = phase
+        self.stats: dict[str, Any] = {}
+
+
+__all__ = ["SecAggAborted", "SecAggError"]

@@ -1,0 +1,148 @@
+"""report.html: a self-contained page (plots embedded as PNG, no network) for a run."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on servers
+import matplotlib.pyplot as plt
+
+from fedlm.report.metrics_log import MetricsLog
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
+h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}
+th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:1rem} .grid img{max-width:520px;border:1px solid #eee}
+.muted{color:#777}
+"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _line_plot(title: str, ylabel: str, series: dict[str, tuple[list[float], list[float]]]) -> str:
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_title(title)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    return _png(fig)
+
+
+def _bar_plot(title: str, ylabel: str, labels: list[str], groups: dict[str, list[float]]) -> str:
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(labels) + 2), 3.4))
+    width = 0.8 / max(1, len(groups))
+    for g, (name, values) in enumerate(groups.items()):
+        ax.bar([i + g * width for i in range(len(labels))], values, width=width, label=name)
+    ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    return _png(fig)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_report(summary: dict[str, Any], records: list[dict[str, Any]], config_text: str = "") -> str:
+    """The report page as a string."""
+    rounds = [r for r in records if r.get("type") == "round"]
+    evals = [r for r in records if r.get("type") == "eval"]
+    sections: list[str] = []
+
+    init, final = summary.get("initial", {}), summary.get("final", {})
+    comm = summary.get("communication", {})
+    overview = [
+        ["rounds completed", summary.get("rounds_completed")],
+        ["held-out perplexity (before → after)", f"{init.get('perplexity', float('nan')):.3f} → {final.get('perplexity', float('nan')):.3f}"],
+        ["held-out loss (before → after)", f"{init.get('eval_loss', float('nan')):.4f} → {final.get('eval_loss', float('nan')):.4f}"],
+        ["bytes up / down", f"{comm.get('bytes_up', 0):,} / {comm.get('bytes_down', 0):,}"],
+        ["rejected updates", (summary.get("robustness") or {}).get("rejected", 0)],
+        ["wall time (s)", round(float(summary.get("wall_seconds", 0.0)), 1)],
+    ]
+    sections.append("<h2>Overview</h2>" + _table(["", "value"], overview))
+
+    plots = []
+    ex = [r["round"] for r in evals]
+    plots.append(_line_plot("Loss", "nats/token", {
+        "held-out": (ex, [r.get("eval_loss") for r in evals]),
+        "train (mean of cohort)": ([r["round"] for r in rounds], [r.get("train_loss") for r in rounds]),
+    }))
+    plots.append(_line_plot("Held-out perplexity", "perplexity", {"held-out": (ex, [r.get("perplexity") for r in evals])}))
+    if rounds:
+        plots.append(_line_plot("Communication per round", "bytes", {
+            "up": ([r["round"] for r in rounds], [r["bytes_up"] for r in rounds]),
+            "down": ([r["round"] for r in rounds], [r["bytes_down"] for r in rounds]),
+        }))
+    clients = summary.get("clients", {})
+    if clients:
+        ids = sorted(clients)
+        plots.append(_bar_plot("Per-client held-out perplexity", "perplexity", ids, {
+            "before": [(clients[c].get("initial") or {}).get("perplexity") or 0.0 for c in ids],
+            "after": [(clients[c].get("final") or {}).get("perplexity") or 0.0 for c in ids],
+        }))
+    sections.append("<h2>Learning curves</h2><div class='grid'>" + "".join(f"<img src='{p}' alt='plot'>" for p in plots) + "</div>")
+
+    rows = [
+        [cid, (m.get("initial") or {}).get("perplexity"), (m.get("final") or {}).get("perplexity"),
+         (m.get("final") or {}).get("token_accuracy"), (m.get("final") or {}).get("tokens")]
+        for cid, m in sorted(clients.items())
+    ]
+    sections.append("<h2>Clients</h2>" + _table(["client", "perplexity before", "perplexity after", "token accuracy", "held-out tokens"], rows))
+
+    audit = [
+        [r["round"], len(r.get("cohort", [])), r.get("accepted"), len(r.get("rejected", [])),
+         "; ".join(f"{x['client_id']}: {x['reason']}" for x in r.get("rejected", [])) or "-",
+         r.get("train_loss"), r.get("bytes_up"), r.get("bytes_down"), (r.get("seconds") or {}).get("round")]
+        for r in rounds
+    ]
+    sections.append("<h2>Round audit</h2>" + _table(
+        ["round", "cohort", "accepted", "rejected", "rejections", "train loss", "bytes up", "bytes down", "seconds"], audit))
+    if config_text:
+        sections.append(f"<h2>Config</h2><pre>{html.escape(config_text)}</pre>")
+    title = html.escape(f"fedlm report: {summary.get('name', 'run')}")
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{title}</h1>"
+        f"<p class='muted'>model {html.escape(str(summary.get('model')))} · "
+        f"{summary.get('trainable_parameters', 0):,} trainable parameters</p>"
+        + "".join(sections) + "</body></html>"
+    )
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render ``run_dir/report.html`` from its summary and metrics."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    records = MetricsLog(run_dir / "metrics.jsonl").read()
+    cfg = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").exists() else ""
+    out = run_dir / "report.html"
+    out.write_text(render_report(summary, records, cfg), encoding="utf-8")
+    return out

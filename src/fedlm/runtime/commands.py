@@ -1,0 +1,102 @@
+"""Library functions behind ``fedlm data inspect``, ``fedlm generate`` and ``fedlm eval``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedlm.config.loader import load_config
+from fedlm.config.schema import ExperimentConfig
+from fedlm.data.federated import FederatedData, build_federated_data
+from fedlm.errors import ModelError
+from fedlm.eval.metrics import LMScore, score_lm
+from fedlm.models.loading import cache_dir, load_base_model, load_tokenizer
+
+
+def inspect_data(config: ExperimentConfig) -> dict[str, Any]:
+    """Clients, their sizes, label histograms and non-IID measures (no model weights)."""
+    tok = load_tokenizer(config.model.name)
+    data = build_federated_data(config.data, tok, cache_dir=cache_dir())
+    rows = [
+        {
+            "client": cid,
+            "train": len(c.train),
+            "heldout": len(c.heldout),
+            "chars": c.chars,
+            "labels": ", ".join(f"{k}:{v}" for k, v in c.labels.most_common(4)) or "-",
+            "label_counts": dict(c.labels),
+        }
+        for cid, c in data.clients.items()
+    ]
+    return {"summary": data.summary(), "clients": rows, "token_js": token_divergence(data)}
+
+
+def token_divergence(data: FederatedData) -> float:
+    """Mean Jensen-Shannon divergence (bits, 0..1) of each client's token frequencies to the pooled ones."""
+    counts = {cid: Counter(t for ex in c.train for t in ex["input_ids"]) for cid, c in data.clients.items()}
+    pooled: Counter = Counter()
+    for c in counts.values():
+        pooled.update(c)
+    vocab = sorted(pooled)
+    index = {t: i for i, t in enumerate(vocab)}
+    q = np.array([pooled[t] for t in vocab], dtype=float)
+    q /= q.sum()
+    out = []
+    for c in counts.values():
+        p = np.zeros(len(vocab))
+        for t, n in c.items():
+            p[index[t]] = n
+        if p.sum() == 0:
+            continue
+        p /= p.sum()
+        m = 0.5 * (p + q)
+        kl = lambda a, b: float(np.sum(a[a > 0] * np.log2(a[a > 0] / b[a > 0])))  # noqa: E731
+        out.append(0.5 * kl(p, m) + 0.5 * kl(q, m))
+    return float(np.mean(out)) if out else 0.0
+
+
+def load_run_model(run_dir: str | Path):
+    """Base model + the run's final adapter (PEFT), or the fully fine-tuned model."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    adapter = run_dir / "adapter"
+    if not adapter.is_dir():
+        raise ModelError(f"{adapter} does not exist; the run has not finished (resume it with fedlm run --resume {run_dir})")
+    base, tok = load_base_model(config.model.name, dtype=config.model.dtype, seed=config.model.seed)
+    if config.lora.enabled:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, adapter)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(adapter)
+    model.eval()
+    return config, model, tok
+
+
+@torch.no_grad()
+def generate(run_dir: str | Path, prompt: str, *, max_new_tokens: int = 64, chat: bool = False) -> str:
+    """Greedy continuation of ``prompt`` by base + adapter."""
+    _, model, tok = load_run_model(run_dir)
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True) if chat else prompt
+    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
+    """Re-evaluate a run's final adapter on every client's held-out data."""
+    config, model, tok = load_run_model(run_dir)
+    data = build_federated_data(config.data, tok, cache_dir=cache_dir())
+    total, per_client = LMScore(), {}
+    for cid, c in data.clients.items():
+        s = score_lm(model, c.heldout, pad_id=tok.pad_token_id, batch_size=config.eval.batch_size,
+                     max_batches=config.eval.max_batches_per_client)
+        per_client[cid] = s.as_dict()
+        total = total + s
+    return {**total.as_dict(), "clients": per_client}

@@ -1,0 +1,220 @@
+"""The in-process federated engine: one base model, per-client adapter state.
+
+``Simulation.run_round`` is the round of DESIGN.md, top to bottom: plan, broadcast,
+local training and client stages per sampled client, server stages, apply the step.
+Every random choice is derived from (seed, round, client), so a run is reproducible
+and a resumed run is identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedlm.client.trainer import steps_for, train_local
+from fedlm.config.schema import ExperimentConfig
+from fedlm.data.federated import FederatedData
+from fedlm.errors import FedlmError
+from fedlm.eval.metrics import LMScore, score_lm
+from fedlm.models.adapters import AdaptedModel
+from fedlm.runtime import pipelines
+from fedlm.runtime.checkpoint import ServerState
+from fedlm.stages import ClientUpdate, CohortValue, RoundPlan, TensorDict
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from integers (stable across processes, unlike ``hash``)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
+
+
+class Simulation:
+    """Runs federated rounds in one process.
+
+    Args:
+        config: the experiment.
+        model: the one base model with its trainable part.
+        data: every client's examples.
+    """
+
+    def __init__(self, config: ExperimentConfig, model: AdaptedModel, data: FederatedData) -> None:
+        self.config = config
+        self.model = model
+        self.data = data
+        self.client_ids = data.ids()
+        self.client_pipeline = pipelines.client_pipeline(config)
+        self.server_pipeline = pipelines.server_pipeline(config, model.shapes())
+        self.down_codec = pipelines.download_codec(config)
+        fed = config.federation
+        k = fed.clients_per_round or max(1, round((fed.fraction or 0) * len(self.client_ids)))
+        self.cohort_size = min(k, len(self.client_ids))
+        n_eval = min(config.eval.max_clients or len(self.client_ids), len(self.client_ids))
+        pick = np.random.default_rng(derive_seed(fed.seed, 7)).choice(len(self.client_ids), n_eval, replace=False)
+        self.eval_ids = [self.client_ids[i] for i in sorted(pick)]
+
+    # ------------------------------------------------------------------ state
+    def init_state(self) -> ServerState:
+        return ServerState(
+            round=0,
+            global_state=self.model.get_state(),
+            server_states=self.server_pipeline.init(),
+            totals={"bytes_up": 0, "bytes_down": 0},
+        )
+
+    def plan_round(self, r: int) -> RoundPlan:
+        """Seeded cohort sampling without replacement and the round's learning rate."""
+        fed = self.config.federation
+        rng = np.random.default_rng(derive_seed(fed.seed, r))
+        pick = rng.choice(len(self.client_ids), self.cohort_size, replace=False)
+        cohort = tuple(self.client_ids[i] for i in sorted(pick))
+        steps = fed.local_steps or 0  # per-client when local_epochs is set (see client_round)
+        return RoundPlan(round=r, cohort=cohort, lr=self.lr_at(r), local_steps=steps, seed=derive_seed(fed.seed, r, 1))
+
+    def lr_at(self, r: int) -> float:
+        fed = self.config.federation
+        if fed.lr_schedule == "constant" or fed.rounds == 1:
+            return fed.lr
+        progress = (r - 1) / (fed.rounds - 1)  # 0 at round 1, 1 at the last round
+        low = fed.lr * fed.min_lr_ratio
+        if fed.lr_schedule == "cosine":
+            return low + (fed.lr - low) * 0.5 * (1 + math.cos(math.pi * progress))
+        return fed.lr - (fed.lr - low) * progress
+
+    # ------------------------------------------------------------------ round
+    def run_round(
+        self, state: ServerState, *, on_client: Callable[[str], None] | None = None
+    ) -> tuple[ServerState, dict[str, Any]]:
+        """One federated round; returns the new state and the round's metrics record."""
+        t_round = time.perf_counter()
+        plan = self.plan_round(state.round + 1)
+        fed = self.config.federation
+
+        # Broadcast: the global trainable tensors, encoded once, sent to each client.
+        down = self.down_codec.encode(state.global_state)
+        received = self.down_codec.decode(down)
+
+        updates: list[ClientUpdate] = []
+        client_states = dict(state.client_states)
+        client_metrics: dict[str, Any] = {}
+        train_seconds = 0.0
+        for cid in plan.cohort:
+            t0 = time.perf_counter()
+            update, result = self.local_update(plan, cid, received)
+            train_seconds += time.perf_counter() - t0
+            cstate = client_states.get(cid) or self.client_pipeline.init()
+            client_states[cid], update, stage_metrics = self.client_pipeline.apply(cstate, update, plan)
+            client_metrics[cid] = {"train_loss": result.mean_loss, "steps": result.steps, **_flatten(stage_metrics)}
+            updates.append(update)
+            if on_client is not None:
+                on_client(cid)
+
+        # Server: unmask -> decode -> validate, then aggregate -> noise -> optimize.
+        t0 = time.perf_counter()
+        value = CohortValue(updates=updates)
+        states, value, intake = self.server_pipeline.apply(
+            state.server_states, value, plan, kinds=pipelines.INTAKE_KINDS
+        )
+        applied = len(value.updates) >= fed.min_updates
+        combine: dict[str, Any] = {}
+        new_global = state.global_state
+        if applied:
+            states, value, combine = self.server_pipeline.apply(states, value, plan, kinds=pipelines.COMBINE_KINDS)
+            step = value.aggregate or {}
+            new_global = {k: v + step[k].to(v.dtype) for k, v in state.global_state.items()}
+        elif fed.on_too_few_updates == "abort":
+            raise FedlmError(
+                f"round {plan.round}: {len(value.updates)} valid update(s), fewer than federation.min_updates="
+                f"{fed.min_updates}; rejected: {value.rejected}. Lower min_updates or set on_too_few_updates=skip"
+            )
+        server_seconds = time.perf_counter() - t0
+
+        bytes_up = sum(len(u.payload or b"") for u in updates)
+        bytes_down = len(down) * len(plan.cohort)
+        totals = {
+            "bytes_up": state.totals.get("bytes_up", 0) + bytes_up,
+            "bytes_down": state.totals.get("bytes_down", 0) + bytes_down,
+        }
+        losses = [m["train_loss"] for m in client_metrics.values()]
+        record = {
+            "type": "round",
+            "round": plan.round,
+            "cohort": list(plan.cohort),
+            "lr": plan.lr,
+            "train_loss": float(np.mean(losses)) if losses else None,
+            "applied": applied,
+            "accepted": len(value.updates),
+            "rejected": value.rejected,
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "clients": client_metrics,
+            "server": _jsonable({**intake, **combine}),
+            "seconds": {
+                "train": train_seconds,
+                "server": server_seconds,
+                "round": time.perf_counter() - t_round,
+            },
+        }
+        new_state = ServerState(
+            round=plan.round, global_state=new_global, server_states=states, client_states=client_states, totals=totals
+        )
+        return new_state, record
+
+    def local_update(self, plan: RoundPlan, cid: str, global_state: TensorDict):
+        """Local training of one client from the broadcast; returns its delta and result."""
+        fed = self.config.federation
+        data = self.data.clients[cid]
+        self.model.set_state(global_state)
+        steps = steps_for(len(data.train), batch_size=fed.batch_size, local_steps=fed.local_steps, local_epochs=fed.local_epochs)
+        seed = derive_seed(plan.seed, self.client_ids.index(cid))
+        result = train_local(
+            self.model,
+            data.train,
+            steps=steps,
+            batch_size=fed.batch_size,
+            lr=plan.lr,
+            seed=seed,
+            weight_decay=fed.weight_decay,
+            max_grad_norm=fed.max_grad_norm,
+        )
+        local = self.model.get_state()
+        delta = {k: local[k] - global_state[k] for k in local}
+        update = ClientUpdate(client_id=cid, round=plan.round, num_examples=len(data.train), tensors=delta)
+        return update, result
+
+    # ------------------------------------------------------------------ eval
+    def evaluate(self, global_state: TensorDict, client_ids: list[str] | None = None) -> dict[str, Any]:
+        """Held-out loss, perplexity and token accuracy, overall and per client."""
+        ev = self.config.eval
+        self.model.set_state(global_state)
+        total = LMScore()
+        per_client: dict[str, dict[str, float]] = {}
+        pad = self.model.tokenizer.pad_token_id
+        for cid in client_ids or self.eval_ids:
+            score = score_lm(
+                self.model.model, self.data.clients[cid].heldout, pad_id=pad, batch_size=ev.batch_size,
+                max_batches=ev.max_batches_per_client,
+            )
+            per_client[cid] = score.as_dict()
+            total = total + score
+        return {**total.as_dict(), "clients": per_client}
+
+
+def _flatten(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {f"{stage}.{k}": v for stage, m in metrics.items() for k, v in m.items() if isinstance(v, (int, float))}
+
+
+def _jsonable(obj: Any) -> Any:
+    """Stage metrics as JSON-friendly values (tensors become floats or lists)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj

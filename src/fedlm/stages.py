@@ -1,0 +1,148 @@
+"""Stages: small objects with one job, explicit state and a checked order.
+
+A stage follows the shape of TensorFlow Federated's aggregation processes::
+
+    state = stage.init()
+    state, value, metrics = stage.apply(state, value, plan)
+
+State is returned, never hidden in attributes, so a checkpoint is the list of stage
+states and resume is exact. A pipeline is a list of stages in execution order; it is
+checked once, when built, against the canonical order of stage kinds below, and its
+metrics nest under each stage's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+
+from fedlm.errors import PipelineError
+
+TensorDict = dict[str, torch.Tensor]
+
+# Canonical orders (DESIGN.md). A stage's `kind` must appear here; a pipeline's kinds
+# must be non-decreasing in this order.
+CLIENT_ORDER: tuple[str, ...] = ("transform", "clip", "noise", "encode", "mask")
+SERVER_ORDER: tuple[str, ...] = ("unmask", "decode", "validate", "aggregate", "noise", "optimize")
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the server decides for one round; travels to every sampled client.
+
+    Attributes:
+        round: 1-based round number.
+        cohort: client ids sampled for this round, in a fixed order.
+        lr: client learning rate for this round (after the schedule).
+        local_steps: optimiser steps each client runs.
+        seed: per-round seed; clients derive theirs from it and their id.
+        extra: typed values that later stages add (e.g. a clipping norm).
+    """
+
+    round: int
+    cohort: tuple[str, ...]
+    lr: float
+    local_steps: int
+    seed: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClientUpdate:
+    """One client's contribution to a round.
+
+    ``tensors`` holds the delta (local - global) by parameter name until an encode
+    stage turns it into ``payload`` bytes, the exact bytes that would cross the wire.
+    """
+
+    client_id: str
+    round: int
+    num_examples: int
+    tensors: TensorDict | None = None
+    payload: bytes | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CohortValue:
+    """What flows through the server pipeline in one round.
+
+    Decode/validate stages work on ``updates``; the aggregate stage fills
+    ``aggregate`` (a delta by parameter name) and later stages refine it.
+    """
+
+    updates: list[ClientUpdate]
+    aggregate: TensorDict | None = None
+    rejected: list[dict[str, str]] = field(default_factory=list)
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """The contract every client and server stage meets."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+
+    def init(self) -> Any:
+        """Return the initial state (anything torch.save can store)."""
+        ...
+
+    def apply(self, state: Any, value: Any, plan: RoundPlan) -> tuple[Any, Any, dict[str, Any]]:
+        """Process one value; return (new state, new value, metrics)."""
+        ...
+
+
+class Pipeline:
+    """Stages in execution order, checked once when built.
+
+    Args:
+        stages: the stages, first to run first.
+        order: the canonical order of stage kinds for this side.
+        side: "client" or "server", used in error messages.
+    """
+
+    def __init__(self, stages: Sequence[Stage], *, order: Sequence[str], side: str) -> None:
+        self.stages = list(stages)
+        self.side = side
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise PipelineError(f"{side} pipeline has duplicate stage names {names}; give each stage a unique name")
+        last = -1
+        for stage in self.stages:
+            if stage.kind not in order:
+                raise PipelineError(
+                    f"{side} stage {stage.name!r} has kind {stage.kind!r}; allowed kinds in order: {list(order)}"
+                )
+            pos = order.index(stage.kind)
+            if pos < last:
+                raise PipelineError(
+                    f"{side} stage {stage.name!r} ({stage.kind}) runs after a later kind; "
+                    f"{side} stages must follow the order {' -> '.join(order)}"
+                )
+            last = pos
+
+    def init(self) -> dict[str, Any]:
+        """Initial states of all stages, keyed by stage name."""
+        return {s.name: s.init() for s in self.stages}
+
+    def apply(
+        self, states: dict[str, Any], value: Any, plan: RoundPlan, *, kinds: Sequence[str] | None = None
+    ) -> tuple[dict[str, Any], Any, dict[str, dict[str, Any]]]:
+        """Run the stages in order (only those of ``kinds`` if given).
+
+        Returns the updated states (stages not run keep theirs), the value, and the
+        metrics nested under each stage's name.
+        """
+        new_states = dict(states)
+        metrics: dict[str, dict[str, Any]] = {}
+        for stage in self.stages:
+            if kinds is not None and stage.kind not in kinds:
+                continue
+            new_states[stage.name], value, metrics[stage.name] = stage.apply(states[stage.name], value, plan)
+        return new_states, value, metrics
+
+    def kinds(self) -> list[str]:
+        return [s.kind for s in self.stages]

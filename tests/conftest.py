@@ -1,0 +1,28 @@
+"""Fixtures shared by every test; the helpers themselves live in tests_support.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # make tests_support importable in importlib mode
+
+from tests_support import load_config, tiny_overrides, write_lm_jsonl
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep test runs away from the user's cache (one cache per test session)."""
+    monkeypatch.setenv("FEDLM_CACHE", str(tmp_path_factory.getbasetemp() / "fedlm-cache"))
+
+
+@pytest.fixture
+def lm_data(tmp_path: Path) -> Path:
+    return write_lm_jsonl(tmp_path / "clients.jsonl")
+
+
+@pytest.fixture
+def tiny_config(lm_data: Path):
+    return load_config(None, tiny_overrides(lm_data))
