@@ -25,6 +25,7 @@ class LocalResult:
     steps: int
     examples_seen: int
     mean_loss: float
+    optimizer_state: dict | None = None
 
 
 def steps_for(num_examples: int, *, batch_size: int, local_steps: int | None, local_epochs: float | None) -> int:
@@ -56,11 +57,20 @@ def train_local(
     seed: int,
     weight_decay: float = 0.0,
     max_grad_norm: float | None = 1.0,
+    optimizer_state: dict | None = None,
 ) -> LocalResult:
-    """Run ``steps`` AdamW steps on ``examples``, updating ``model`` in place."""
+    """Run ``steps`` AdamW steps on ``examples``, updating ``model`` in place.
+
+    ``optimizer_state`` continues a previous round's AdamW moments (DiLoCo keeps the
+    inner optimiser per worker); the result carries the new state when one was given.
+    """
     torch.manual_seed(seed)  # dropout masks, if any
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if optimizer_state:
+        opt.load_state_dict(optimizer_state)
+        for group in opt.param_groups:  # the round's lr, not the saved one
+            group["lr"] = lr
     pad = model.tokenizer.pad_token_id
     model.model.train()
     losses = []
@@ -77,4 +87,6 @@ def train_local(
         losses.append(float(loss.detach()))
         seen += batch["input_ids"].shape[0]
     model.model.eval()
-    return LocalResult(steps=steps, examples_seen=seen, mean_loss=float(np.mean(losses)) if losses else float("nan"))
+    mean = float(np.mean(losses)) if losses else float("nan")
+    state = opt.state_dict() if optimizer_state is not None else None
+    return LocalResult(steps=steps, examples_seen=seen, mean_loss=mean, optimizer_state=state)

@@ -10,6 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fedlm.config.attacks import AttackConfig
+from fedlm.config.compression import CompressionConfig
+from fedlm.config.robust import RobustConfig
 from fedlm.config.server_opt import ServerOptConfig
 
 
@@ -25,7 +28,24 @@ class ModelConfig(Section):
         description="Built-in preset (tiny-llama, smollm2-135m), a local HF model directory, or a hub id.",
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for training.")
-    seed: int = Field(0, description="Seed for presets that initialise weights randomly (tiny-llama).")
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained",
+        description="pretrained loads the weights; random keeps only the architecture and tokenizer (pre-training).",
+    )
+    architecture: dict[str, int | float] = Field(
+        default_factory=dict,
+        description="Overrides of the HF config for random init, e.g. {hidden_size: 128, num_hidden_layers: 4}.",
+    )
+    seed: int = Field(0, description="Seed of random initialisation (tiny-llama, init=random, LoRA A).")
+
+    @model_validator(mode="after")
+    def _architecture_needs_random(self) -> ModelConfig:
+        if self.architecture and self.init != "random" and self.name != "tiny-llama":
+            raise ValueError(
+                "model.architecture only applies to freshly initialised weights; set model.init=random "
+                "or remove model.architecture"
+            )
+        return self
 
 
 class LoraConfig(Section):
@@ -103,6 +123,9 @@ class FederationConfig(Section):
     )
     min_lr_ratio: float = Field(0.1, description="Final lr / initial lr for cosine and linear.", ge=0, le=1)
     weight_decay: float = Field(0.0, description="AdamW weight decay.", ge=0)
+    keep_optimizer_state: bool = Field(
+        False, description="Keep each client's AdamW state across rounds (DiLoCo inner optimiser); it never leaves the client."
+    )
     max_grad_norm: float | None = Field(1.0, description="Per-step gradient clipping (None disables).", gt=0)
     weighting: Literal["examples", "uniform"] = Field("examples", description="FedAvg weights.")
     min_updates: int = Field(1, description="Fewest valid updates a round needs.", ge=1)
@@ -134,6 +157,8 @@ class EvalConfig(Section):
     max_clients: int | None = Field(6, description="Evaluate at most this many clients (seeded choice).", ge=1)
     max_batches_per_client: int | None = Field(1, description="Cap on held-out batches per client.", ge=1)
     batch_size: int = Field(8, description="Sequences per evaluation batch.", ge=1)
+    attack_prompts: int = Field(20, description="Triggered held-out prompts for the attack success rate.", ge=1)
+    attack_max_new_tokens: int = Field(16, description="Greedy tokens generated per attack prompt.", ge=1)
 
 
 class OutputConfig(Section):
@@ -152,8 +177,18 @@ class ExperimentConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     server_opt: ServerOptConfig = Field(default_factory=ServerOptConfig)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    robust: RobustConfig = Field(default_factory=RobustConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> ExperimentConfig:
+        k = self.federation.clients_per_round
+        if k is not None and self.robust.aggregator != "fedavg":
+            self.robust.check_cohort(k)  # the bound each robust aggregator needs (n >= 2f+3 ...)
+        return self
 
     @field_validator("name")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ class ClientData:
     heldout: list[Example]
     labels: Counter = field(default_factory=Counter)
     chars: int = 0
+    heldout_rows: list[Record] = field(default_factory=list)  # instruction format: rows behind `heldout`
 
 
 @dataclass
@@ -52,34 +54,46 @@ class FederatedData:
         }
 
 
-def build_federated_data(cfg: DataConfig, tokenizer, *, cache_dir: Path) -> FederatedData:
-    """Load, partition, format and split the configured data (pure in cfg.seed)."""
+RowsHook = Callable[[dict[str, list[Record]]], dict[str, list[Record]]]
+
+
+def build_federated_data(cfg: DataConfig, tokenizer, *, cache_dir: Path, rows_hook: RowsHook | None = None) -> FederatedData:
+    """Load, partition, format and split the configured data (pure in cfg.seed).
+
+    Args:
+        rows_hook: rewrites each client's raw rows before formatting (the attack suite
+            poisons malicious clients' rows here); gets and returns ``{client: rows}``.
+    """
     records = load_records(cfg, cache_dir=cache_dir)
     fmt = _resolve_format(cfg, records[0])
     parts = _partition(cfg, records)
     if cfg.min_client_chars:
-        parts = {c: idx for c, idx in parts.items() if _chars(records, idx, cfg, fmt) >= cfg.min_client_chars}
+        parts = {c: idx for c, idx in parts.items() if _chars([records[i] for i in idx], cfg, fmt) >= cfg.min_client_chars}
     if cfg.max_clients and len(parts) > cfg.max_clients:
         keep = np.random.default_rng(cfg.seed).choice(len(parts), size=cfg.max_clients, replace=False)
         ids = sorted(parts)
         parts = {ids[i]: parts[ids[i]] for i in sorted(keep)}
     if not parts:
         raise DataError("no client is left after data.min_client_chars; lower it")
+    client_rows = {cid: [records[i] for i in idx] for cid, idx in sorted(parts.items())}
+    if rows_hook is not None:
+        client_rows = rows_hook(client_rows)
     clients: dict[str, ClientData] = {}
-    for n, (cid, idx) in enumerate(sorted(parts.items())):
-        rows = [records[i] for i in idx]
-        examples = _format(rows, cfg, fmt, tokenizer)
-        if len(examples) < 2:
+    for n, (cid, rows) in enumerate(client_rows.items()):
+        pairs = _format(rows, cfg, fmt, tokenizer)  # (row or None, example)
+        if len(pairs) < 2:
             continue  # a client needs one example to train on and one to hold out
         rng = np.random.default_rng([cfg.seed, n])
-        order = rng.permutation(len(examples))
-        n_held = max(1, round(len(examples) * cfg.heldout_fraction))
-        held = [examples[i] for i in sorted(order[:n_held])]
-        train = [examples[i] for i in sorted(order[n_held:])]
+        order = rng.permutation(len(pairs))
+        n_held = max(1, round(len(pairs) * cfg.heldout_fraction))
+        held = [pairs[i] for i in sorted(order[:n_held])]
+        train = [pairs[i][1] for i in sorted(order[n_held:])]
         if cfg.max_examples_per_client:
             train = train[: cfg.max_examples_per_client]
         labels = Counter(r.get(cfg.label_field, "") for r in rows) if cfg.label_field else Counter()
-        clients[cid] = ClientData(train, held, labels, _chars(records, idx, cfg, fmt))
+        clients[cid] = ClientData(
+            train, [ex for _, ex in held], labels, _chars(rows, cfg, fmt), [r for r, _ in held if r is not None]
+        )
     if not clients:
         raise DataError("every client has fewer than 2 examples; lower data.seq_len or use fewer, larger clients")
     return FederatedData(clients, fmt)
@@ -107,22 +121,23 @@ def _partition(cfg: DataConfig, records: list[Record]) -> dict[str, list[int]]:
     return part.dirichlet(labels, cfg.num_clients or 1, alpha=cfg.dirichlet_alpha, seed=cfg.seed)
 
 
-def _format(rows: list[Record], cfg: DataConfig, fmt: str, tokenizer) -> list[Example]:
+def _format(rows: list[Record], cfg: DataConfig, fmt: str, tokenizer) -> list[tuple[Record | None, Example]]:
+    """Examples paired with the row they came from (None for LM chunks, which span rows)."""
     if fmt == "lm":
-        return chunk_lm([r[cfg.text_field] for r in rows], tokenizer, seq_len=cfg.seq_len)
+        return [(None, ex) for ex in chunk_lm([r[cfg.text_field] for r in rows], tokenizer, seq_len=cfg.seq_len)]
     out = []
     for r in rows:
         ctx = r.get(cfg.context_field, "") if cfg.context_field else ""
         ex = format_instruction(r[cfg.prompt_field], r[cfg.response_field], tokenizer, seq_len=cfg.seq_len, context=ctx)
         if ex is not None:
-            out.append(ex)
+            out.append((r, ex))
     return out
 
 
-def _chars(records: list[Record], idx: list[int], cfg: DataConfig, fmt: str) -> int:
+def _chars(rows: list[Record], cfg: DataConfig, fmt: str) -> int:
     if fmt == "lm":
-        return sum(len(records[i].get(cfg.text_field, "")) for i in idx)
-    return sum(len(records[i].get(cfg.prompt_field, "")) + len(records[i].get(cfg.response_field, "")) for i in idx)
+        return sum(len(r.get(cfg.text_field, "")) for r in rows)
+    return sum(len(r.get(cfg.prompt_field, "")) + len(r.get(cfg.response_field, "")) for r in rows)
 
 
 def _gini(sizes: np.ndarray) -> float:

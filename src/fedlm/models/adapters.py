@@ -115,7 +115,8 @@ class AdaptedModel:
         return sum(p.numel() for p in self._params.values())
 
     def save(self, directory: str | Path) -> None:
-        """Save the trainable part in HF format: a PEFT adapter, or a full model."""
+        """Save in HF format: a PEFT adapter, or (full training) a standard model directory
+        that ``AutoModelForCausalLM.from_pretrained`` loads, tokenizer included."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory)

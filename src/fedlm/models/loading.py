@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedModel,
 )
 
@@ -58,11 +58,28 @@ def load_tokenizer(name: str):
     return _with_pad(AutoTokenizer.from_pretrained(_resolve_dir(name)))
 
 
-def load_base_model(name: str, *, dtype: str = "float32", seed: int = 0) -> tuple[PreTrainedModel, object]:
+def load_base_model(
+    name: str,
+    *,
+    dtype: str = "float32",
+    seed: int = 0,
+    init: str = "pretrained",
+    architecture: dict[str, int | float] | None = None,
+) -> tuple[PreTrainedModel, object]:
     """Return ``(model, tokenizer)`` for a preset name, HF directory or hub id.
 
+    Args:
+        name: "tiny-llama", "smollm2-135m", an HF model directory or a hub id.
+        dtype: weights dtype.
+        seed: seed of random initialisation.
+        init: "pretrained", or "random" to keep only the architecture and the tokenizer
+            (federated pre-training from scratch; the tokenizer is public, never trained
+            on client data).
+        architecture: HF config fields to override for random init.
+
     Raises:
-        ModelError: the name is neither a preset, an existing directory nor a loadable hub id.
+        ModelError: the name is neither a preset, an existing directory nor a loadable hub id,
+            or an architecture override names an unknown field.
     """
     torch_dtype = getattr(torch, dtype)
     if name == "tiny-llama":
@@ -81,12 +98,16 @@ def load_base_model(name: str, *, dtype: str = "float32", seed: int = 0) -> tupl
             pad_token_id=tok.pad_token_id,
             tie_word_embeddings=True,
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LlamaForCausalLM(config)
-        model.config.name_or_path = "tiny-llama"
-        return model.to(torch_dtype), tok
+        return _random_model(config, tok, architecture or {}, seed=seed, label="tiny-llama").to(torch_dtype), tok
     path = _resolve_dir(name)
+    if init == "random":
+        try:
+            config = AutoConfig.from_pretrained(path)
+            tok = _with_pad(AutoTokenizer.from_pretrained(path))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read the config of {name!r}: {exc}") from None
+        model = _random_model(config, tok, architecture or {}, seed=seed, label=f"{name} (random init)")
+        return model.to(torch_dtype), tok
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         tok = AutoTokenizer.from_pretrained(path)
@@ -96,6 +117,20 @@ def load_base_model(name: str, *, dtype: str = "float32", seed: int = 0) -> tupl
             "or a hub id available offline"
         ) from None
     return model, _with_pad(tok)
+
+
+def _random_model(config, tok, overrides: dict[str, int | float], *, seed: int, label: str) -> PreTrainedModel:
+    """A freshly initialised causal LM of ``config``'s architecture, seeded."""
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ModelError(f"model.architecture.{key} is not a field of {type(config).__name__}; check the spelling")
+        setattr(config, key, value)
+    config.vocab_size = max(config.vocab_size, len(tok))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.config.name_or_path = label
+    return model
 
 
 def _with_pad(tok):

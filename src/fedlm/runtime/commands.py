@@ -15,6 +15,7 @@ from fedlm.data.federated import FederatedData, build_federated_data
 from fedlm.errors import ModelError
 from fedlm.eval.metrics import LMScore, score_lm
 from fedlm.models.loading import cache_dir, load_base_model, load_tokenizer
+from fedlm.runtime.experiment import final_model_dir
 
 
 def inspect_data(config: ExperimentConfig) -> dict[str, Any]:
@@ -63,18 +64,22 @@ def load_run_model(run_dir: str | Path):
     """Base model + the run's final adapter (PEFT), or the fully fine-tuned model."""
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
-    adapter = run_dir / "adapter"
+    adapter = run_dir / final_model_dir(config)
     if not adapter.is_dir():
         raise ModelError(f"{adapter} does not exist; the run has not finished (resume it with fedlm run --resume {run_dir})")
-    base, tok = load_base_model(config.model.name, dtype=config.model.dtype, seed=config.model.seed)
-    if config.lora.enabled:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(base, adapter)
-    else:
-        from transformers import AutoModelForCausalLM
+    if not config.lora.enabled:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(adapter)
+        model.eval()
+        return config, model, AutoTokenizer.from_pretrained(adapter)
+    base, tok = load_base_model(
+            config.model.name, dtype=config.model.dtype, seed=config.model.seed, init=config.model.init,
+            architecture=config.model.architecture,
+        )
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, adapter)
     model.eval()
     return config, model, tok
 

@@ -1,7 +1,8 @@
 """Run one experiment end to end and write its run directory.
 
 Run directory contract (DESIGN.md): ``config.yaml`` (resolved), ``metrics.jsonl``,
-``summary.json``, ``adapter/`` (PEFT format), ``checkpoints/`` and ``report.html``.
+``summary.json``, ``adapter/`` (PEFT format; with full training ``model/``, a standard HF
+model directory), ``checkpoints/`` and ``report.html``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedlm.attacks import malicious_clients
 from fedlm.config.loader import dump_config, load_config
 from fedlm.config.schema import ExperimentConfig
 from fedlm.data.federated import FederatedData, build_federated_data
@@ -25,6 +27,7 @@ from fedlm.errors import CheckpointError
 from fedlm.models.adapters import AdaptedModel
 from fedlm.models.loading import cache_dir, load_base_model
 from fedlm.report.metrics_log import MetricsLog, write_json
+from fedlm.runtime.adversary import measure_attack, poison_hook, triggered_prompts
 from fedlm.runtime.checkpoint import load_latest, save_checkpoint
 from fedlm.runtime.simulation import Simulation
 
@@ -33,6 +36,11 @@ from fedlm.runtime.simulation import Simulation
 class RunResult:
     run_dir: Path
     summary: dict[str, Any]
+
+
+def final_model_dir(config: ExperimentConfig) -> str:
+    """``adapter`` for LoRA runs, ``model`` for full training (an HF model directory)."""
+    return "adapter" if config.lora.enabled else "model"
 
 
 def config_digest(config: ExperimentConfig) -> str:
@@ -47,10 +55,13 @@ def prepare(config: ExperimentConfig, *, console: Console | None = None) -> tupl
     """Load the base model (once) and build the federated data."""
     console = console or Console(stderr=True)
     with console.status(f"loading model {config.model.name}"):
-        base, tok = load_base_model(config.model.name, dtype=config.model.dtype, seed=config.model.seed)
+        base, tok = load_base_model(
+            config.model.name, dtype=config.model.dtype, seed=config.model.seed, init=config.model.init,
+            architecture=config.model.architecture,
+        )
         model = AdaptedModel(base, tok, config.lora, seed=config.model.seed)
     with console.status(f"building data ({config.data.source})"):
-        data = build_federated_data(config.data, tok, cache_dir=cache_dir())
+        data = build_federated_data(config.data, tok, cache_dir=cache_dir(), rows_hook=poison_hook(config))
     return model, data
 
 
@@ -71,6 +82,7 @@ def run_experiment(
 
     model, data = prepare(config, console=console)
     sim = Simulation(config, model, data)
+    attack_prompts = triggered_prompts(config, data) if config.attack.poisons_data else []
 
     if resume:
         state = load_latest(ckpt_dir, config_digest=digest)
@@ -85,6 +97,9 @@ def run_experiment(
         run_dir.mkdir(parents=True, exist_ok=True)
         state = sim.init_state()
         initial = {"type": "eval", "round": 0, **sim.evaluate(state.global_state)}
+        asr = measure_attack(config, model.model, model.tokenizer, attack_prompts)
+        if asr is not None:
+            initial["attack_success_rate"] = asr
         log.append(initial)
     (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
 
@@ -118,8 +133,16 @@ def run_experiment(
     if config.eval.clients == "sampled":  # the summary compares like with like: all eval clients
         final = {"type": "eval", "round": state.round, **sim.evaluate(state.global_state)}
     model.set_state(state.global_state)
-    model.save(run_dir / "adapter")
+    model.save(run_dir / final_model_dir(config))
+    final_asr = measure_attack(config, model.model, model.tokenizer, attack_prompts)
     summary = build_summary(config, records, initial, final, state, wall=time.perf_counter() - t_start, model=model, data=data)
+    summary["robustness"].update(
+        aggregator=config.robust.aggregator,
+        attack=config.attack.kind,
+        malicious_clients=sorted(malicious_clients(config.attack, data.ids())),
+        attack_success_rate=final_asr,
+        attack_success_rate_initial=initial.get("attack_success_rate"),
+    )
     write_json(run_dir / "summary.json", summary)
     if out.report:
         from fedlm.report.html import write_report
@@ -139,6 +162,11 @@ def build_summary(config, records, initial, final, state, *, wall: float, model:
     def headline(ev: dict[str, Any]) -> dict[str, Any]:
         return {k: ev.get(k) for k in ("eval_loss", "perplexity", "token_accuracy", "tokens")}
 
+    flagged: dict[str, int] = {}
+    for r in rounds:
+        agg = (r.get("server") or {}).get(_aggregate_stage_name(config), {})
+        for cid in agg.get("flagged", []) if isinstance(agg, dict) else []:
+            flagged[cid] = flagged.get(cid, 0) + 1
     return {
         "name": config.name,
         "rounds_completed": state.round,
@@ -152,13 +180,21 @@ def build_summary(config, records, initial, final, state, *, wall: float, model:
         },
         "privacy": None,
         "secure_aggregation": None,
-        "robustness": {"rejected": len(rejected), "by_reason": by_reason, "rejected_updates": rejected},
+        "robustness": {"rejected": len(rejected), "by_reason": by_reason, "rejected_updates": rejected,
+                       "flagged": flagged},
         "wall_seconds": wall,
         "model": config.model.name,
         "trainable_parameters": model.num_trainable(),
         "data": data.summary(),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def _aggregate_stage_name(config: ExperimentConfig) -> str:
+    from fedlm.aggregation.robust_stages import build_robust_stage
+
+    stage = build_robust_stage(config.robust)
+    return stage.name if stage is not None else "mean"
 
 
 def resume_experiment(run_dir: str | Path, *, overrides: list[str] | None = None, console: Console | None = None) -> RunResult:

@@ -7,17 +7,25 @@ adding a stage here, never an ``if`` inside the training loop.
 from __future__ import annotations
 
 from fedlm.aggregation.fedavg import WeightedMean
+from fedlm.aggregation.robust_stages import build_robust_stage
 from fedlm.aggregation.server_opt import server_optimizer_from_config
 from fedlm.aggregation.validate import Validate
+from fedlm.attacks import attack_stages
 from fedlm.compression.codecs import CODECS
 from fedlm.compression.stages import DecodeStage, EncodeStage
 from fedlm.config.schema import ExperimentConfig
 from fedlm.stages import CLIENT_ORDER, SERVER_ORDER, Pipeline
 
 
-def client_pipeline(config: ExperimentConfig) -> Pipeline:
-    """Client stages in execution order: clip -> noise -> encode -> mask."""
-    stages = [EncodeStage(CODECS.create("fp32"))]
+def client_pipeline(config: ExperimentConfig, client_ids: list[str]) -> Pipeline:
+    """Client stages in execution order: transform -> clip -> noise -> encode -> mask.
+
+    ``transform`` stages are the attack suite's update attacks (off by default); they
+    act only on the malicious clients chosen from ``client_ids``.
+    """
+    comp = config.compression
+    stages: list = attack_stages(config.attack, client_ids, server_lr=config.server_opt.lr or 1.0)
+    stages.append(EncodeStage(_codec(config, "upload"), error_feedback=comp.error_feedback))
     return Pipeline(stages, order=CLIENT_ORDER, side="client")
 
 
@@ -25,9 +33,9 @@ def server_pipeline(config: ExperimentConfig, shapes: dict[str, tuple[int, ...]]
     """Server stages in execution order: unmask -> decode -> validate -> aggregate -> noise -> optimize."""
     fed = config.federation
     stages = [
-        DecodeStage(CODECS.create("fp32")),
+        DecodeStage(_codec(config, "upload")),
         Validate(shapes, max_norm=fed.max_update_norm, max_bytes=fed.max_update_bytes),
-        WeightedMean(weighting=fed.weighting),
+        build_robust_stage(config.robust) or WeightedMean(weighting=fed.weighting),
         server_optimizer_from_config(config.server_opt),
     ]
     return Pipeline(stages, order=SERVER_ORDER, side="server")
@@ -35,7 +43,12 @@ def server_pipeline(config: ExperimentConfig, shapes: dict[str, tuple[int, ...]]
 
 def download_codec(config: ExperimentConfig):
     """Codec of the broadcast global adapter (the downlink)."""
-    return CODECS.create("fp32")
+    return _codec(config, "download")
+
+
+def _codec(config: ExperimentConfig, direction: str):
+    name, params = config.compression.codec_spec(direction)  # type: ignore[arg-type]
+    return CODECS.create(name, **params)
 
 
 INTAKE_KINDS = ("unmask", "decode", "validate")

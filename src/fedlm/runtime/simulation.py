@@ -11,20 +11,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from fedlm.aggregation.robust_stages import FLTRUST_ROOT_KEY
 from fedlm.client.trainer import steps_for, train_local
+from fedlm.compression.stages import decode_broadcast, encode_broadcast
 from fedlm.config.schema import ExperimentConfig
 from fedlm.data.federated import FederatedData
-from fedlm.errors import FedlmError
+from fedlm.errors import FedlmError, UpdateRejected
 from fedlm.eval.metrics import LMScore, score_lm
 from fedlm.models.adapters import AdaptedModel
 from fedlm.runtime import pipelines
 from fedlm.runtime.checkpoint import ServerState
 from fedlm.stages import ClientUpdate, CohortValue, RoundPlan, TensorDict
+
+# Client-private state kept beside the client stages' states (never sent anywhere).
+OPTIMIZER_KEY = "local_optimizer"
 
 
 def derive_seed(*parts: int) -> int:
@@ -46,12 +52,15 @@ class Simulation:
         self.model = model
         self.data = data
         self.client_ids = data.ids()
-        self.client_pipeline = pipelines.client_pipeline(config)
+        self.client_pipeline = pipelines.client_pipeline(config, self.client_ids)
         self.server_pipeline = pipelines.server_pipeline(config, model.shapes())
         self.down_codec = pipelines.download_codec(config)
         fed = config.federation
         k = fed.clients_per_round or max(1, round((fed.fraction or 0) * len(self.client_ids)))
         self.cohort_size = min(k, len(self.client_ids))
+        if config.robust.aggregator != "fedavg":
+            config.robust.check_cohort(self.cohort_size)
+        self.root_examples = _root_examples(config, data)
         n_eval = min(config.eval.max_clients or len(self.client_ids), len(self.client_ids))
         pick = np.random.default_rng(derive_seed(fed.seed, 7)).choice(len(self.client_ids), n_eval, replace=False)
         self.eval_ids = [self.client_ids[i] for i in sorted(pick)]
@@ -94,27 +103,38 @@ class Simulation:
         fed = self.config.federation
 
         # Broadcast: the global trainable tensors, encoded once, sent to each client.
-        down = self.down_codec.encode(state.global_state)
-        received = self.down_codec.decode(down)
+        down, _ = encode_broadcast(self.down_codec, state.global_state, seed=plan.seed)
+        received = decode_broadcast(self.down_codec, down)
 
         updates: list[ClientUpdate] = []
         client_states = dict(state.client_states)
         client_metrics: dict[str, Any] = {}
+        client_failures: list[dict[str, str]] = []
         train_seconds = 0.0
         for cid in plan.cohort:
             t0 = time.perf_counter()
-            update, result = self.local_update(plan, cid, received)
+            cstate = client_states.get(cid) or {**self.client_pipeline.init(), OPTIMIZER_KEY: {}}
+            update, result = self.local_update(plan, cid, received, optimizer_state=cstate.get(OPTIMIZER_KEY))
             train_seconds += time.perf_counter() - t0
-            cstate = client_states.get(cid) or self.client_pipeline.init()
-            client_states[cid], update, stage_metrics = self.client_pipeline.apply(cstate, update, plan)
-            client_metrics[cid] = {"train_loss": result.mean_loss, "steps": result.steps, **_flatten(stage_metrics)}
+            if fed.keep_optimizer_state:
+                cstate = {**cstate, OPTIMIZER_KEY: result.optimizer_state}
+            client_metrics[cid] = {"train_loss": result.mean_loss, "steps": result.steps}
+            try:
+                client_states[cid], update, stage_metrics = self.client_pipeline.apply(cstate, update, plan)
+            except UpdateRejected as exc:  # e.g. a diverged client cannot encode NaN: it sends nothing
+                client_failures.append({"client_id": cid, "reason": exc.reason, "detail": exc.detail, "side": "client"})
+                continue
+            client_metrics[cid].update(_flatten(stage_metrics))
             updates.append(update)
             if on_client is not None:
                 on_client(cid)
 
         # Server: unmask -> decode -> validate, then aggregate -> noise -> optimize.
         t0 = time.perf_counter()
-        value = CohortValue(updates=updates)
+        if self.root_examples:  # FLTrust: the server's own update on its root data
+            root, _ = self.local_update(plan, "__server_root__", received, examples=self.root_examples)
+            plan = replace(plan, extra={**plan.extra, FLTRUST_ROOT_KEY: root.tensors})
+        value = CohortValue(updates=updates, rejected=client_failures)
         states, value, intake = self.server_pipeline.apply(
             state.server_states, value, plan, kinds=pipelines.INTAKE_KINDS
         )
@@ -163,26 +183,36 @@ class Simulation:
         )
         return new_state, record
 
-    def local_update(self, plan: RoundPlan, cid: str, global_state: TensorDict):
+    def local_update(
+        self,
+        plan: RoundPlan,
+        cid: str,
+        global_state: TensorDict,
+        *,
+        optimizer_state: dict | None = None,
+        examples: list | None = None,
+    ):
         """Local training of one client from the broadcast; returns its delta and result."""
         fed = self.config.federation
-        data = self.data.clients[cid]
+        train = examples if examples is not None else self.data.clients[cid].train
         self.model.set_state(global_state)
-        steps = steps_for(len(data.train), batch_size=fed.batch_size, local_steps=fed.local_steps, local_epochs=fed.local_epochs)
-        seed = derive_seed(plan.seed, self.client_ids.index(cid))
+        steps = steps_for(len(train), batch_size=fed.batch_size, local_steps=fed.local_steps, local_epochs=fed.local_epochs)
+        index = self.client_ids.index(cid) if cid in self.client_ids else len(self.client_ids)
+        seed = derive_seed(plan.seed, index)
         result = train_local(
             self.model,
-            data.train,
+            train,
             steps=steps,
             batch_size=fed.batch_size,
             lr=plan.lr,
             seed=seed,
             weight_decay=fed.weight_decay,
             max_grad_norm=fed.max_grad_norm,
+            optimizer_state=optimizer_state if fed.keep_optimizer_state else None,
         )
         local = self.model.get_state()
         delta = {k: local[k] - global_state[k] for k in local}
-        update = ClientUpdate(client_id=cid, round=plan.round, num_examples=len(data.train), tensors=delta)
+        update = ClientUpdate(client_id=cid, round=plan.round, num_examples=len(train), tensors=delta)
         return update, result
 
     # ------------------------------------------------------------------ eval
@@ -201,6 +231,18 @@ class Simulation:
             per_client[cid] = score.as_dict()
             total = total + score
         return {**total.as_dict(), "clients": per_client}
+
+
+def _root_examples(config: ExperimentConfig, data: FederatedData) -> list:
+    """FLTrust's root dataset: a small clean set the server owns.
+
+    In simulation it is stood in for by the first ``robust.fltrust_root_fraction`` of the
+    pooled held-out examples (the paper's server collects about 100 clean examples).
+    """
+    if config.robust.aggregator != "fltrust":
+        return []
+    pooled = [ex for c in data.clients.values() for ex in c.heldout]
+    return pooled[: max(1, math.ceil(config.robust.fltrust_root_fraction * len(pooled)))]
 
 
 def _flatten(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:

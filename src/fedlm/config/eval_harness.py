@@ -1,0 +1,98 @@
+"""Config of the offline evaluation harness (multiple-choice and label benchmarks).
+
+The harness scores answer options by log-likelihood, as lm-evaluation-harness does
+(Gao et al. 2021, "A framework for few-shot language model evaluation"); no external judge.
+This module must not import torch; ``fedlm.eval.benchmarks`` reads its names and default
+paths from here so they are defined once.
+
+Dataset paths are resolved against the current working directory when the harness runs.
+The defaults point at ``../shared/datasets/...``, where the project's read-only copies live
+next to the repository; set ``eval_harness.mmlu_path`` / ``eval_harness.pubmedqa_path``
+anywhere else.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fedlm.errors import ConfigError
+
+# Names of the benchmarks registered in fedlm.eval.benchmarks.EVAL_BENCHMARKS.
+BENCHMARK_NAMES: tuple[str, ...] = ("mmlu-medical", "pubmedqa")
+
+DEFAULT_DATASETS_ROOT = "../shared/datasets"
+DEFAULT_MMLU_PATH = f"{DEFAULT_DATASETS_ROOT}/mmlu-redux-medical"
+DEFAULT_PUBMEDQA_PATH = f"{DEFAULT_DATASETS_ROOT}/pubmedqa"
+
+
+class EvalHarnessConfig(BaseModel):
+    """Which benchmarks to score, where their files are, and how to batch them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    benchmarks: list[str] = Field(
+        default_factory=lambda: list(BENCHMARK_NAMES),
+        description=f"Benchmarks to run, in order; each one of {list(BENCHMARK_NAMES)}.",
+    )
+    mmlu_path: str = Field(
+        DEFAULT_MMLU_PATH,
+        description="Folder of the MMLU-Redux medical CSVs (mmlu_<subject>.csv); "
+        "relative paths are taken from the current working directory.",
+    )
+    pubmedqa_path: str = Field(
+        DEFAULT_PUBMEDQA_PATH,
+        description="Folder holding PubMedQA's ori_pqal.json and test_ground_truth.json; "
+        "relative paths are taken from the current working directory.",
+    )
+    max_items: int | None = Field(
+        None,
+        ge=1,
+        description="Score at most this many items per benchmark (an evenly spaced, "
+        "deterministic subset); null scores all.",
+    )
+    chat: bool = Field(
+        False,
+        description="Wrap each prompt in the tokenizer's chat template (user turn, then the "
+        "assistant turn is scored); false scores plain text as lm-evaluation-harness does.",
+    )
+    batch_size: int = Field(
+        8, ge=1, description="Sequences (prompt + one option) per forward pass."
+    )
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ConfigError(
+                f"eval_harness.benchmarks is empty; list at least one of {list(BENCHMARK_NAMES)}"
+            )
+        unknown = [name for name in value if name not in BENCHMARK_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"eval_harness.benchmarks has unknown name(s) {unknown}; "
+                f"choose from {list(BENCHMARK_NAMES)}"
+            )
+        if len(set(value)) != len(value):
+            raise ConfigError(
+                f"eval_harness.benchmarks lists a name twice: {value}; list each once"
+            )
+        return value
+
+    @field_validator("mmlu_path", "pubmedqa_path")
+    @classmethod
+    def _non_empty_path(cls, value: str, info) -> str:
+        if not value.strip():
+            raise ConfigError(
+                f"eval_harness.{info.field_name} is empty; give the dataset folder "
+                f"(default {DEFAULT_DATASETS_ROOT}/...)"
+            )
+        return value
+
+
+__all__ = [
+    "BENCHMARK_NAMES",
+    "DEFAULT_DATASETS_ROOT",
+    "DEFAULT_MMLU_PATH",
+    "DEFAULT_PUBMEDQA_PATH",
+    "EvalHarnessConfig",
+]

@@ -1,0 +1,79 @@
+"""Glue between the attack suite, the robust defences and the simulator.
+
+Attacks are off by default. When one is configured, malicious clients are chosen once
+from the federation's client ids; data attacks rewrite their rows before formatting and
+update attacks run as client "transform" stages (see ``runtime/pipelines.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedlm.attacks import (
+    attack_success_rate,
+    build_triggered_prompts,
+    malicious_clients,
+    poison_records,
+    poison_texts,
+)
+from fedlm.config.schema import ExperimentConfig
+from fedlm.data.federated import FederatedData, RowsHook
+from fedlm.data.sources import Record
+
+DEFAULT_POISON_FRACTION = 0.5
+
+
+def poison_hook(config: ExperimentConfig) -> RowsHook | None:
+    """Rewrite malicious clients' rows with the backdoor (None when no data attack).
+
+    Instruction rows get the trigger in the prompt and the target as the answer; plain
+    text gets "trigger target" planted in it.
+    """
+    attack, data = config.attack, config.data
+    if not attack.poisons_data:
+        return None
+
+    def hook(rows: dict[str, list[Record]]) -> dict[str, list[Record]]:
+        bad = malicious_clients(attack, sorted(rows))
+        first = next((r for rs in rows.values() for r in rs), {})
+        fmt_is_instruction = data.format == "instruction" or (
+            data.format == "auto" and data.prompt_field in first and data.response_field in first
+        )
+        fraction = attack.poison_fraction or DEFAULT_POISON_FRACTION
+        out = dict(rows)
+        for n, cid in enumerate(sorted(bad)):
+            if fmt_is_instruction:
+                out[cid] = poison_records(
+                    rows[cid], prompt_field=data.prompt_field, response_field=data.response_field,
+                    trigger=attack.trigger, target=attack.target, fraction=fraction, seed=attack.seed + n,
+                )
+            else:
+                texts = poison_texts([r[data.text_field] for r in rows[cid]], trigger=attack.trigger,
+                                     target=attack.target, fraction=fraction, seed=attack.seed + n)
+                out[cid] = [{**r, data.text_field: t} for r, t in zip(rows[cid], texts, strict=True)]
+        return out
+
+    return hook
+
+
+def triggered_prompts(config: ExperimentConfig, data: FederatedData) -> list[str]:
+    """Held-out prompts of honest clients with the trigger added (instruction data only)."""
+    attack = config.attack
+    bad = malicious_clients(attack, data.ids())
+    rows = [r for cid, c in data.clients.items() if cid not in bad for r in c.heldout_rows]
+    if not rows:
+        return []
+    return build_triggered_prompts(
+        rows, prompt_field=config.data.prompt_field, trigger=attack.trigger, target=attack.target,
+        response_field=config.data.response_field, seed=attack.seed, limit=config.eval.attack_prompts,
+    )
+
+
+def measure_attack(config: ExperimentConfig, model: Any, tokenizer: Any, prompts: list[str]) -> float | None:
+    """Attack success rate of a backdoor on ``prompts`` (None when not applicable)."""
+    if not config.attack.poisons_data or not prompts:
+        return None
+    return attack_success_rate(
+        model, tokenizer, prompts, trigger=config.attack.trigger, target=config.attack.target,
+        max_new_tokens=config.eval.attack_max_new_tokens,
+    )
