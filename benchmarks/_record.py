@@ -51,3 +51,27 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
+
+
+def append_table(name: str, rows: list[dict[str, Any]], *, columns: list[str], record: bool = True,
+                 note: str | None = None) -> None:
+    """Append a dated block of rows (a grid of one run) to the benchmark's section.
+
+    Unlike :func:`finish` it prints nothing: the caller prints its own JSON line last.
+    ``record=False`` (smoke runs) leaves BENCHMARKS.md alone.
+    """
+    if not record:
+        return
+    stamp = f"{datetime.now(timezone.utc).strftime('%Y-%m-%d')}, {machine()}"
+    header = f"## {name}"
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# fedlm benchmarks\n"
+    block = [f"Run of {stamp}" + (f": `{note}`" if note else ""), "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    block += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    if header not in text:
+        text = text.rstrip() + f"\n\n{header}\n"
+    start = text.index(header)
+    end = text.find("\n## ", start + len(header))
+    end = len(text) if end == -1 else end
+    text = text[:end].rstrip("\n") + "\n\n" + "\n".join(block) + "\n" + text[end:]
+    BENCHMARKS_MD.write_text(text)

@@ -74,3 +74,32 @@ def test_too_few_records_is_a_clear_error():
 def test_mean_total_variation_of_disjoint_labels():
     hists = {"a": Counter({"x": 5}), "b": Counter({"y": 5})}
     assert part.mean_total_variation(hists) == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------ pathological
+
+
+@pytest.mark.parametrize(("num_clients", "k"), [(10, 2), (5, 3), (4, 1)])
+def test_pathological_gives_exactly_k_labels_per_client(num_clients, k):
+    labels = [f"l{i % 10}" for i in range(1000)]
+    parts = part.pathological(labels, num_clients, classes_per_client=k, seed=0)
+    hists = part.label_histograms(parts, labels)
+    assert all(len(h) == k for h in hists.values())
+    held = [i for idx in parts.values() for i in idx]
+    assert len(held) == len(set(held))  # no record given twice
+    owned = {lab for h in hists.values() for lab in h}
+    assert len(held) == sum(1 for lab in labels if lab in owned)  # every record of an owned label is used
+    if num_clients * k >= 10:
+        assert owned == set(labels)
+
+
+def test_pathological_splits_each_label_evenly_among_its_owners():
+    labels = [f"l{i % 5}" for i in range(500)]  # 100 per label
+    parts = part.pathological(labels, 10, classes_per_client=1, seed=3)  # each label: two owners
+    hists = part.label_histograms(parts, labels)
+    assert sorted(sum(h.values()) for h in hists.values()) == [50] * 10
+
+
+def test_pathological_rejects_more_classes_than_labels():
+    with pytest.raises(DataError, match="classes_per_client"):
+        part.pathological(["a", "b"] * 5, 2, classes_per_client=3, seed=0)

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="re-evaluate a run's final adapter on held-out data")
     ev.add_argument("--run", required=True, help="run directory")
+
+    aud = sub.add_parser("audit", help="privacy audit of a finished run: canary exposure and MIA AUC")
+    aud.add_argument("run_dir")
     return parser
 
 
@@ -95,6 +98,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(generate(args.run, args.prompt, max_new_tokens=args.max_new_tokens, chat=args.chat))
         return 0
+    if args.command == "audit":
+        from fedlm.runtime.privacy_audit import audit_run
+
+        print(json.dumps(audit_run(args.run_dir), indent=2))
+        return 0
     if args.command == "eval":
         from fedlm.runtime.commands import evaluate_run
 
@@ -127,6 +135,16 @@ def _print_inspect(info: dict) -> None:
         table.add_row(row["client"], str(row["train"]), str(row["heldout"]), f"{row['chars']:,}", row["labels"])
     out = Console()
     out.print(table)
+    if s.get("label_counts"):  # per-client label histogram (data.label_field)
+        from fedlm.report.labels import label_table
+
+        header, rows = label_table(s["label_counts"])
+        hist = Table(title="label histogram: records per client and label")
+        for col in header:
+            hist.add_column(col, justify="left" if col == "client" else "right")
+        for row in rows:
+            hist.add_row(*(str(v) for v in row))
+        out.print(hist)
     tv = f"{s['label_tv']:.3f}" if s["label_tv"] is not None else "n/a (no data.label_field)"
     out.print(
         f"sizes: min {s['size_min']}, median {s['size_median']:.0f}, max {s['size_max']}, Gini {s['size_gini']:.3f}; "

@@ -1,20 +1,24 @@
 """Local training on one client's examples: the inner loop of every round.
 
-Plain AdamW steps on the trainable tensors (LoRA or full), a fresh optimiser each
-round (optimiser state never leaves the client and is not carried between rounds),
-and batches drawn by a seeded shuffle so a run is reproducible.
+AdamW (or plain SGD) steps on the trainable tensors (LoRA or full), a fresh optimiser
+each round (optimiser state never leaves the client), and batches drawn by a seeded
+shuffle so a run is reproducible. The local objectives of :mod:`fedlm.client.objectives`
+enter as gradient terms: FedProx's ``mu (w - w_global)`` and SCAFFOLD's ``c - c_i``.
+Tensors named in ``frozen`` are not trained (FFA-LoRA freezes ``lora_A``); ``keep_zero``
+masks keep a truncated low-rank client's unused LoRA components at zero.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from fedlm.data.formatting import Example, collate
+from fedlm.errors import ConfigError
 from fedlm.models.adapters import AdaptedModel
 
 
@@ -58,19 +62,39 @@ def train_local(
     weight_decay: float = 0.0,
     max_grad_norm: float | None = 1.0,
     optimizer_state: dict | None = None,
+    optimizer: str = "adamw",
+    prox_mu: float = 0.0,
+    correction: Mapping[str, torch.Tensor] | None = None,
+    frozen: Collection[str] = (),
+    keep_zero: Mapping[str, torch.Tensor] | None = None,
 ) -> LocalResult:
-    """Run ``steps`` AdamW steps on ``examples``, updating ``model`` in place.
+    """Run ``steps`` optimiser steps on ``examples``, updating ``model`` in place.
 
-    ``optimizer_state`` continues a previous round's AdamW moments (DiLoCo keeps the
-    inner optimiser per worker); the result carries the new state when one was given.
+    Args:
+        optimizer_state: continues a previous round's optimiser moments (DiLoCo keeps
+            the inner optimiser per worker); the result carries the new state when given.
+        optimizer: "adamw" or "sgd" (no momentum).
+        prox_mu: FedProx (Li et al. 2020): adds ``mu/2 ||w - w_start||^2`` to the loss,
+            i.e. ``mu (w - w_start)`` to the gradient (before clipping, as part of the loss).
+        correction: SCAFFOLD (Karimireddy et al. 2020): ``c - c_i`` by trainable name,
+            added to every (clipped) gradient.
+        frozen: trainable names left untouched this round (FFA-LoRA's ``lora_A``).
+        keep_zero: name -> 0/1 mask multiplied into the tensor after every step.
     """
+    if optimizer not in ("adamw", "sgd"):
+        raise ConfigError(f"local optimizer {optimizer!r} is unknown; choose 'adamw' or 'sgd'")
     torch.manual_seed(seed)  # dropout masks, if any
-    params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    named = [(n, p) for n, p in zip(model.names(), model.parameters(), strict=True) if n not in frozen]
+    params = [p for _, p in named]
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
         for group in opt.param_groups:  # the round's lr, not the saved one
             group["lr"] = lr
+    start = {n: p.detach().clone() for n, p in named} if prox_mu else {}
     pad = model.tokenizer.pad_token_id
     model.model.train()
     losses = []
@@ -80,10 +104,24 @@ def train_local(
         batch = collate(next(stream), pad_id=pad)
         loss = model.model(**batch).loss
         loss.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        with torch.no_grad():
+            if prox_mu:
+                for n, p in named:
+                    if p.grad is not None:
+                        p.grad.add_(p - start[n], alpha=prox_mu)
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            if correction is not None:
+                for n, p in named:
+                    if p.grad is not None:
+                        p.grad.add_(correction[n].to(p.dtype))
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        model.model.zero_grad(set_to_none=True)  # frozen tensors' gradients too
+        if keep_zero:
+            with torch.no_grad():
+                for n, p in named:
+                    if n in keep_zero:
+                        p.mul_(keep_zero[n])
         losses.append(float(loss.detach()))
         seen += batch["input_ids"].shape[0]
     model.model.eval()

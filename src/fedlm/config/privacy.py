@@ -24,6 +24,29 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fedlm.errors import ConfigError
 
 
+class DpSgdConfig(BaseModel):
+    """Sample-level DP-SGD inside each client (Abadi et al. 2016), with Opacus.
+
+    Per-example gradients of the trainable (LoRA) parameters are clipped to
+    ``max_grad_norm`` and noised with std ``noise_multiplier * max_grad_norm`` at every
+    local step; each step draws a Poisson batch (rate ``batch_size / examples``). Opacus's
+    RDP accountant gives each client's epsilon at ``delta`` over all its steps so far.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(False, description="Train each client with DP-SGD (Opacus).")
+    noise_multiplier: float = Field(
+        1.0, gt=0, description="sigma: noise std over max_grad_norm at each local step."
+    )
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="Per-example gradient clipping bound (L2, trainable parameters)."
+    )
+    delta: float = Field(
+        1e-5, gt=0, lt=1, description="delta of each client's (epsilon, delta) guarantee."
+    )
+
+
 class PrivacyConfig(BaseModel):
     """Client-level DP: clipping, Gaussian noise (central or distributed) and accounting."""
 
@@ -94,6 +117,15 @@ class PrivacyConfig(BaseModel):
         le=1,
         description="Distributed mode: fraction of the cohort trusted to add its noise share; "
         "shares are scaled up so that this fraction alone gives the full noise.",
+    )
+    noise_seed: int | None = Field(
+        None,
+        description="Fixed secret of the DP noise, for reproducible simulations only; null "
+        "draws it from the OS (always leave it null in a deployment).",
+    )
+    dp_sgd: DpSgdConfig = Field(
+        default_factory=DpSgdConfig,
+        description="Sample-level DP-SGD inside each client (independent of `enabled`).",
     )
 
     @model_validator(mode="after")
@@ -182,3 +214,44 @@ class PrivacyConfig(BaseModel):
                 f"privacy.delta must be below 1/num_clients = {1.0 / num_clients:.3g}, got "
                 f"{self.delta!r}; use privacy.delta <= {0.1 / num_clients:.1g}"
             )
+
+
+def check_experiment(
+    privacy: PrivacyConfig,
+    *,
+    robust_aggregator: str,
+    known_clients: int | None,
+    lm_format: bool | None,
+    canaries: int,
+) -> None:
+    """Cross-section checks of ``privacy`` and ``audit`` that need no data.
+
+    Args:
+        privacy: the privacy section.
+        robust_aggregator: ``robust.aggregator`` ("fedavg" when none).
+        known_clients: an upper bound on the number of clients when the config fixes it
+            (``data.num_clients`` or ``data.max_clients``), else None; the exact count is
+            checked again once the data is built (``check_population``).
+        lm_format: False when ``data.format`` is "instruction", True for "lm", None for "auto".
+        canaries: ``audit.canaries``.
+
+    Raises:
+        ValueError: with the field path, the value and the fix (pydantic wraps it).
+    """
+    if privacy.enabled and robust_aggregator != "fedavg":
+        raise ValueError(
+            f"privacy.enabled=true needs robust.aggregator='fedavg' (got {robust_aggregator!r}): "
+            "a robust aggregator's output is not a clipped sum, so its sensitivity is unknown "
+            "and the noise would not give the accounted epsilon; use one or the other"
+        )
+    if privacy.enabled and known_clients is not None and privacy.delta >= 1.0 / known_clients:
+        raise ValueError(
+            f"privacy.delta must be below 1/num_clients = {1.0 / known_clients:.3g} (at most "
+            f"{known_clients} clients), got {privacy.delta!r}; use privacy.delta <= "
+            f"{0.1 / known_clients:.1g}"
+        )
+    if canaries and lm_format is False:
+        raise ValueError(
+            f"audit.canaries={canaries} plants LM text, but data.format='instruction' trains "
+            "on answers only; use data.format='lm' (or 'auto' on plain text) or audit.canaries=0"
+        )

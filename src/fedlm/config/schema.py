@@ -11,8 +11,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedlm.config.attacks import AttackConfig
+from fedlm.config.audit import AuditConfig
 from fedlm.config.compression import CompressionConfig
+from fedlm.config.hetero import AggregationConfig, LocalConfig, ResourcesConfig, check_hetero
+from fedlm.config.privacy import PrivacyConfig, check_experiment
 from fedlm.config.robust import RobustConfig
+from fedlm.config.secagg import SecAggConfig, check_composition
 from fedlm.config.server_opt import ServerOptConfig
 
 
@@ -25,7 +29,7 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name: str = Field(
         "smollm2-135m",
-        description="Built-in preset (tiny-llama, smollm2-135m), a local HF model directory, or a hub id.",
+        description="Built-in preset (tiny-llama, char-llama, smollm2-135m), a local HF model directory, or a hub id.",
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for training.")
     init: Literal["pretrained", "random"] = Field(
@@ -40,7 +44,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _architecture_needs_random(self) -> ModelConfig:
-        if self.architecture and self.init != "random" and self.name != "tiny-llama":
+        if self.architecture and self.init != "random" and self.name not in ("tiny-llama", "char-llama"):
             raise ValueError(
                 "model.architecture only applies to freshly initialised weights; set model.init=random "
                 "or remove model.architecture"
@@ -75,12 +79,13 @@ class DataConfig(Section):
     context_field: str | None = Field("context", description="Optional field appended to the prompt.")
     response_field: str = Field("response", description="Field holding the answer (instruction format).")
     client_field: str | None = Field(None, description="Field naming each row's client (natural partition).")
-    partition: Literal["natural", "iid", "dirichlet", "quantity"] = Field(
+    partition: Literal["natural", "iid", "dirichlet", "quantity", "pathological"] = Field(
         "natural", description="How examples are split into clients."
     )
     num_clients: int | None = Field(None, description="Clients to create (iid/dirichlet/quantity).", ge=1)
     label_field: str | None = Field(None, description="Category field for the Dirichlet partition.")
     dirichlet_alpha: float = Field(0.5, description="Dirichlet concentration (smaller = more skewed).", gt=0)
+    classes_per_client: int = Field(2, description="Distinct labels per client (pathological partition).", ge=1)
     quantity_alpha: float = Field(1.0, description="Dirichlet concentration of client sizes (quantity skew).", gt=0)
     min_client_chars: int = Field(2000, description="Drop clients with less text than this (before splitting).", ge=0)
     max_clients: int | None = Field(50, description="Keep at most this many clients (seeded choice).", ge=1)
@@ -98,10 +103,10 @@ class DataConfig(Section):
     def _check_source(self) -> DataConfig:
         if self.source != "shakespeare" and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}; set data.path=FILE_OR_DIR")
-        if self.partition in ("iid", "dirichlet", "quantity") and not self.num_clients:
+        if self.partition in ("iid", "dirichlet", "quantity", "pathological") and not self.num_clients:
             raise ValueError(f"data.partition={self.partition!r} needs data.num_clients; set e.g. data.num_clients=10")
-        if self.partition == "dirichlet" and not self.label_field:
-            raise ValueError("data.partition='dirichlet' needs data.label_field (the category to skew)")
+        if self.partition in ("dirichlet", "pathological") and not self.label_field:
+            raise ValueError(f"data.partition={self.partition!r} needs data.label_field (the category to skew)")
         if self.partition == "natural" and self.source in ("jsonl", "json", "csv") and not self.client_field:
             raise ValueError(
                 f"data.partition='natural' on a {self.source} file needs data.client_field (the column naming the client), "
@@ -177,9 +182,15 @@ class ExperimentConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     server_opt: ServerOptConfig = Field(default_factory=ServerOptConfig)
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     robust: RobustConfig = Field(default_factory=RobustConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    secure_aggregation: SecAggConfig = Field(default_factory=SecAggConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -188,6 +199,15 @@ class ExperimentConfig(Section):
         k = self.federation.clients_per_round
         if k is not None and self.robust.aggregator != "fedavg":
             self.robust.check_cohort(k)  # the bound each robust aggregator needs (n >= 2f+3 ...)
+        d = self.data
+        check_experiment(  # DP and audit checks; the exact client count is checked once data exists
+            self.privacy, robust_aggregator=self.robust.aggregator, canaries=self.audit.canaries,
+            known_clients=d.num_clients if d.partition != "natural" else d.max_clients,
+            lm_format={"lm": True, "instruction": False}.get(d.format),
+        )
+        if self.secure_aggregation.enabled:
+            check_composition(self)  # robust aggregators and codecs that need each update
+        check_hetero(self)  # local objectives, LoRA aggregation, resource profiles
         return self
 
     @field_validator("name")

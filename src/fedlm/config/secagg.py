@@ -7,8 +7,14 @@ holds the knobs and rejects combinations that cannot work.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fedlm.errors import ConfigError
+
+# The four uploads of a round, in order (fedlm.privacy.secagg.server.PHASES re-exports it).
+PHASES: tuple[str, ...] = ("advertise_keys", "share_keys", "masked_input", "unmasking")
 
 
 class SecAggConfig(BaseModel):
@@ -55,37 +61,43 @@ class SecAggConfig(BaseModel):
         default=0.0,
         description="simulation only: chance in [0, 1) that a client drops at a random phase",
     )
+    phase_dropout: dict[str, float] = Field(
+        default_factory=dict,
+        description="simulation only: phase -> fraction of the cohort that goes silent before "
+        "sending that phase's upload (exact count, seeded); phases: " + ", ".join(PHASES),
+    )
     seed: int | None = Field(
         default=None,
-        description="simulation only: seeds the graph, injected dropouts and rounding noise",
+        description="simulation only: seeds the graph, injected dropouts and rounding noise "
+        "(in fedlm run, None derives it from federation.seed and the round)",
     )
 
     @field_validator("bits")
     @classmethod
     def _bits(cls, v: int) -> int:
         if not 1 <= v <= 32:
-            raise ValueError(f"secagg.bits={v} must be in [1, 32]; 16 is the usual choice")
+            raise ValueError(f"secure_aggregation.bits={v} must be in [1, 32]; 16 is the usual choice")
         return v
 
     @field_validator("modulus_bits")
     @classmethod
     def _modulus_bits(cls, v: int) -> int:
         if not 2 <= v <= 64:
-            raise ValueError(f"secagg.modulus_bits={v} must be in [2, 64]; 32 gives uint32 values")
+            raise ValueError(f"secure_aggregation.modulus_bits={v} must be in [2, 64]; 32 gives uint32 values")
         return v
 
     @field_validator("clip_range")
     @classmethod
     def _clip(cls, v: float) -> float:
         if not (v > 0 and math.isfinite(v)):
-            raise ValueError(f"secagg.clip_range={v} must be a positive finite number")
+            raise ValueError(f"secure_aggregation.clip_range={v} must be a positive finite number")
         return v
 
     @field_validator("max_weight")
     @classmethod
     def _max_weight(cls, v: int) -> int:
         if v < 1:
-            raise ValueError(f"secagg.max_weight={v} must be >= 1 (1 means unweighted)")
+            raise ValueError(f"secure_aggregation.max_weight={v} must be >= 1 (1 means unweighted)")
         return v
 
     @field_validator("threshold")
@@ -93,7 +105,7 @@ class SecAggConfig(BaseModel):
     def _threshold(cls, v: int | None) -> int | None:
         if v is not None and v < 2:
             raise ValueError(
-                f"secagg.threshold={v} must be >= 2: t=1 lets any one neighbour unmask a client"
+                f"secure_aggregation.threshold={v} must be >= 2: t=1 lets any one neighbour unmask a client"
             )
         return v
 
@@ -102,7 +114,7 @@ class SecAggConfig(BaseModel):
     def _fraction(cls, v: float) -> float:
         if not 0.5 <= v <= 1.0:
             raise ValueError(
-                f"secagg.threshold_fraction={v} must be in [0.5, 1]; below 0.5 a server that lies "
+                f"secure_aggregation.threshold_fraction={v} must be in [0.5, 1]; below 0.5 a server that lies "
                 "about dropouts could unmask a client"
             )
         return v
@@ -111,21 +123,36 @@ class SecAggConfig(BaseModel):
     @classmethod
     def _neighbours(cls, v: int | None) -> int | None:
         if v is not None and v < 2:
-            raise ValueError(f"secagg.neighbours={v} must be >= 2 (or None for the default)")
+            raise ValueError(f"secure_aggregation.neighbours={v} must be >= 2 (or None for the default)")
         return v
 
     @field_validator("dropout_rate")
     @classmethod
     def _dropout(cls, v: float) -> float:
         if not 0.0 <= v < 1.0:
-            raise ValueError(f"secagg.dropout_rate={v} must be in [0, 1)")
+            raise ValueError(f"secure_aggregation.dropout_rate={v} must be in [0, 1)")
+        return v
+
+    @field_validator("phase_dropout")
+    @classmethod
+    def _phase_dropout(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(PHASES))
+        if unknown:
+            raise ValueError(
+                f"secure_aggregation.phase_dropout has phases {unknown}; allowed: {list(PHASES)}"
+            )
+        bad = {p: f for p, f in v.items() if not 0.0 <= f < 1.0}
+        if bad or sum(v.values()) >= 1.0:
+            raise ValueError(
+                f"secure_aggregation.phase_dropout fractions must be in [0, 1) and sum to less than 1, got {v}"
+            )
         return v
 
     @model_validator(mode="after")
     def _cross(self) -> SecAggConfig:
         if self.threshold is not None and "threshold_fraction" in self.model_fields_set:
             raise ValueError(
-                "secagg.threshold and secagg.threshold_fraction are both set; set only one of them"
+                "secure_aggregation.threshold and secure_aggregation.threshold_fraction are both set; set only one of them"
             )
         if (
             self.threshold is not None
@@ -133,12 +160,12 @@ class SecAggConfig(BaseModel):
             and self.threshold > self.neighbours
         ):
             raise ValueError(
-                f"secagg.threshold={self.threshold} exceeds secagg.neighbours={self.neighbours}; "
+                f"secure_aggregation.threshold={self.threshold} exceeds secure_aggregation.neighbours={self.neighbours}; "
                 "a client only has that many share holders"
             )
         if self.max_cohort() < 2:
             raise ValueError(
-                f"secagg.modulus_bits={self.modulus_bits} leaves no headroom for bits={self.bits} and "
+                f"secure_aggregation.modulus_bits={self.modulus_bits} leaves no headroom for bits={self.bits} and "
                 f"max_weight={self.max_weight}; raise modulus_bits or lower bits"
             )
         return self
@@ -148,4 +175,62 @@ class SecAggConfig(BaseModel):
         return ((1 << self.modulus_bits) - 1) // (self.max_weight * ((1 << self.bits) - 1))
 
 
-__all__ = ["SecAggConfig"]
+def check_composition(config: Any) -> None:
+    """Reject what cannot follow secure aggregation in a whole experiment config.
+
+    The server sees only the cohort's sum, so anything that reads one client's update
+    is impossible: robust aggregators other than client-side norm bounding, and upload
+    codecs that are not linear (top-k: each client keeps different coordinates).
+
+    Args:
+        config: an ``ExperimentConfig`` with ``secure_aggregation.enabled``.
+
+    Raises:
+        ConfigError: naming the field, the value and what composes instead.
+    """
+    sa, fed, comp = config.secure_aggregation, config.federation, config.compression
+    config.robust.check_secure_aggregation(sa.enabled)
+    if not comp.secagg_compatible:
+        raise ConfigError(
+            f"compression.upload={comp.upload!r} (params {dict(comp.upload_params)}) needs each "
+            "client's update to decode, which secure aggregation hides; what composes: fp32, "
+            "fp16, bf16, or int8/int4 with a shared compression.upload_params.fixed_scale"
+        )
+    k = fed.clients_per_round
+    if k is not None and k < 3:
+        raise ConfigError(
+            f"secure_aggregation needs federation.clients_per_round >= 3 (a Shamir threshold of "
+            f"at least 2 among each client's neighbours), got {k}"
+        )
+    if k is not None and k > sa.max_cohort():
+        raise ConfigError(
+            f"federation.clients_per_round={k} exceeds the {sa.max_cohort()} clients whose sum "
+            f"fits in secure_aggregation.modulus_bits={sa.modulus_bits} at bits={sa.bits} and "
+            f"max_weight={sa.max_weight}; raise modulus_bits or lower bits or max_weight"
+        )
+    privacy = getattr(config, "privacy", None)
+    dp = privacy is not None and privacy.enabled
+    if dp and privacy.adaptive_clipping:
+        raise ConfigError(
+            "privacy.adaptive_clipping reads each client's clipped/unclipped bit, which secure "
+            "aggregation hides; set a fixed privacy.clip_norm (privacy.adaptive_clipping=false) "
+            "or turn secure aggregation off"
+        )
+    if dp and privacy.weighting == "capped" and (privacy.max_weight or 0) > sa.max_weight:
+        raise ConfigError(
+            f"privacy.weighting='capped' folds weights up to privacy.max_weight={privacy.max_weight} "
+            f"into the masked vectors; raise secure_aggregation.max_weight (now {sa.max_weight}) "
+            "to at least that"
+        )
+    if fed.weighting == "examples" and not dp:  # with DP the weights follow privacy.weighting
+        cap = config.data.max_examples_per_client
+        if sa.max_weight == 1 or (cap is not None and cap > sa.max_weight):
+            raise ConfigError(
+                "federation.weighting='examples' folds each client's example count into its "
+                "masked vector as an integer weight, so secure_aggregation.max_weight must bound "
+                f"it (got max_weight={sa.max_weight}, data.max_examples_per_client={cap}); raise "
+                "secure_aggregation.max_weight or set federation.weighting=uniform"
+            )
+
+
+__all__ = ["PHASES", "SecAggConfig", "check_composition"]

@@ -51,6 +51,7 @@ class FederatedData:
             "size_max": int(sizes.max()),
             "size_gini": _gini(sizes),
             "label_tv": part.mean_total_variation(hists) if hists else None,
+            "label_counts": {cid: dict(h) for cid, h in hists.items()},  # the report's label histogram
         }
 
 
@@ -118,6 +119,8 @@ def _partition(cfg: DataConfig, records: list[Record]) -> dict[str, list[int]]:
     labels = [r.get(cfg.label_field or "", "") for r in records]
     if all(lab == "" for lab in labels):
         raise DataError(f"data.label_field {cfg.label_field!r} is absent from the records; name an existing field")
+    if cfg.partition == "pathological":
+        return part.pathological(labels, cfg.num_clients or 1, classes_per_client=cfg.classes_per_client, seed=cfg.seed)
     return part.dirichlet(labels, cfg.num_clients or 1, alpha=cfg.dirichlet_alpha, seed=cfg.seed)
 
 

@@ -1,6 +1,7 @@
 """Partitioners: split record indices into clients.
 
-Each returns ``{client_id: [record indices]}`` with sorted client ids and is a pure
+Natural, IID, Dirichlet label skew, pathological (k labels per client) and quantity
+skew. Each returns ``{client_id: [record indices]}`` with sorted client ids and is a pure
 function of its inputs and seed.
 """
 
@@ -67,6 +68,50 @@ def quantity_skew(n: int, num_clients: int, *, alpha: float, seed: int) -> dict[
     sizes[np.argmax(props)] += n - sizes.sum()  # hand the rounding remainder to the largest
     cuts = np.cumsum(sizes)[:-1]
     return {_cid(c, num_clients): sorted(p.tolist()) for c, p in enumerate(np.split(order, cuts))}
+
+
+def pathological(labels: Sequence[str], num_clients: int, *, classes_per_client: int, seed: int) -> dict[str, list[int]]:
+    """Pathological label skew: every client holds exactly ``classes_per_client`` labels.
+
+    The "#C=k" split of McMahan et al. 2017 (two digits per client) as generalised by
+    Li et al. 2022 (NIID-Bench). Labels are dealt cyclically over a seeded shuffle of
+    the label set, client ``c`` taking labels ``c*k, ..., c*k + k - 1`` (mod L), so every
+    label is held by some client when ``num_clients * k >= L`` and owners per label
+    differ by at most one. Each label's records are then split into near-equal shares
+    among its owners.
+
+    Raises:
+        DataError: ``classes_per_client`` exceeds the number of distinct labels, or a
+            client would end up without records.
+    """
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, lab in enumerate(labels):
+        by_label[lab].append(i)
+    names = sorted(by_label)
+    k = classes_per_client
+    if k > len(names):
+        raise DataError(
+            f"data.classes_per_client={k} exceeds the {len(names)} distinct labels; lower it to at most {len(names)}"
+        )
+    rng = np.random.default_rng(seed)
+    order = [names[i] for i in rng.permutation(len(names))]
+    owners: dict[str, list[int]] = defaultdict(list)
+    for c in range(num_clients):
+        for j in range(k):
+            owners[order[(c * k + j) % len(order)]].append(c)
+    parts: list[list[int]] = [[] for _ in range(num_clients)]
+    for lab, cs in owners.items():
+        idx = np.array(by_label[lab])
+        rng.shuffle(idx)
+        for c, chunk in zip(cs, np.array_split(idx, len(cs)), strict=True):
+            parts[c].extend(chunk.tolist())
+    empty = [c for c, p in enumerate(parts) if not p]
+    if empty:
+        raise DataError(
+            f"pathological partition left {len(empty)} client(s) without records (a label has fewer records than "
+            "owners); lower data.num_clients or raise data.classes_per_client"
+        )
+    return {_cid(c, num_clients): sorted(p) for c, p in enumerate(parts)}
 
 
 def label_histograms(parts: dict[str, list[int]], labels: Sequence[str]) -> dict[str, Counter]:

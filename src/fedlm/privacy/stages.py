@@ -25,6 +25,8 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+import torch
+
 from fedlm.config.privacy import PrivacyConfig
 from fedlm.errors import PipelineError
 from fedlm.privacy.clipping import (
@@ -35,6 +37,7 @@ from fedlm.privacy.clipping import (
 )
 from fedlm.privacy.noise import (
     add_gaussian_noise,
+    capped_weights,
     central_noise_std,
     client_seed,
     distributed_noise_std,
@@ -130,6 +133,67 @@ class DistributedNoiseStage:
         seed = _mixed_seed(state["secret_seed"], plan.seed, value.client_id, "dp-noise-share")
         noised = add_gaussian_noise(value.tensors, std, generator=make_generator(seed))
         return state, replace(value, tensors=noised), {"noise_std": std}
+
+
+@dataclass(frozen=True)
+class DpMeanStage:
+    """Server stage: the bounded-sensitivity weighted sum over a public denominator.
+
+    McMahan et al. (2018), Alg. 1, estimator ``f_f``: ``sum_i w_i delta_i / D`` with
+    ``w_i = 1`` (uniform) or ``min(n_i, w_max)`` (capped) and ``D`` the public
+    ``plan.extra["dp_denominator"]`` (expected cohort size or expected total weight),
+    never the realised one. With ``reclip`` (central mode) each decoded update is clipped
+    to ``C`` again first: a lossy codec or error feedback between the client's clip and
+    here may have grown its norm, and the sensitivity ``S`` must hold for what is actually
+    summed (the server is trusted with individual updates in central mode anyway). In
+    distributed mode updates carry their noise share, which re-clipping would shrink, so
+    ``reclip=False`` there. Stateless.
+    """
+
+    name: ClassVar[str] = "dp_mean"
+    kind: ClassVar[str] = "aggregate"
+
+    clip_norm: float = 1.0
+    weighting: str = "uniform"
+    max_weight: float | None = None
+    reclip: bool = True
+
+    def init(self) -> None:
+        return None
+
+    def apply(
+        self, state: None, value: CohortValue, plan: RoundPlan
+    ) -> tuple[None, CohortValue, dict[str, Any]]:
+        d = plan.extra.get("dp_denominator")
+        if d is None or not float(d) > 0:
+            raise PipelineError(
+                f"{self.name} needs plan.extra['dp_denominator'] > 0 (got {d!r}); the server "
+                "sets it to the expected cohort size or expected total weight"
+            )
+        c = float(plan.extra.get("clip_norm", self.clip_norm))
+        updates = [u for u in value.updates if u.tensors is not None]
+        if self.weighting == "capped":
+            weights = capped_weights([u.num_examples for u in updates], float(self.max_weight or 0))
+        else:
+            weights = [1.0] * len(updates)
+        total: dict[str, torch.Tensor] = {}
+        reclipped = 0
+        for u, w in zip(updates, weights, strict=True):
+            tensors = u.tensors
+            if self.reclip:
+                tensors, norm = clip_update(tensors, c)  # type: ignore[arg-type]
+                reclipped += int(norm > c)
+            for k, t in tensors.items():
+                acc = total.setdefault(k, torch.zeros_like(t, dtype=torch.float64))
+                acc.add_(t.to(torch.float64), alpha=w)
+        value.aggregate = {k: (v / float(d)).to(torch.float32) for k, v in total.items()}
+        metrics = {
+            "clients": len(updates),
+            "total_weight": float(sum(weights)),
+            "denominator": float(d),
+            "reclipped": reclipped,
+        }
+        return state, value, metrics
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on servers
 import matplotlib.pyplot as plt
 
+from fedlm.report.labels import label_section
 from fedlm.report.metrics_log import MetricsLog
+from fedlm.report.privacy import privacy_section
+from fedlm.report.secagg import secagg_section
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
@@ -88,6 +91,8 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]], config
         ["wall time (s)", round(float(summary.get("wall_seconds", 0.0)), 1)],
     ]
     sections.append("<h2>Overview</h2>" + _table(["", "value"], overview))
+    sections.append(privacy_section(summary, rounds, table=_table, line_plot=_line_plot))  # epsilon, audit
+    sections.append(secagg_section(summary, table=_table))  # cohort, survivors, dropouts per phase
 
     plots = []
     ex = [r["round"] for r in evals]
@@ -116,6 +121,7 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]], config
         for cid, m in sorted(clients.items())
     ]
     sections.append("<h2>Clients</h2>" + _table(["client", "perplexity before", "perplexity after", "token accuracy", "held-out tokens"], rows))
+    sections.append(label_section(summary))  # per-client label histogram, when the data has labels
 
     audit = [
         [r["round"], len(r.get("cohort", [])), r.get("accepted"), len(r.get("rejected", [])),

@@ -16,6 +16,7 @@ from fedlm.errors import ModelError
 from fedlm.eval.metrics import LMScore, score_lm
 from fedlm.models.loading import cache_dir, load_base_model, load_tokenizer
 from fedlm.runtime.experiment import final_model_dir
+from fedlm.runtime.hetero_run import fold_saved_residuals
 
 
 def inspect_data(config: ExperimentConfig) -> dict[str, Any]:
@@ -80,6 +81,7 @@ def load_run_model(run_dir: str | Path):
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(base, adapter)
+    fold_saved_residuals(model, adapter)  # FedEx-LoRA: residuals the base weights need
     model.eval()
     return config, model, tok
 

@@ -29,6 +29,8 @@ from fedlm.models.loading import cache_dir, load_base_model
 from fedlm.report.metrics_log import MetricsLog, write_json
 from fedlm.runtime.adversary import measure_attack, poison_hook, triggered_prompts
 from fedlm.runtime.checkpoint import load_latest, save_checkpoint
+from fedlm.runtime.privacy_audit import audit_model, canary_hook, chain_hooks, participants_of
+from fedlm.runtime.secagg_round import summarize as secagg_summary
 from fedlm.runtime.simulation import Simulation
 
 
@@ -61,7 +63,8 @@ def prepare(config: ExperimentConfig, *, console: Console | None = None) -> tupl
         )
         model = AdaptedModel(base, tok, config.lora, seed=config.model.seed)
     with console.status(f"building data ({config.data.source})"):
-        data = build_federated_data(config.data, tok, cache_dir=cache_dir(), rows_hook=poison_hook(config))
+        hook = chain_hooks(poison_hook(config), canary_hook(config))  # backdoor rows, audit canaries
+        data = build_federated_data(config.data, tok, cache_dir=cache_dir(), rows_hook=hook)
     return model, data
 
 
@@ -91,6 +94,9 @@ def run_experiment(
         if initial is None:
             raise CheckpointError(f"{log.path} lacks the initial evaluation; start the run again without --resume")
         console.print(f"resuming {run_dir} after round {state.round}")
+        if sim.dp is not None:
+            sim.dp.restore(state)  # continue the privacy ledger
+        sim.hetero.sync_base(state.server_states)  # FedEx-LoRA: the base weights as of the checkpoint
     else:
         if (run_dir / "metrics.jsonl").exists():
             raise CheckpointError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --out")
@@ -112,8 +118,13 @@ def run_experiment(
         rounds_task = progress.add_task("rounds", total=fed.rounds, completed=state.round)
         clients_task = progress.add_task("clients", total=sim.cohort_size)
         while state.round < fed.rounds:
+            if sim.dp is not None and sim.dp.check_budget(state) is not None:
+                progress.console.print(f"stopping: {sim.dp.stop_reason}")
+                break
             progress.reset(clients_task, total=sim.cohort_size, description=f"round {state.round + 1} clients")
             state, record = sim.run_round(state, on_client=lambda _cid: progress.advance(clients_task))
+            if sim.dp is not None:  # one accountant step; epsilon into the round record
+                state, record = sim.dp.after_round(state, record)
             log.append(record)
             r = state.round
             if r % config.eval.every == 0 or r == fed.rounds:
@@ -121,7 +132,7 @@ def run_experiment(
                 ev = sim.evaluate(state.global_state, ids)
                 log.append({"type": "eval", "round": r, **ev})
                 progress.console.print(
-                    f"round {r}: train loss {record['train_loss']:.4f}, held-out perplexity {ev['perplexity']:.2f}"
+                    f"round {r}: train loss {record['train_loss'] or float('nan'):.4f}, held-out perplexity {ev['perplexity']:.2f}"
                 )
             if r % out.checkpoint_every == 0 or r == fed.rounds:
                 save_checkpoint(ckpt_dir, state, config_digest=digest, keep=out.keep_checkpoints)
@@ -134,6 +145,7 @@ def run_experiment(
         final = {"type": "eval", "round": state.round, **sim.evaluate(state.global_state)}
     model.set_state(state.global_state)
     model.save(run_dir / final_model_dir(config))
+    sim.hetero.save(run_dir / final_model_dir(config), state.server_states)  # FedEx-LoRA base residuals
     final_asr = measure_attack(config, model.model, model.tokenizer, attack_prompts)
     summary = build_summary(config, records, initial, final, state, wall=time.perf_counter() - t_start, model=model, data=data)
     summary["robustness"].update(
@@ -143,6 +155,11 @@ def run_experiment(
         attack_success_rate=final_asr,
         attack_success_rate_initial=initial.get("attack_success_rate"),
     )
+    if sim.dp is not None:
+        summary["privacy"] = sim.dp.summary(state)
+    if config.audit.enabled:  # exposure and MIA AUC next to epsilon
+        summary["audit"] = audit_model(config, model.model, model.tokenizer, data,
+                                       participants=participants_of(log.path))
     write_json(run_dir / "summary.json", summary)
     if out.report:
         from fedlm.report.html import write_report
@@ -179,7 +196,7 @@ def build_summary(config, records, initial, final, state, *, wall: float, model:
             "per_round": [{"round": r["round"], "bytes_up": r["bytes_up"], "bytes_down": r["bytes_down"]} for r in rounds],
         },
         "privacy": None,
-        "secure_aggregation": None,
+        "secure_aggregation": secagg_summary(rounds),  # None unless secure aggregation ran
         "robustness": {"rejected": len(rejected), "by_reason": by_reason, "rejected_updates": rejected,
                        "flagged": flagged},
         "wall_seconds": wall,

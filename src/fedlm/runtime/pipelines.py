@@ -14,30 +14,45 @@ from fedlm.attacks import attack_stages
 from fedlm.compression.codecs import CODECS
 from fedlm.compression.stages import DecodeStage, EncodeStage
 from fedlm.config.schema import ExperimentConfig
+from fedlm.runtime import hetero_run, secagg_round
+from fedlm.runtime.privacy_run import DpRun
 from fedlm.stages import CLIENT_ORDER, SERVER_ORDER, Pipeline
 
 
-def client_pipeline(config: ExperimentConfig, client_ids: list[str]) -> Pipeline:
+def client_pipeline(config: ExperimentConfig, client_ids: list[str], *, dp: DpRun | None = None) -> Pipeline:
     """Client stages in execution order: transform -> clip -> noise -> encode -> mask.
 
     ``transform`` stages are the attack suite's update attacks (off by default); they
-    act only on the malicious clients chosen from ``client_ids``.
+    act only on the malicious clients chosen from ``client_ids``. ``dp`` adds DP-FedAvg's
+    clip and (distributed mode) noise-share stages.
     """
     comp = config.compression
     stages: list = attack_stages(config.attack, client_ids, server_lr=config.server_opt.lr or 1.0)
+    stages.extend(dp.client_stages if dp is not None else [])
     stages.append(EncodeStage(_codec(config, "upload"), error_feedback=comp.error_feedback))
+    if config.secure_aggregation.enabled:  # norm-bound clip before encode, SecAgg+ mask last
+        stages = secagg_round.client_stages(config, stages, codec=_codec(config, "upload"))
     return Pipeline(stages, order=CLIENT_ORDER, side="client")
 
 
-def server_pipeline(config: ExperimentConfig, shapes: dict[str, tuple[int, ...]]) -> Pipeline:
-    """Server stages in execution order: unmask -> decode -> validate -> aggregate -> noise -> optimize."""
+def server_pipeline(config: ExperimentConfig, shapes: dict[str, tuple[int, ...]], *, dp: DpRun | None = None) -> Pipeline:
+    """Server stages in execution order: unmask -> decode -> validate -> aggregate -> noise -> optimize.
+
+    With client-level DP, ``dp`` replaces the mean by the bounded-sensitivity DP mean and
+    adds the central noise and adaptive-clipping stages.
+    """
     fed = config.federation
+    dp_stages = dp.server_stages if dp is not None else []
     stages = [
         DecodeStage(_codec(config, "upload")),
         Validate(shapes, max_norm=fed.max_update_norm, max_bytes=fed.max_update_bytes),
-        build_robust_stage(config.robust) or WeightedMean(weighting=fed.weighting),
+        *hetero_run.with_after_mean(config, dp_stages or [  # robust, FedNova or LoRA-aware, else FedAvg's mean
+            build_robust_stage(config.robust) or hetero_run.mean_stage(config, shapes) or WeightedMean(weighting=fed.weighting)
+        ]),
         server_optimizer_from_config(config.server_opt),
     ]
+    if config.secure_aggregation.enabled:  # the server sees only the unmasked sum
+        stages = secagg_round.server_stages(config, stages, shapes=shapes)
     return Pipeline(stages, order=SERVER_ORDER, side="server")
 
 

@@ -18,15 +18,18 @@ import numpy as np
 import torch
 
 from fedlm.aggregation.robust_stages import FLTRUST_ROOT_KEY
-from fedlm.client.trainer import steps_for, train_local
+from fedlm.client.dp_sgd import train_local_dp_sgd
+from fedlm.client.trainer import train_local
 from fedlm.compression.stages import decode_broadcast, encode_broadcast
 from fedlm.config.schema import ExperimentConfig
 from fedlm.data.federated import FederatedData
 from fedlm.errors import FedlmError, UpdateRejected
 from fedlm.eval.metrics import LMScore, score_lm
 from fedlm.models.adapters import AdaptedModel
-from fedlm.runtime import pipelines
+from fedlm.runtime import pipelines, secagg_round
 from fedlm.runtime.checkpoint import ServerState
+from fedlm.runtime.hetero_run import HeteroRun
+from fedlm.runtime.privacy_run import build_dp_run
 from fedlm.stages import ClientUpdate, CohortValue, RoundPlan, TensorDict
 
 # Client-private state kept beside the client stages' states (never sent anywhere).
@@ -52,9 +55,15 @@ class Simulation:
         self.model = model
         self.data = data
         self.client_ids = data.ids()
-        self.client_pipeline = pipelines.client_pipeline(config, self.client_ids)
-        self.server_pipeline = pipelines.server_pipeline(config, model.shapes())
+        self.dp = build_dp_run(config, data)  # None without DP; calibrates z before training
+        self.client_pipeline = pipelines.client_pipeline(config, self.client_ids, dp=self.dp)
+        self.server_pipeline = pipelines.server_pipeline(config, model.shapes(), dp=self.dp)
         self.down_codec = pipelines.download_codec(config)
+        self.hetero = HeteroRun(config, model, self.client_ids)  # profiles, local objectives, LoRA residuals
+        self.secagg = (  # one SecAgg+ session per round when secure aggregation is on
+            secagg_round.SecAggRounds(config, model.shapes(), train_sizes={c: len(d.train) for c, d in data.clients.items()})
+            if config.secure_aggregation.enabled else None
+        )
         fed = config.federation
         k = fed.clients_per_round or max(1, round((fed.fraction or 0) * len(self.client_ids)))
         self.cohort_size = min(k, len(self.client_ids))
@@ -80,6 +89,8 @@ class Simulation:
         rng = np.random.default_rng(derive_seed(fed.seed, r))
         pick = rng.choice(len(self.client_ids), self.cohort_size, replace=False)
         cohort = tuple(self.client_ids[i] for i in sorted(pick))
+        if self.dp is not None and self.dp.poisson:  # DP's Poisson sampling: each client w.p. q
+            cohort = self.dp.poisson_cohort(rng, self.client_ids)
         steps = fed.local_steps or 0  # per-client when local_epochs is set (see client_round)
         return RoundPlan(round=r, cohort=cohort, lr=self.lr_at(r), local_steps=steps, seed=derive_seed(fed.seed, r, 1))
 
@@ -99,7 +110,12 @@ class Simulation:
     ) -> tuple[ServerState, dict[str, Any]]:
         """One federated round; returns the new state and the round's metrics record."""
         t_round = time.perf_counter()
-        plan = self.plan_round(state.round + 1)
+        self.hetero.sync_base(state.server_states)  # FedEx-LoRA: base weights as of this state (resume)
+        plan = self.hetero.extend_plan(self.plan_round(state.round + 1), state.server_states, state.global_state)
+        if self.dp is not None:  # clip_norm, dp_denominator, expected_cohort_size
+            plan = self.dp.extend_plan(plan, state.server_states)
+        if self.secagg is not None:  # SecAgg+ key phases run before local training
+            plan = self.secagg.open(plan)
         fed = self.config.federation
 
         # Broadcast: the global trainable tensors, encoded once, sent to each client.
@@ -112,13 +128,21 @@ class Simulation:
         client_failures: list[dict[str, str]] = []
         train_seconds = 0.0
         for cid in plan.cohort:
+            if not secagg_round.will_upload(plan, cid):  # dropped out of secure aggregation
+                continue
+            res = self.hetero.resources(cid, len(self.data.clients[cid].train))
+            if res.steps == 0:  # a straggler past resources.time_budget sends nothing
+                client_failures.append({"client_id": cid, "reason": "straggler", "side": "client",
+                                        "detail": f"needs more than resources.time_budget={self.config.resources.time_budget} s"})
+                continue
             t0 = time.perf_counter()
             cstate = client_states.get(cid) or {**self.client_pipeline.init(), OPTIMIZER_KEY: {}}
-            update, result = self.local_update(plan, cid, received, optimizer_state=cstate.get(OPTIMIZER_KEY))
+            update, result = self.local_update(plan, cid, received, optimizer_state=cstate.get(OPTIMIZER_KEY), client_state=cstate)
             train_seconds += time.perf_counter() - t0
             if fed.keep_optimizer_state:
                 cstate = {**cstate, OPTIMIZER_KEY: result.optimizer_state}
-            client_metrics[cid] = {"train_loss": result.mean_loss, "steps": result.steps}
+            cstate = self.hetero.after_local(cid, cstate, plan, update, result)  # SCAFFOLD's c_i
+            client_metrics[cid] = {"train_loss": result.mean_loss, "steps": result.steps, **self.hetero.client_metrics(cid, res)}
             try:
                 client_states[cid], update, stage_metrics = self.client_pipeline.apply(cstate, update, plan)
             except UpdateRejected as exc:  # e.g. a diverged client cannot encode NaN: it sends nothing
@@ -138,14 +162,15 @@ class Simulation:
         states, value, intake = self.server_pipeline.apply(
             state.server_states, value, plan, kinds=pipelines.INTAKE_KINDS
         )
-        applied = len(value.updates) >= fed.min_updates
+        applied = secagg_round.contributors(value) >= fed.min_updates  # a secure sum counts its members
         combine: dict[str, Any] = {}
         new_global = state.global_state
         if applied:
             states, value, combine = self.server_pipeline.apply(states, value, plan, kinds=pipelines.COMBINE_KINDS)
+            self.hetero.sync_base(states)  # fold this round's FedEx-LoRA residual into the base
             step = value.aggregate or {}
             new_global = {k: v + step[k].to(v.dtype) for k, v in state.global_state.items()}
-        elif fed.on_too_few_updates == "abort":
+        elif fed.on_too_few_updates == "abort" and not secagg_round.aborted(intake):  # a SecAgg+ abort skips
             raise FedlmError(
                 f"round {plan.round}: {len(value.updates)} valid update(s), fewer than federation.min_updates="
                 f"{fed.min_updates}; rejected: {value.rejected}. Lower min_updates or set on_too_few_updates=skip"
@@ -153,7 +178,7 @@ class Simulation:
         server_seconds = time.perf_counter() - t0
 
         bytes_up = sum(len(u.payload or b"") for u in updates)
-        bytes_down = len(down) * len(plan.cohort)
+        bytes_down = (len(down) + self.hetero.extra_down_bytes(state.server_states)) * len(plan.cohort)
         totals = {
             "bytes_up": state.totals.get("bytes_up", 0) + bytes_up,
             "bytes_down": state.totals.get("bytes_down", 0) + bytes_down,
@@ -191,28 +216,40 @@ class Simulation:
         *,
         optimizer_state: dict | None = None,
         examples: list | None = None,
+        client_state: dict | None = None,
     ):
         """Local training of one client from the broadcast; returns its delta and result."""
         fed = self.config.federation
         train = examples if examples is not None else self.data.clients[cid].train
-        self.model.set_state(global_state)
-        steps = steps_for(len(train), batch_size=fed.batch_size, local_steps=fed.local_steps, local_epochs=fed.local_epochs)
+        self.model.set_state(self.hetero.client_start(cid, global_state))  # truncated to the client's rank
+        res = self.hetero.resources(cid, len(train))  # its profile's steps and batch size
+        steps = res.steps
         index = self.client_ids.index(cid) if cid in self.client_ids else len(self.client_ids)
         seed = derive_seed(plan.seed, index)
-        result = train_local(
-            self.model,
-            train,
-            steps=steps,
-            batch_size=fed.batch_size,
-            lr=plan.lr,
-            seed=seed,
-            weight_decay=fed.weight_decay,
-            max_grad_norm=fed.max_grad_norm,
-            optimizer_state=optimizer_state if fed.keep_optimizer_state else None,
-        )
+        dp_sgd = self.config.privacy.dp_sgd
+        if dp_sgd.enabled:  # sample-level DP inside the client (Opacus)
+            result = train_local_dp_sgd(
+                self.model, train, steps=steps, batch_size=res.batch_size, lr=plan.lr, seed=seed,
+                noise_multiplier=dp_sgd.noise_multiplier, max_grad_norm=dp_sgd.max_grad_norm,
+                weight_decay=fed.weight_decay,
+            )
+        else:
+            result = train_local(
+                self.model,
+                train,
+                steps=steps,
+                batch_size=res.batch_size,
+                lr=plan.lr,
+                seed=seed,
+                weight_decay=fed.weight_decay,
+                max_grad_norm=fed.max_grad_norm,
+                optimizer_state=optimizer_state if fed.keep_optimizer_state else None,
+                **self.hetero.train_kwargs(cid, plan, client_state),  # FedProx, SCAFFOLD, FFA, rank masks
+            )
         local = self.model.get_state()
         delta = {k: local[k] - global_state[k] for k in local}
-        update = ClientUpdate(client_id=cid, round=plan.round, num_examples=len(train), tensors=delta)
+        update = ClientUpdate(client_id=cid, round=plan.round, num_examples=len(train), tensors=delta,
+                              metrics={"local_steps": result.steps})  # FedNova and SCAFFOLD read it
         return update, result
 
     # ------------------------------------------------------------------ eval

@@ -6,6 +6,7 @@ from hypothesis.extra.numpy import arrays
 
 from fedlm.errors import ConfigError
 from fedlm.privacy.secagg.quantize import (
+    LEVEL_SLACK,
     dequantize,
     dequantize_sum,
     quantize,
@@ -42,7 +43,7 @@ def test_round_trip_within_one_step(x, bits, seed):
     q = quantize(x, bits=bits, clip=2.0, rng=np.random.default_rng(seed))
     assert q.max() <= (1 << bits) - 1
     err = np.abs(dequantize(q, bits=bits, clip=2.0) - x)
-    assert err.max() <= step_size(bits=bits, clip=2.0) * (1 + 1e-9)
+    assert err.max() <= step_size(bits=bits, clip=2.0) * (1 + LEVEL_SLACK)
 
 
 @settings(max_examples=50, deadline=None)

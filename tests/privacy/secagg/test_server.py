@@ -8,6 +8,7 @@ from fedlm.config.secagg import SecAggConfig
 from fedlm.privacy.secagg import SecAggAborted, SecAggError, SecAggServer
 from fedlm.privacy.secagg.graph import is_connected
 from fedlm.privacy.secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskShares
+from fedlm.privacy.secagg.quantize import sum_error_bound
 from fedlm.privacy.secagg.shamir import Share
 
 CFG = SecAggConfig(seed=0)
@@ -24,7 +25,7 @@ def test_hand_driven_round_sums_correctly(hand_round):
     r.advertise(), r.share(), r.mask(), r.unmask()
     result = r.server.unmask(r.answers.values())
     assert result.survivors == tuple(r.ids) and result.total_weight == 4
-    assert np.abs(result.values - sum(r.vectors.values())).max() <= 4 * 2 / 65535
+    assert np.abs(result.values - sum(r.vectors.values())).max() <= sum_error_bound(4, bits=16, clip=1.0)
 
 
 def test_advertise_phase_rejections_leave_state_unchanged(hand_round):
@@ -70,7 +71,8 @@ def test_later_phase_rejections(hand_round):
     result = r.server.unmask(answers.values())
     assert result.survivors == ("c0", "c1", "c2")
     assert (
-        np.abs(result.values - sum(r.vectors[c] for c in result.survivors)).max() <= 3 * 2 / 65535
+        np.abs(result.values - sum(r.vectors[c] for c in result.survivors)).max()
+        <= sum_error_bound(3, bits=16, clip=1.0)
     )
 
 

@@ -192,15 +192,18 @@ class SecAggClient:
         dtype = crypto.mask_dtype(m)
         length = setup.vector_len + 1  # the last word carries the weight
         y = np.empty(length, dtype=dtype)
-        y[:-1] = quantize(x, bits=setup.bits, clip=setup.clip, rng=self._rng) * np.uint64(weight)
+        q = y[:-1]
+        q[:] = quantize(x, bits=setup.bits, clip=setup.clip, rng=self._rng, dtype=dtype)
+        if weight != 1:
+            q *= dtype.type(weight)  # w * q < 2^m by the headroom check, so no wrap here
         y[-1] = weight
-        np.add(y, crypto.prg(self._seed, length, dtype=dtype), out=y)  # self mask PRG(b_i)
+        streams = [(self._seed, False)]  # self mask PRG(b_i)
         for cid in held:  # pairwise masks; arithmetic wraps mod 2^32 or 2^64
             seed = crypto.agree(
                 self._mask_sk, self._keys[cid][1], label=b"mask", round_id=setup.round_id
             )
-            ufunc = np.add if mask_sign(self.client_id, cid, order=self._index) > 0 else np.subtract
-            ufunc(y, crypto.prg(seed, length, dtype=dtype), out=y)
+            streams.append((seed, mask_sign(self.client_id, cid, order=self._index) < 0))
+        crypto.apply_streams(y, streams)
         if m < dtype.itemsize * 8:
             np.bitwise_and(y, dtype.type((1 << m) - 1), out=y)
         self.phase = "masked_input"

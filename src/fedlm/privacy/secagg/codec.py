@@ -56,6 +56,16 @@ class Reader:
         self.pos += n
         return out
 
+    def view(self, n: int) -> memoryview:
+        """Like :meth:`take`, but a zero-copy view (for the large vector payload)."""
+        if self.pos + n > len(self.data):
+            raise SecAggError(
+                "malformed", f"message truncated at byte {self.pos} (wanted {n} more)"
+            )
+        out = memoryview(self.data)[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
     def u8(self) -> int:
         return self.take(1)[0]
 
@@ -79,19 +89,25 @@ class Reader:
         return self.take(self.u32())
 
 
-def pack_words(values: np.ndarray, *, modulus_bits: int) -> bytes:
-    """Values mod 2^m as ceil(m / 8) little-endian bytes each."""
+def pack_words(values: np.ndarray, *, modulus_bits: int) -> bytes | memoryview:
+    """Values mod 2^m as ceil(m / 8) little-endian bytes each.
+
+    When no packing is needed this is a zero-copy view of ``values`` (for ``b"".join``).
+    """
     width = math.ceil(modulus_bits / 8)
-    le = values.astype(values.dtype.newbyteorder("<"), copy=False)
+    le = np.ascontiguousarray(values.astype(values.dtype.newbyteorder("<"), copy=False))
     if width == le.dtype.itemsize:
-        return le.tobytes()
+        return memoryview(le).cast("B")
     return np.ascontiguousarray(
         le.view(np.uint8).reshape(-1, le.dtype.itemsize)[:, :width]
     ).tobytes()
 
 
-def unpack_words(data: bytes, *, n: int, modulus_bits: int) -> np.ndarray:
-    """Inverse of :func:`pack_words`; returns shape (n,) in the word dtype for m."""
+def unpack_words(data: bytes | memoryview, *, n: int, modulus_bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_words`; returns shape (n,) in the word dtype for m.
+
+    Unpadded words come back as a read-only view of ``data`` (no copy).
+    """
     dtype = mask_dtype(modulus_bits)
     width = math.ceil(modulus_bits / 8)
     if len(data) != n * width:
@@ -99,7 +115,7 @@ def unpack_words(data: bytes, *, n: int, modulus_bits: int) -> np.ndarray:
             "wrong_size", f"vector payload is {len(data)} bytes, expected {n} x {width}"
         )
     if width == dtype.itemsize:
-        return np.frombuffer(data, dtype=dtype).copy()
+        return np.frombuffer(data, dtype=dtype)
     padded = np.zeros((n, dtype.itemsize), dtype=np.uint8)
     padded[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(n, width)
     return padded.reshape(-1).view(dtype)

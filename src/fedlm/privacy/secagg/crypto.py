@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -98,23 +99,110 @@ def prg(seed: bytes, length: int, *, dtype: np.dtype) -> np.ndarray:
     keeps them uniform because 2^m divides 2^32 and 2^64.
 
     Returns:
-        array of shape (length,) and the given dtype (a read-only view).
+        array of shape (length,) and the given dtype (a fresh, writable array).
     """
+    out = bytearray(length * dtype.itemsize + _BLOCK - 1)
+    _keystream_into(seed, out, length * dtype.itemsize)
+    return np.frombuffer(out, dtype=dtype, count=length)  # dtype may be any unsigned word
+
+
+def apply_prg(acc: np.ndarray, seed: bytes, *, subtract: bool = False, buf: bytearray | None = None) -> None:
+    """``acc += PRG(seed)`` (or ``-=``) in place, wrapping mod 2^(word bits).
+
+    Args:
+        acc: 1-D unsigned word array (uint32 or uint64), modified in place.
+        seed: 32-byte PRG seed.
+        subtract: subtract the stream instead of adding it.
+        buf: scratch space of at least ``acc.nbytes + 15`` bytes, reused between calls
+            so masking with k neighbours allocates once instead of k times.
+    """
+    nbytes = acc.size * acc.dtype.itemsize
+    if buf is None or len(buf) < nbytes + _BLOCK - 1:
+        buf = bytearray(nbytes + _BLOCK - 1)
+    _keystream_into(seed, buf, nbytes)
+    stream = np.frombuffer(buf, dtype=acc.dtype, count=acc.size)
+    (np.subtract if subtract else np.add)(acc, stream, out=acc)
+
+
+def apply_streams(
+    acc: np.ndarray,
+    streams: Sequence[tuple[bytes, bool]],
+    *,
+    addends: Sequence[np.ndarray] = (),
+    chunk_words: int = 1 << 16,
+) -> None:
+    """``acc += sum(addends) + sum_j (-1)^sub_j PRG(seed_j)`` in place, chunk by chunk.
+
+    Equal to calling :func:`apply_prg` once per ``(seed, subtract)`` pair, but each
+    keystream block is added while it is still in cache and ``acc`` is walked once per
+    chunk, so masking with k streams reads and writes memory about once instead of k times.
+
+    Args:
+        acc: 1-D unsigned word array, modified in place.
+        streams: (32-byte seed, subtract) pairs.
+        addends: arrays of acc's shape and dtype to add as well (the server's masked inputs).
+        chunk_words: words per chunk (2^16 uint32 words = 256 KiB).
+    """
+    for seed, _ in streams:
+        if len(seed) != KEY_BYTES:
+            raise SecAggError("wrong_size", f"PRG seed is {len(seed)} bytes, expected {KEY_BYTES}")
+    if (not streams and not addends) or acc.size == 0:
+        return
+    itemsize = acc.dtype.itemsize
+    words = min(chunk_words, acc.size)
+    zeros = memoryview(_zeros(words * itemsize))
+    buf = np.empty(words * itemsize + _BLOCK - 1, dtype=np.uint8)  # no need to zero it
+    ctxs = [
+        (Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor(), np.subtract if sub else np.add)
+        for seed, sub in streams
+    ]
+    for start in range(0, acc.size, words):
+        part = acc[start : start + words]
+        nbytes = part.size * itemsize
+        stream = buf[:nbytes].view(acc.dtype)
+        for other in addends:
+            np.add(part, other[start : start + words], out=part)
+        for ctx, op in ctxs:  # CTR contexts carry on where the previous chunk stopped
+            ctx.update_into(zeros[:nbytes], buf)
+            op(part, stream, out=part)
+
+
+def scratch(length: int, *, dtype: np.dtype) -> bytearray:
+    """A scratch buffer for :func:`apply_prg` on vectors of ``length`` words."""
+    return bytearray(length * dtype.itemsize + _BLOCK - 1)
+
+
+_BLOCK = 16  # AES block: ``update_into`` wants len(out) >= len(data) + 15
+_ZEROS: dict[int, bytes] = {}
+
+
+def _keystream_into(seed: bytes, out: bytearray, nbytes: int) -> None:
+    """Write the first ``nbytes`` of the AES-256-CTR keystream under ``seed`` into ``out``."""
     if len(seed) != KEY_BYTES:
         raise SecAggError("wrong_size", f"PRG seed is {len(seed)} bytes, expected {KEY_BYTES}")
-    nbytes = length * dtype.itemsize
-    # Encrypting zeros yields the raw keystream; bytes(n) is a cheap zeroed buffer.
-    stream = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor().update(bytes(nbytes))
-    return np.frombuffer(stream, dtype=dtype, count=length)
+    Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor().update_into(_zeros(nbytes), out)
+
+
+def _zeros(nbytes: int) -> bytes:
+    """A cached zero block: encrypting zeros yields the raw keystream."""
+    zeros = _ZEROS.get(nbytes)
+    if zeros is None:
+        if len(_ZEROS) >= 4:
+            _ZEROS.clear()
+        zeros = _ZEROS[nbytes] = bytes(nbytes)
+    return zeros
 
 
 __all__ = [
     "KEY_BYTES",
     "agree",
+    "apply_prg",
+    "apply_streams",
     "decrypt",
     "encrypt",
     "generate_private_key",
     "mask_dtype",
     "prg",
     "public_key",
+    "scratch",
 ]

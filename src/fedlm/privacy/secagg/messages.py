@@ -42,7 +42,7 @@ class Message:
         w = Writer()
         w.text(self.client)
         self._encode(w)
-        return _HEADER.pack(VERSION, self.TYPE, self.round_id) + b"".join(w.parts)
+        return b"".join([_HEADER.pack(VERSION, self.TYPE, self.round_id), *w.parts])  # one copy
 
     def _encode(self, w: Writer) -> None:
         raise NotImplementedError
@@ -230,7 +230,7 @@ class MaskedInput(Message):
         width = math.ceil(m / 8) if 1 <= m <= 64 else 0
         if width == 0:
             raise SecAggError("malformed", f"modulus_bits={m} outside [1, 64]")
-        return cls(round_id, client, m, unpack_words(r.take(n * width), n=n, modulus_bits=m))
+        return cls(round_id, client, m, unpack_words(r.view(n * width), n=n, modulus_bits=m))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from fedlm.config.secagg import SecAggConfig
+from fedlm.config.secagg import PHASES, SecAggConfig
 from fedlm.errors import ConfigError
 from fedlm.privacy.secagg import crypto, shamir
 from fedlm.privacy.secagg.client import CIPHERTEXT_BYTES, mask_sign
@@ -46,7 +46,6 @@ from fedlm.privacy.secagg.messages import (
 )
 from fedlm.privacy.secagg.quantize import dequantize_sum, required_modulus_bits
 
-PHASES = ("advertise_keys", "share_keys", "masked_input", "unmasking")
 _UPLOADS = {
     "advertise_keys": AdvertiseKeys,
     "share_keys": ShareKeys,
@@ -111,7 +110,7 @@ class SecAggServer:
         need = required_modulus_bits(n, bits=config.bits, max_weight=config.max_weight)
         if need > config.modulus_bits:
             raise ConfigError(
-                f"secagg.modulus_bits={config.modulus_bits} cannot hold the sum of {n} clients at "
+                f"secure_aggregation.modulus_bits={config.modulus_bits} cannot hold the sum of {n} clients at "
                 f"bits={config.bits}, max_weight={config.max_weight}; use modulus_bits >= {need}"
             )
         self.config, self.vector_len, self.round_id = config, vector_len, round_id
@@ -124,8 +123,8 @@ class SecAggServer:
         )
         if not 2 <= self.threshold <= self.degree:
             raise ConfigError(
-                f"secagg.threshold={self.threshold} must be in [2, {self.degree}] (the neighbour degree "
-                f"for n={n}); lower it or raise secagg.neighbours"
+                f"secure_aggregation.threshold={self.threshold} must be in [2, {self.degree}] (the neighbour degree "
+                f"for n={n}); lower it or raise secure_aggregation.neighbours"
             )
         self._index = {c: i for i, c in enumerate(self.cohort)}
         self._dtype = crypto.mask_dtype(config.modulus_bits)
@@ -229,10 +228,9 @@ class SecAggServer:
 
         length = self.vector_len + 1
         total = np.zeros(length, dtype=self._dtype)
+        streams: list[tuple[bytes, bool]] = []  # (seed, subtract), all removed in one pass
         for i in self._ordered(u3):  # sum of y_i, then remove the self masks PRG(b_i)
-            np.add(total, self._masked[i], out=total)
-            seed = self._recover(seeds[i], i)
-            np.subtract(total, crypto.prg(seed, length, dtype=self._dtype), out=total)
+            streams.append((self._recover(seeds[i], i), True))
         for j in self._ordered(self.live["share_keys"] - u3):
             near = self.neighbours[j] & u3
             if not near:
@@ -245,16 +243,11 @@ class SecAggServer:
                     "unmasking",
                 )
             for i in self._ordered(near):  # survivor i added sign(i, j) * PRG(s_ij); take it out
-                stream = crypto.prg(
-                    crypto.agree(
-                        sk, self._keys[i].mask_public, label=b"mask", round_id=self.round_id
-                    ),
-                    length,
-                    dtype=self._dtype,
+                seed = crypto.agree(
+                    sk, self._keys[i].mask_public, label=b"mask", round_id=self.round_id
                 )
-                (np.subtract if mask_sign(i, j, order=self._index) > 0 else np.add)(
-                    total, stream, out=total
-                )
+                streams.append((seed, mask_sign(i, j, order=self._index) > 0))
+        crypto.apply_streams(total, streams, addends=[self._masked[i] for i in self._ordered(u3)])
         m = self.config.modulus_bits
         if m < self._dtype.itemsize * 8:
             np.bitwise_and(total, self._dtype.type((1 << m) - 1), out=total)

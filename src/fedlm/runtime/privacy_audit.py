@@ -1,0 +1,162 @@
+"""The privacy audit inside a run: plant canaries in client data, measure after training.
+
+* Before training, :func:`canary_hook` rewrites the chosen clients' raw rows: each of the
+  ``audit.canaries`` secrets (Carlini et al. 2019) goes ``audit.canary_repeats`` times into
+  its client's text as separate records (``fedlm.privacy.canaries.insert_canaries``).
+* After training, :func:`audit_model` ranks every canary among ``audit.candidates`` random
+  secrets (exposure) and runs the loss-based membership inference attack (Yeom et al.
+  2018) on training examples of clients that took part vs held-out examples.
+* ``fedlm audit RUN_DIR`` (:func:`audit_run`) does the same on any finished run, rebuilding
+  its data (and canaries) from the run's ``config.yaml``, and writes ``audit.json`` and
+  ``summary.json["audit"]`` next to ``summary.json["privacy"]``.
+
+Canary secrets depend only on ``audit.seed``; with ``canary_clients: auto`` the holders are
+drawn by that seed from the clients the data builder keeps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fedlm.config.schema import ExperimentConfig
+from fedlm.data.federated import FederatedData, RowsHook
+from fedlm.data.sources import Record
+from fedlm.privacy.audit import run_audit
+from fedlm.privacy.canaries import Canary, choose_canary_clients, insert_canaries, make_canaries
+from fedlm.report.metrics_log import write_json
+
+_OWNER = "__canary_owner__"  # temporary field while records are regrouped
+
+
+def planted_canaries(config: ExperimentConfig) -> list[Canary]:
+    """The canaries a run plants (a pure function of ``audit``)."""
+    a = config.audit
+    return make_canaries(a.canaries, seed=a.seed, template=a.template, alphabet=a.alphabet, length=a.secret_length)
+
+
+def canary_clients(config: ExperimentConfig, client_ids: list[str]) -> list[str]:
+    """The clients that hold canaries: the listed ones, or a seeded choice ('auto')."""
+    a = config.audit
+    if isinstance(a.canary_clients, list):
+        a.check_clients(client_ids)
+        return list(a.canary_clients)
+    return choose_canary_clients(client_ids, n=a.canaries, seed=a.seed)
+
+
+def canary_hook(config: ExperimentConfig) -> RowsHook | None:
+    """A rows hook that plants the canaries (None when ``audit.canaries`` is 0)."""
+    if not (config.audit.enabled and config.audit.canaries):
+        return None
+    text_field = config.data.text_field
+
+    def hook(rows: dict[str, list[Record]]) -> dict[str, list[Record]]:
+        holders = canary_clients(config, sorted(rows))
+        flat = [{**r, _OWNER: cid} for cid, rs in rows.items() for r in rs]
+        planted = insert_canaries(
+            flat, planted_canaries(config), clients=holders, repeats=config.audit.canary_repeats,
+            seed=config.audit.seed, client_field=_OWNER, text_field=text_field,
+        )
+        out: dict[str, list[Record]] = {cid: [] for cid in rows}
+        for r in planted:
+            cid = r.pop(_OWNER)
+            out[cid].append(r)
+        return out
+
+    return hook
+
+
+def chain_hooks(*hooks: RowsHook | None) -> RowsHook | None:
+    """Compose rows hooks left to right, skipping None (None if all are None)."""
+    live = [h for h in hooks if h is not None]
+    if not live:
+        return None
+
+    def chained(rows: dict[str, list[Record]]) -> dict[str, list[Record]]:
+        for h in live:
+            rows = h(rows)
+        return rows
+
+    return chained
+
+
+def audit_model(
+    config: ExperimentConfig, model: Any, tokenizer: Any, data: FederatedData, *, participants: list[str] | None = None
+) -> dict[str, Any]:
+    """Exposure of every planted canary and the loss-based MIA AUC of ``model``.
+
+    Args:
+        config: the run's config (``audit`` section).
+        model: the trained causal LM (base + final adapter).
+        tokenizer: its tokenizer.
+        data: the run's federated data, canaries included.
+        participants: clients that trained in at least one round (members come from their
+            training examples); None: every client.
+    """
+    a = config.audit
+    ids = [c for c in (participants or data.ids()) if c in data.clients]
+    members = [ex for cid in ids for ex in data.clients[cid].train]
+    nonmembers = [ex for c in data.clients.values() for ex in c.heldout]
+    canaries = planted_canaries(config) if a.canaries else []
+    holders = canary_clients(config, data.ids()) if canaries else None
+    result = run_audit(
+        model, tokenizer, canaries=canaries, members=members, nonmembers=nonmembers,
+        candidates=a.candidates, seed=a.seed, batch_size=a.batch_size, mia_examples=a.mia_examples,
+        canary_clients=holders,
+    )
+    result["canary_repeats"] = a.canary_repeats if canaries else None
+    result["canary_holders_participated"] = (
+        sorted(set(holders) & set(participants)) if holders and participants is not None else None
+    )
+    return result
+
+
+def participants_of(metrics_path: Path) -> list[str] | None:
+    """Clients in any round's cohort, read from ``metrics.jsonl`` (None if it is missing)."""
+    if not metrics_path.is_file():
+        return None
+    seen: set[str] = set()
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "round":
+            seen.update(rec.get("cohort", []))
+    return sorted(seen)
+
+
+def audit_run(run_dir: str | Path, *, write: bool = True) -> dict[str, Any]:
+    """Audit a finished run: rebuild its data, load base + final adapter, measure.
+
+    Writes ``audit.json``, adds ``audit`` to ``summary.json`` (with the run's epsilon
+    beside it) and rewrites ``report.html`` when the run has one.
+    """
+    from fedlm.data.federated import build_federated_data
+    from fedlm.models.loading import cache_dir
+    from fedlm.runtime.adversary import poison_hook
+    from fedlm.runtime.commands import load_run_model
+
+    run_dir = Path(run_dir)
+    config, model, tok = load_run_model(run_dir)
+    data = build_federated_data(
+        config.data, tok, cache_dir=cache_dir(), rows_hook=chain_hooks(poison_hook(config), canary_hook(config))
+    )
+    result = audit_model(config, model, tok, data, participants=participants_of(run_dir / "metrics.jsonl"))
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        privacy = summary.get("privacy") or {}
+        result["epsilon"] = privacy.get("epsilon")
+        result["delta"] = privacy.get("delta")
+        if write:
+            summary["audit"] = result
+            write_json(summary_path, summary)
+    if write:
+        write_json(run_dir / "audit.json", result)
+        if (run_dir / "report.html").is_file():
+            from fedlm.report.html import write_report
+
+            write_report(run_dir)
+    return result
+
+
+__all__ = ["audit_model", "audit_run", "canary_hook", "chain_hooks", "participants_of", "planted_canaries"]

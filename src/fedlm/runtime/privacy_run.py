@@ -1,0 +1,288 @@
+"""Differential privacy inside a simulated run: sampling, plan values, stages, accounting.
+
+The math lives in :mod:`fedlm.privacy` (clipping, noise, accountant, stages) and in
+:mod:`fedlm.client.dp_sgd`; this module is the glue the simulator and the experiment call:
+
+* before training: the population ``N``, the cohort ``k`` (or Poisson rate ``q = k / N``),
+  the public denominator ``D`` and the noise multiplier ``z`` (given, or calibrated for the
+  planned rounds with :func:`calibrate_noise_multiplier`), and the DP stages;
+* each round: the Poisson cohort (``sampling="poisson"``), the round plan's
+  ``clip_norm`` / ``dp_denominator`` / ``expected_cohort_size``, and after the round one
+  accountant step, epsilon at ``delta`` into the round's ``metrics.jsonl`` record;
+* between rounds: whether one more round would spend more than ``target_epsilon``
+  (training then stops cleanly, the final adapter is saved and the reason recorded);
+* at the end: ``summary.json["privacy"]``.
+
+The accountant's ledger and the DP-SGD step counts ride in ``ServerState.totals`` so that
+a checkpoint holds them and a resumed run continues the same ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from fedlm.config.schema import ExperimentConfig
+from fedlm.data.federated import FederatedData
+from fedlm.errors import ConfigError
+from fedlm.privacy.accountant import PrivacyAccountant, calibrate_noise_multiplier
+from fedlm.privacy.noise import capped_weights, sensitivity
+from fedlm.privacy.stages import (
+    AdaptiveClipStage,
+    ClipStage,
+    DpMeanStage,
+    dp_fedavg_stages,
+)
+from fedlm.runtime.checkpoint import ServerState
+from fedlm.stages import RoundPlan
+
+LEDGER_KEY = "privacy_accountant"  # in ServerState.totals
+DP_SGD_KEY = "dp_sgd_steps"  # in ServerState.totals: {client_id: local DP-SGD steps so far}
+
+
+def planned_cohort_size(config: ExperimentConfig, num_clients: int) -> int:
+    """``k``: ``clients_per_round``, or ``fraction * N`` rounded (at least 1, at most N)."""
+    fed = config.federation
+    k = fed.clients_per_round or max(1, round((fed.fraction or 0) * num_clients))
+    return min(k, num_clients)
+
+
+class DpRun:
+    """The DP side of one simulation (client-level DP-FedAvg and/or local DP-SGD).
+
+    Args:
+        config: the experiment; ``privacy.enabled`` or ``privacy.dp_sgd.enabled``.
+        data: the federated data (population and example counts).
+
+    Raises:
+        ConfigError: ``delta >= 1/N``, or ``target_epsilon`` unreachable in the planned rounds.
+    """
+
+    def __init__(self, config: ExperimentConfig, data: FederatedData) -> None:
+        p, fed = config.privacy, config.federation
+        self.config = config
+        self.client_level = p.enabled
+        self.dp_sgd = p.dp_sgd if p.dp_sgd.enabled else None
+        self.population = len(data.clients)
+        self.cohort_size = planned_cohort_size(config, self.population)
+        self.num_examples = {cid: len(c.train) for cid, c in data.clients.items()}
+        self.stop_reason: str | None = None
+        self.accountant: PrivacyAccountant | None = None
+        self.client_stages: list = []
+        self.server_stages: list = []
+        if not self.client_level:
+            return
+        p.check_population(self.population)
+        n, k = self.population, self.cohort_size
+        self.sample_rate = k / n if p.sampling != "none" else None
+        self.expected_cohort_size = float(k)  # q N for Poisson, k for fixed-size
+        if p.weighting == "capped":
+            q = k / n
+            self.denominator = q * sum(capped_weights(list(self.num_examples.values()), float(p.max_weight or 0)))
+        else:
+            self.denominator = self.expected_cohort_size
+        sigma_b = p.clipped_count_stddev if p.adaptive_clipping else None
+        common = {
+            "kind": p.accountant,
+            "sampling": p.sampling,
+            "sample_rate": self.sample_rate if p.sampling == "poisson" else None,
+            "cohort_size": k if p.sampling == "fixed" else None,
+            "population": n,
+        }
+        if p.target_epsilon is not None and p.on_budget_exhausted != "stop":
+            z = calibrate_noise_multiplier(
+                p.target_epsilon, p.delta, fed.rounds, clipped_count_stddev=sigma_b, **common
+            )
+            self.z_source = "calibrated"
+        else:
+            z = float(p.noise_multiplier)  # type: ignore[arg-type]
+            self.z_source = "given"
+        self.noise_multiplier = z
+        self.accountant = PrivacyAccountant(
+            noise_multiplier=z, delta=p.delta, clipped_count_stddev=sigma_b, **common
+        )
+        client, server = dp_fedavg_stages(
+            p, z, expected_cohort_size=self.expected_cohort_size, secret_seed=p.noise_seed
+        )
+        self.client_stages = client
+        mean = DpMeanStage(
+            clip_norm=p.clip_norm, weighting=p.weighting, max_weight=p.max_weight,
+            reclip=p.mode == "central",  # re-clipping a noise share would strip its noise
+        )
+        self.server_stages = [mean, *server]
+        self._next: tuple[int, float] | None = None  # cached (rounds, epsilon_after(1))
+
+    # ------------------------------------------------------------------ sampling and plan
+    @property
+    def poisson(self) -> bool:
+        return self.client_level and self.config.privacy.sampling == "poisson"
+
+    def poisson_cohort(self, rng: np.random.Generator, client_ids: list[str]) -> tuple[str, ...]:
+        """Each client independently with probability ``q = k / N`` (may be empty)."""
+        keep = rng.random(len(client_ids)) < self.sample_rate
+        return tuple(cid for cid, inside in zip(client_ids, keep, strict=True) if inside)
+
+    def clip_norm(self, server_states: dict[str, Any]) -> float:
+        """``C`` for the next round: the adaptive state's, or the configured one."""
+        adaptive = server_states.get(AdaptiveClipStage.name)
+        if adaptive is not None:
+            return AdaptiveClipStage.clip_norm(adaptive)
+        return float(self.config.privacy.clip_norm)
+
+    def extend_plan(self, plan: RoundPlan, server_states: dict[str, Any]) -> RoundPlan:
+        """The round plan with the values the DP stages read from ``plan.extra``."""
+        if not self.client_level:
+            return plan
+        extra = {
+            **plan.extra,
+            "clip_norm": self.clip_norm(server_states),
+            "dp_denominator": self.denominator,
+            "expected_cohort_size": self.expected_cohort_size,
+        }
+        return replace(plan, extra=extra)
+
+    # ------------------------------------------------------------------ accounting
+    def restore(self, state: ServerState) -> None:
+        """Continue the ledger of a checkpoint (a resumed run)."""
+        if self.accountant is not None and LEDGER_KEY in state.totals:
+            self.accountant.load_state_dict(state.totals[LEDGER_KEY])
+
+    def check_budget(self, state: ServerState) -> str | None:
+        """Why the next round must not run (budget spent), or None; remembers the reason."""
+        p = self.config.privacy
+        if self.accountant is None or p.target_epsilon is None:
+            return None
+        after = self.accountant.epsilon_after(1)
+        self._next = (self.accountant.rounds, after)
+        if after > p.target_epsilon:
+            self.stop_reason = (
+                f"privacy budget spent: round {state.round + 1} would take epsilon from "
+                f"{self.accountant.epsilon():.4g} to {after:.4g}, past privacy.target_epsilon="
+                f"{p.target_epsilon:g} (delta={p.delta:g})"
+            )
+            return self.stop_reason
+        return None
+
+    def after_round(self, state: ServerState, record: dict[str, Any]) -> tuple[ServerState, dict[str, Any]]:
+        """One accountant step and the DP-SGD step counts; epsilon into the round record."""
+        totals = dict(state.totals)
+        info: dict[str, Any] = {}
+        if self.accountant is not None:
+            cached = self._next
+            self.accountant.step(1)
+            eps = cached[1] if cached and cached[0] == self.accountant.rounds - 1 else self.accountant.epsilon()
+            self._next = None
+            info.update(
+                epsilon=eps, delta=self.accountant.delta, accountant=self.accountant.kind,
+                noise_multiplier=self.noise_multiplier, clip_norm=record_clip(record),
+                rounds_accounted=self.accountant.rounds,
+            )
+            totals[LEDGER_KEY] = self.accountant.state_dict()
+        if self.dp_sgd is not None:
+            steps = dict(totals.get(DP_SGD_KEY, {}))
+            for cid, m in record.get("clients", {}).items():
+                steps[cid] = steps.get(cid, 0) + int(m.get("steps", 0))
+            totals[DP_SGD_KEY] = steps
+            per = {cid: self.client_epsilon(cid, steps[cid]) for cid in record.get("clients", {})}
+            info["dp_sgd"] = {"epsilon_max": max(per.values(), default=0.0), "clients": per}
+        record = {**record, "privacy": info}
+        return replace(state, totals=totals), record
+
+    def client_epsilon(self, cid: str, steps: int) -> float:
+        """A client's DP-SGD epsilon after ``steps`` local steps (Opacus RDP accountant)."""
+        from fedlm.client.dp_sgd import dp_sgd_epsilon, sample_rate
+
+        cfg = self.dp_sgd
+        if cfg is None:
+            raise ConfigError("privacy.dp_sgd.enabled is false; there is no per-client epsilon")
+        q = sample_rate(self.num_examples[cid], self.config.federation.batch_size)
+        return dp_sgd_epsilon(noise_multiplier=cfg.noise_multiplier, sample_rate=q, steps=steps, delta=cfg.delta)
+
+    def summary(self, state: ServerState) -> dict[str, Any]:
+        """``summary.json["privacy"]``: epsilon, delta, accountant and how they were obtained."""
+        p = self.config.privacy
+        out: dict[str, Any] = {"epsilon": None, "delta": None, "accountant": None}
+        if self.accountant is not None:
+            acc = self.accountant
+            out.update(
+                level="client",
+                epsilon=acc.epsilon(),
+                delta=acc.delta,
+                accountant=acc.kind,
+                noise_multiplier=self.noise_multiplier,
+                noise_multiplier_source=self.z_source,
+                target_epsilon=p.target_epsilon,
+                mode=p.mode,
+                sampling=p.sampling,
+                sample_rate=self.sample_rate,
+                population=self.population,
+                expected_cohort_size=self.expected_cohort_size,
+                weighting=p.weighting,
+                denominator=self.denominator,
+                clip_norm=p.clip_norm,
+                final_clip_norm=self.clip_norm(state.server_states),
+                adaptive_clipping=p.adaptive_clipping,
+                sensitivity=sensitivity(p.clip_norm, weighting=p.weighting, max_weight=p.max_weight),
+                min_honest_fraction=p.min_honest_fraction,
+                rounds_accounted=acc.rounds,
+                stopped_early=self.stop_reason is not None,
+                stop_reason=self.stop_reason,
+                epsilon_by_accountant=self._both_accountants(),
+            )
+        if self.dp_sgd is not None:
+            steps = state.totals.get(DP_SGD_KEY, {})
+            per = {cid: self.client_epsilon(cid, n) for cid, n in sorted(steps.items())}
+            dp_sgd = {
+                "library": "opacus",
+                "accountant": "opacus-rdp",
+                "noise_multiplier": self.dp_sgd.noise_multiplier,
+                "max_grad_norm": self.dp_sgd.max_grad_norm,
+                "delta": self.dp_sgd.delta,
+                "epsilon_max": max(per.values(), default=0.0),
+                "clients": {cid: {"epsilon": e, "steps": steps[cid]} for cid, e in per.items()},
+            }
+            out["dp_sgd"] = dp_sgd
+            if self.accountant is None:  # sample-level only: the headline is the worst client
+                out.update(level="sample", epsilon=dp_sgd["epsilon_max"], delta=self.dp_sgd.delta,
+                           accountant="opacus-rdp")
+        return out
+
+    def _both_accountants(self) -> dict[str, float | None]:
+        """The same ledger under RDP and PLD (PLD has no fixed-size sampling)."""
+        acc = self.accountant
+        out: dict[str, float | None] = {}
+        for kind in ("rdp", "pld"):
+            if kind == "pld" and acc.sampling == "fixed":  # type: ignore[union-attr]
+                out[kind] = None
+                continue
+            other = PrivacyAccountant(
+                kind, acc.sampling, noise_multiplier=acc.noise_multiplier, delta=acc.delta,  # type: ignore[union-attr]
+                sample_rate=acc.sample_rate if acc.sampling == "poisson" else None,  # type: ignore[union-attr]
+                cohort_size=acc.cohort_size, population=acc.population,  # type: ignore[union-attr]
+                clipped_count_stddev=acc.clipped_count_stddev,  # type: ignore[union-attr]
+            )
+            other._history = list(acc._history)  # type: ignore[union-attr]
+            out[kind] = other.epsilon()
+        return out
+
+
+def record_clip(record: dict[str, Any]) -> float | None:
+    """The ``C`` a round's clients clipped to, read from their ``dp_clip`` metrics."""
+    for m in record.get("clients", {}).values():
+        c = m.get(f"{ClipStage.name}.clip_norm")
+        if c is not None:
+            return float(c)
+    return None
+
+
+def build_dp_run(config: ExperimentConfig, data: FederatedData) -> DpRun | None:
+    """The run's DP glue, or None when neither client-level DP nor DP-SGD is on."""
+    p = config.privacy
+    if not (p.enabled or p.dp_sgd.enabled):
+        return None
+    return DpRun(config, data)
+
+
+__all__ = ["DP_SGD_KEY", "LEDGER_KEY", "DpRun", "build_dp_run", "planned_cohort_size"]
