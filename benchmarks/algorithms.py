@@ -17,7 +17,8 @@ rounds, and the worst layer-round), and bytes down.
 
 Data: synthetic topic text written on the fly (8 topics, each its own 40-word Zipfian
 vocabulary plus shared function words; ``topic`` is the Dirichlet label), 10 clients, 5
-per round. The whole benchmark runs in about 10 minutes on 2 shared CPU cores.
+per round. The 24 runs took 18 minutes on 2 CPU cores shared with other jobs (one torch
+thread); `--rounds` and `--local-steps` shrink it.
 
     python -m benchmarks.algorithms [--quick] [--rounds 15] [--target-loss X]
 """

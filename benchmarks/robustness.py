@@ -68,7 +68,7 @@ def base_overrides(data: Path | None, quick: bool) -> list[str]:
         return [
             *shared,
             "data.source=jsonl", f"data.path={data}", "data.partition=iid", f"data.num_clients={CLIENTS}",
-            "data.min_client_chars=0", "data.max_clients=null", "data.seq_len=48", "data.context_field=null",
+            "data.min_client_chars=0", "data.max_clients=null", "data.seq_len=96", "data.context_field=null",
             "federation.rounds=2", "federation.local_steps=3", "federation.batch_size=4",
             "eval.attack_prompts=8", "eval.attack_max_new_tokens=4",
         ]
@@ -108,7 +108,8 @@ def run_cell(base: list[str], attack: str, share: float, defence: str, root: Pat
         "attackers": f"{share:.0%}" if attack != "none" else "0%",
         "defence": defence,
         "attack_success_rate": rob.get("attack_success_rate"),
-        "clean_loss": summary["final"]["eval_loss"],
+        # held-out loss of the honest clients: the attackers' own held-out rows are poisoned
+        "clean_loss": (rob.get("clean") or summary["final"])["eval_loss"],
         "rejected": rob.get("rejected", 0),
         "seconds": time.perf_counter() - t0,
     }

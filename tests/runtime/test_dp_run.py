@@ -203,3 +203,37 @@ def test_resume_continues_the_privacy_ledger(many_clients, tmp_path, monkeypatch
     resumed = resume_experiment(tmp_path / "crashed").summary["privacy"]
     assert resumed["rounds_accounted"] == 3
     assert resumed["epsilon"] == pytest.approx(full["epsilon"], rel=1e-12)
+
+
+def test_dp_sgd_run_reports_each_clients_opacus_epsilon(many_clients, tmp_path):
+    from opacus.accountants import RDPAccountant
+
+    cfg = _dp(many_clients, **{"privacy.enabled": "false", "privacy.dp_sgd.enabled": "true",
+                               "privacy.dp_sgd.noise_multiplier": 1.3, "federation.rounds": 2})
+    run = run_experiment(cfg, out_dir=tmp_path / "dpsgd")
+    p = run.summary["privacy"]
+    assert p["level"] == "sample" and p["accountant"] == "opacus-rdp"
+    rounds = _records(run.run_dir)
+    taken = {}
+    for rec in rounds:
+        for cid, m in rec["clients"].items():
+            taken[cid] = taken.get(cid, 0) + m["steps"]
+    assert set(p["dp_sgd"]["clients"]) == set(taken)
+    from fedlm.runtime.experiment import prepare
+
+    _, data = prepare(cfg)
+    for cid, info in p["dp_sgd"]["clients"].items():
+        ref = RDPAccountant()
+        ref.history = [(1.3, min(1.0, 2 / len(data.clients[cid].train)), taken[cid])]  # batch 2
+        assert info["steps"] == taken[cid]
+        assert info["epsilon"] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-9)
+    assert p["epsilon"] == max(i["epsilon"] for i in p["dp_sgd"]["clients"].values())
+
+
+def test_resume_refuses_a_recalibrated_noise_multiplier(many_clients, tmp_path):
+    from fedlm.runtime.experiment import resume_experiment
+
+    cfg = _dp(many_clients, **{"privacy.target_epsilon": 6.0, "federation.rounds": 1})
+    run = run_experiment(cfg, out_dir=tmp_path / "cal1").run_dir
+    with pytest.raises(ConfigError, match="original federation.rounds"):
+        resume_experiment(run, overrides=["federation.rounds=3"])

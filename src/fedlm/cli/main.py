@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     aud = sub.add_parser("audit", help="privacy audit of a finished run: canary exposure and MIA AUC")
     aud.add_argument("run_dir")
+
+    from fedlm.explain.cli import add_explain_parser
+
+    add_explain_parser(sub)  # fedlm explain contribution|tokens
     return parser
 
 
@@ -103,6 +107,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(json.dumps(audit_run(args.run_dir), indent=2))
         return 0
+    if args.command == "explain":
+        from fedlm.explain.cli import run_explain
+
+        return run_explain(args)
     if args.command == "eval":
         from fedlm.runtime.commands import evaluate_run
 

@@ -38,14 +38,27 @@ def sample_rate(num_examples: int, batch_size: int) -> float:
     return min(1.0, batch_size / num_examples)
 
 
-def dp_sgd_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """Epsilon of ``steps`` DP-SGD steps at ``delta`` (Opacus ``RDPAccountant``); 0 for no steps."""
-    if steps <= 0:
+def dp_sgd_epsilon(
+    *,
+    noise_multiplier: float,
+    delta: float,
+    sample_rate: float | None = None,
+    steps: int = 0,
+    segments: list[tuple[float, int]] | None = None,
+) -> float:
+    """Epsilon at ``delta`` of DP-SGD steps (Opacus ``RDPAccountant``); 0 for no steps.
+
+    Either ``steps`` steps at ``sample_rate``, or ``segments = [(sample_rate, steps), ...]``
+    (a client whose batch size, hence rate, changed between rounds).
+    """
+    segs = list(segments) if segments is not None else [(float(sample_rate or 0.0), int(steps))]
+    history = [(float(noise_multiplier), float(q), int(n)) for q, n in segs if n > 0]
+    if not history:
         return 0.0
     from opacus.accountants import RDPAccountant
 
     acc = RDPAccountant()
-    acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
+    acc.history = history
     return float(acc.get_epsilon(delta=delta))
 
 

@@ -59,6 +59,18 @@ class ExplainConfig(BaseModel):
         description="Flag a client when its contribution is below -negative_tol.",
     )
     seed: int = Field(0, description="Seeds GTG's permutation sampling.")
+    validation_clients: list[str] | None = Field(
+        None,
+        description="Clients whose held-out examples form the server's validation split "
+        "(None: every client's); the split is the first validation_size of them, pooled.",
+    )
+    keep_updates: bool = Field(
+        False,
+        description="Save each round's starting global tensors and decoded client deltas "
+        "under RUN_DIR/explain/ so `fedlm explain contribution RUN_DIR` can run after the "
+        "fact. The server holds these deltas anyway (no secure aggregation); the files "
+        "hold no raw text, but they are as sensitive as the updates.",
+    )
 
     def check_cohort(self, n: int) -> None:
         """Raise ``ConfigError`` when the method cannot handle cohorts of up to ``n`` clients.
@@ -76,3 +88,25 @@ class ExplainConfig(BaseModel):
                 f"({2**n} evaluations); use explain.contribution='gtg' or sample at most "
                 f"{EXACT_MAX_COHORT} clients per round"
             )
+
+
+def check_explain(config) -> None:
+    """Cross-section checks for an ``ExperimentConfig``: cohort bound and secure aggregation.
+
+    Raises:
+        ConfigError: exact Shapley over cohorts larger than 8, or contributions (or kept
+            updates) with secure aggregation, where the server only ever sees the sum.
+    """
+    ex = config.explain
+    if ex.contribution == "off" and not ex.keep_updates:
+        return
+    if config.secure_aggregation.enabled:
+        raise ConfigError(
+            "explain.contribution and explain.keep_updates need each client's update, but "
+            "secure_aggregation.enabled=true shows the server only their sum; set "
+            "explain.contribution=off and explain.keep_updates=false, or turn secure "
+            "aggregation off"
+        )
+    k = config.federation.clients_per_round
+    if k is not None:
+        ex.check_cohort(k)

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from fedlm.config.attacks import AttackConfig
 from fedlm.config.audit import AuditConfig
 from fedlm.config.compression import CompressionConfig
+from fedlm.config.explain import ExplainConfig, check_explain
+from fedlm.config.report import ReportConfig
 from fedlm.config.hetero import AggregationConfig, LocalConfig, ResourcesConfig, check_hetero
 from fedlm.config.privacy import PrivacyConfig, check_experiment
 from fedlm.config.robust import RobustConfig
@@ -164,6 +166,9 @@ class EvalConfig(Section):
     batch_size: int = Field(8, description="Sequences per evaluation batch.", ge=1)
     attack_prompts: int = Field(20, description="Triggered held-out prompts for the attack success rate.", ge=1)
     attack_max_new_tokens: int = Field(16, description="Greedy tokens generated per attack prompt.", ge=1)
+    bias_probe: bool = Field(
+        False, description="Score templated occupation x gendered-name sentences before and after training, and per client."
+    )
 
 
 class OutputConfig(Section):
@@ -191,6 +196,8 @@ class ExperimentConfig(Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     secure_aggregation: SecAggConfig = Field(default_factory=SecAggConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -208,6 +215,7 @@ class ExperimentConfig(Section):
         if self.secure_aggregation.enabled:
             check_composition(self)  # robust aggregators and codecs that need each update
         check_hetero(self)  # local objectives, LoRA aggregation, resource profiles
+        check_explain(self)  # contribution cohort bound; needs individual updates
         return self
 
     @field_validator("name")

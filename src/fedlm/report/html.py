@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on servers
 import matplotlib.pyplot as plt
 
+from fedlm.report.explain import attribution_section, audit_section, bias_section, contribution_section
 from fedlm.report.labels import label_section
 from fedlm.report.metrics_log import MetricsLog
 from fedlm.report.privacy import privacy_section
@@ -123,14 +124,10 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]], config
     sections.append("<h2>Clients</h2>" + _table(["client", "perplexity before", "perplexity after", "token accuracy", "held-out tokens"], rows))
     sections.append(label_section(summary))  # per-client label histogram, when the data has labels
 
-    audit = [
-        [r["round"], len(r.get("cohort", [])), r.get("accepted"), len(r.get("rejected", [])),
-         "; ".join(f"{x['client_id']}: {x['reason']}" for x in r.get("rejected", [])) or "-",
-         r.get("train_loss"), r.get("bytes_up"), r.get("bytes_down"), (r.get("seconds") or {}).get("round")]
-        for r in rounds
-    ]
-    sections.append("<h2>Round audit</h2>" + _table(
-        ["round", "cohort", "accepted", "rejected", "rejections", "train loss", "bytes up", "bytes down", "seconds"], audit))
+    sections.append(contribution_section(summary, table=_table, bar_plot=_bar_plot, line_plot=_line_plot))
+    sections.append(audit_section(rounds, table=_table))  # cohort, dropouts, rejections, norms, epsilon, bytes, time
+    sections.append(attribution_section(summary))  # fedlm explain tokens, when one was asked for
+    sections.append(bias_section(summary, table=_table))  # eval.bias_probe
     if config_text:
         sections.append(f"<h2>Config</h2><pre>{html.escape(config_text)}</pre>")
     title = html.escape(f"fedlm report: {summary.get('name', 'run')}")

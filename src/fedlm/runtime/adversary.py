@@ -7,6 +7,7 @@ update attacks run as client "transform" stages (see ``runtime/pipelines.py``).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fedlm.attacks import (
@@ -77,3 +78,18 @@ def measure_attack(config: ExperimentConfig, model: Any, tokenizer: Any, prompts
         model, tokenizer, prompts, trigger=config.attack.trigger, target=config.attack.target,
         max_new_tokens=config.eval.attack_max_new_tokens,
     )
+
+
+def honest_eval(evaluation: dict[str, Any], malicious: list[str]) -> dict[str, float] | None:
+    """Token-weighted held-out loss and perplexity over the honest evaluation clients.
+
+    The clean metric of an attack must not count the attackers' own held-out rows: those
+    are poisoned, so a model that resists the backdoor scores worse on them.
+    """
+    bad = set(malicious)
+    per_client = [m for cid, m in (evaluation.get("clients") or {}).items() if cid not in bad]
+    tokens = sum(m.get("tokens", 0) for m in per_client)
+    if not tokens:
+        return None
+    loss = sum(m["eval_loss"] * m["tokens"] for m in per_client) / tokens
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "clients": len(per_client)}

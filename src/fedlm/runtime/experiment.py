@@ -24,11 +24,14 @@ from fedlm.config.loader import dump_config, load_config
 from fedlm.config.schema import ExperimentConfig
 from fedlm.data.federated import FederatedData, build_federated_data
 from fedlm.errors import CheckpointError
+from fedlm.eval.bias_probe import bias_summary, probe_state
 from fedlm.models.adapters import AdaptedModel
 from fedlm.models.loading import cache_dir, load_base_model
 from fedlm.report.metrics_log import MetricsLog, write_json
-from fedlm.runtime.adversary import measure_attack, poison_hook, triggered_prompts
+from fedlm.runtime.adversary import honest_eval, measure_attack, poison_hook, triggered_prompts
 from fedlm.runtime.checkpoint import load_latest, save_checkpoint
+from fedlm.runtime.audit_trail import round_audit
+from fedlm.runtime.contribution_run import contribution_summary
 from fedlm.runtime.privacy_audit import audit_model, canary_hook, chain_hooks, participants_of
 from fedlm.runtime.secagg_round import summarize as secagg_summary
 from fedlm.runtime.simulation import Simulation
@@ -85,6 +88,8 @@ def run_experiment(
 
     model, data = prepare(config, console=console)
     sim = Simulation(config, model, data)
+    if sim.explain is not None:  # explain.keep_updates: round updates under run_dir/explain
+        sim.explain.keep_in(run_dir)
     attack_prompts = triggered_prompts(config, data) if config.attack.poisons_data else []
 
     if resume:
@@ -106,6 +111,8 @@ def run_experiment(
         asr = measure_attack(config, model.model, model.tokenizer, attack_prompts)
         if asr is not None:
             initial["attack_success_rate"] = asr
+        if config.eval.bias_probe:  # gendered-name disparity before training
+            initial["bias_probe"] = probe_state(model, state.global_state)
         log.append(initial)
     (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
 
@@ -125,6 +132,7 @@ def run_experiment(
             state, record = sim.run_round(state, on_client=lambda _cid: progress.advance(clients_task))
             if sim.dp is not None:  # one accountant step; epsilon into the round record
                 state, record = sim.dp.after_round(state, record)
+            record["audit"] = round_audit(record)  # the round audit trail (report table)
             log.append(record)
             r = state.round
             if r % config.eval.every == 0 or r == fed.rounds:
@@ -148,19 +156,29 @@ def run_experiment(
     sim.hetero.save(run_dir / final_model_dir(config), state.server_states)  # FedEx-LoRA base residuals
     final_asr = measure_attack(config, model.model, model.tokenizer, attack_prompts)
     summary = build_summary(config, records, initial, final, state, wall=time.perf_counter() - t_start, model=model, data=data)
+    malicious = sorted(malicious_clients(config.attack, data.ids()))
     summary["robustness"].update(
         aggregator=config.robust.aggregator,
         attack=config.attack.kind,
-        malicious_clients=sorted(malicious_clients(config.attack, data.ids())),
+        malicious_clients=malicious,
         attack_success_rate=final_asr,
         attack_success_rate_initial=initial.get("attack_success_rate"),
+        clean=honest_eval(final, malicious),  # held-out metrics of honest clients only
     )
     if sim.dp is not None:
         summary["privacy"] = sim.dp.summary(state)
+    summary["contribution"] = contribution_summary(records, negative_tol=config.explain.negative_tol)
+    if config.eval.bias_probe:  # disparity before / after, and of each client's latest update
+        summary["bias_probe"] = bias_summary(model, initial.get("bias_probe"), state.global_state,
+                                             sim.explain.store_dir if sim.explain else None)
     if config.audit.enabled:  # exposure and MIA AUC next to epsilon
         summary["audit"] = audit_model(config, model.model, model.tokenizer, data,
                                        participants=participants_of(log.path))
     write_json(run_dir / "summary.json", summary)
+    if config.report.trackers:  # TensorBoard / MLflow (optional extras)
+        from fedlm.report.trackers import mirror
+
+        mirror(config.report.trackers, run_dir, log.read(), run_name=config.name)
     if out.report:
         from fedlm.report.html import write_report
 

@@ -39,7 +39,7 @@ from fedlm.runtime.checkpoint import ServerState
 from fedlm.stages import RoundPlan
 
 LEDGER_KEY = "privacy_accountant"  # in ServerState.totals
-DP_SGD_KEY = "dp_sgd_steps"  # in ServerState.totals: {client_id: local DP-SGD steps so far}
+DP_SGD_KEY = "dp_sgd_steps"  # in ServerState.totals: {client_id: [[sample_rate, steps], ...]}
 
 
 def planned_cohort_size(config: ExperimentConfig, num_clients: int) -> int:
@@ -69,6 +69,7 @@ class DpRun:
         self.cohort_size = planned_cohort_size(config, self.population)
         self.num_examples = {cid: len(c.train) for cid, c in data.clients.items()}
         self.stop_reason: str | None = None
+        self.sgd_ledger: dict[str, list[list[float]]] = {}  # DP-SGD: {client: [[q, steps], ...]}
         self.accountant: PrivacyAccountant | None = None
         self.client_stages: list = []
         self.server_stages: list = []
@@ -147,7 +148,16 @@ class DpRun:
     def restore(self, state: ServerState) -> None:
         """Continue the ledger of a checkpoint (a resumed run)."""
         if self.accountant is not None and LEDGER_KEY in state.totals:
+            saved = float(state.totals[LEDGER_KEY]["noise_multiplier"])
+            if abs(saved - self.noise_multiplier) > 1e-12 * saved:
+                raise ConfigError(
+                    f"the checkpoint's noise multiplier is {saved:.6g} but this config gives "
+                    f"{self.noise_multiplier:.6g} (target_epsilon is calibrated for "
+                    "federation.rounds, which was changed); resume with the run's original "
+                    "federation.rounds so the noise added matches the ledger"
+                )
             self.accountant.load_state_dict(state.totals[LEDGER_KEY])
+        self.sgd_ledger = {c: [list(seg) for seg in segs] for c, segs in state.totals.get(DP_SGD_KEY, {}).items()}
 
     def check_budget(self, state: ServerState) -> str | None:
         """Why the next round must not run (budget spent), or None; remembers the reason."""
@@ -166,7 +176,11 @@ class DpRun:
         return None
 
     def after_round(self, state: ServerState, record: dict[str, Any]) -> tuple[ServerState, dict[str, Any]]:
-        """One accountant step and the DP-SGD step counts; epsilon into the round record."""
+        """One accountant step and the DP-SGD step counts; epsilon into the round record.
+
+        ``state`` is the state ``run_round`` returned; the ledgers are kept here between
+        rounds and copied into its ``totals`` so that the checkpoint holds them.
+        """
         totals = dict(state.totals)
         info: dict[str, Any] = {}
         if self.accountant is not None:
@@ -181,24 +195,35 @@ class DpRun:
             )
             totals[LEDGER_KEY] = self.accountant.state_dict()
         if self.dp_sgd is not None:
-            steps = dict(totals.get(DP_SGD_KEY, {}))
+            ledger = self.sgd_ledger
             for cid, m in record.get("clients", {}).items():
-                steps[cid] = steps.get(cid, 0) + int(m.get("steps", 0))
-            totals[DP_SGD_KEY] = steps
-            per = {cid: self.client_epsilon(cid, steps[cid]) for cid in record.get("clients", {})}
+                q = self.sample_rate_of(cid, int(m.get("batch_size", self.config.federation.batch_size)))
+                segs = ledger.setdefault(cid, [])
+                if segs and segs[-1][0] == q:
+                    segs[-1][1] += int(m.get("steps", 0))
+                else:
+                    segs.append([q, int(m.get("steps", 0))])
+            totals[DP_SGD_KEY] = {c: [list(seg) for seg in segs] for c, segs in ledger.items()}
+            per = {cid: self.client_epsilon(ledger[cid]) for cid in record.get("clients", {})}
             info["dp_sgd"] = {"epsilon_max": max(per.values(), default=0.0), "clients": per}
         record = {**record, "privacy": info}
         return replace(state, totals=totals), record
 
-    def client_epsilon(self, cid: str, steps: int) -> float:
-        """A client's DP-SGD epsilon after ``steps`` local steps (Opacus RDP accountant)."""
-        from fedlm.client.dp_sgd import dp_sgd_epsilon, sample_rate
+    def sample_rate_of(self, cid: str, batch_size: int) -> float:
+        """The Poisson rate of one DP-SGD step of ``cid`` at ``batch_size``."""
+        from fedlm.client.dp_sgd import sample_rate
+
+        return sample_rate(self.num_examples[cid], batch_size)
+
+    def client_epsilon(self, history: list[list[float]]) -> float:
+        """A client's DP-SGD epsilon over ``[[sample_rate, steps], ...]`` (Opacus RDP accountant)."""
+        from fedlm.client.dp_sgd import dp_sgd_epsilon
 
         cfg = self.dp_sgd
         if cfg is None:
             raise ConfigError("privacy.dp_sgd.enabled is false; there is no per-client epsilon")
-        q = sample_rate(self.num_examples[cid], self.config.federation.batch_size)
-        return dp_sgd_epsilon(noise_multiplier=cfg.noise_multiplier, sample_rate=q, steps=steps, delta=cfg.delta)
+        segments = [(float(q), int(n)) for q, n in history]
+        return dp_sgd_epsilon(noise_multiplier=cfg.noise_multiplier, segments=segments, delta=cfg.delta)
 
     def summary(self, state: ServerState) -> dict[str, Any]:
         """``summary.json["privacy"]``: epsilon, delta, accountant and how they were obtained."""
@@ -232,8 +257,9 @@ class DpRun:
                 epsilon_by_accountant=self._both_accountants(),
             )
         if self.dp_sgd is not None:
-            steps = state.totals.get(DP_SGD_KEY, {})
-            per = {cid: self.client_epsilon(cid, n) for cid, n in sorted(steps.items())}
+            ledger = self.sgd_ledger
+            per = {cid: self.client_epsilon(segs) for cid, segs in sorted(ledger.items())}
+            steps = {cid: sum(int(n) for _, n in segs) for cid, segs in ledger.items()}
             dp_sgd = {
                 "library": "opacus",
                 "accountant": "opacus-rdp",

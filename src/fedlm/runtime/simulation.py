@@ -28,6 +28,7 @@ from fedlm.eval.metrics import LMScore, score_lm
 from fedlm.models.adapters import AdaptedModel
 from fedlm.runtime import pipelines, secagg_round
 from fedlm.runtime.checkpoint import ServerState
+from fedlm.runtime.contribution_run import build_contribution_run
 from fedlm.runtime.hetero_run import HeteroRun
 from fedlm.runtime.privacy_run import build_dp_run
 from fedlm.stages import ClientUpdate, CohortValue, RoundPlan, TensorDict
@@ -60,6 +61,7 @@ class Simulation:
         self.server_pipeline = pipelines.server_pipeline(config, model.shapes(), dp=self.dp)
         self.down_codec = pipelines.download_codec(config)
         self.hetero = HeteroRun(config, model, self.client_ids)  # profiles, local objectives, LoRA residuals
+        self.explain = build_contribution_run(config, model, data)  # explain.contribution / keep_updates
         self.secagg = (  # one SecAgg+ session per round when secure aggregation is on
             secagg_round.SecAggRounds(config, model.shapes(), train_sizes={c: len(d.train) for c, d in data.clients.items()})
             if config.secure_aggregation.enabled else None
@@ -162,6 +164,7 @@ class Simulation:
         states, value, intake = self.server_pipeline.apply(
             state.server_states, value, plan, kinds=pipelines.INTAKE_KINDS
         )
+        contribution = self.explain.round(plan, state.global_state, value.updates) if self.explain else None
         applied = secagg_round.contributors(value) >= fed.min_updates  # a secure sum counts its members
         combine: dict[str, Any] = {}
         new_global = state.global_state
@@ -203,6 +206,9 @@ class Simulation:
                 "round": time.perf_counter() - t_round,
             },
         }
+        if contribution is not None:  # who contributed what (explain.contribution)
+            record["seconds"]["contribution"] = contribution.pop("seconds")
+            record["contribution"] = contribution
         new_state = ServerState(
             round=plan.round, global_state=new_global, server_states=states, client_states=client_states, totals=totals
         )
