@@ -235,5 +235,5 @@ def test_resume_refuses_a_recalibrated_noise_multiplier(many_clients, tmp_path):
 
     cfg = _dp(many_clients, **{"privacy.target_epsilon": 6.0, "federation.rounds": 1})
     run = run_experiment(cfg, out_dir=tmp_path / "cal1").run_dir
-    with pytest.raises(ConfigError, match="original federation.rounds"):
+    with pytest.raises(ConfigError, match=r"original federation\.rounds"):
         resume_experiment(run, overrides=["federation.rounds=3"])

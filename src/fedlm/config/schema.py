@@ -14,9 +14,9 @@ from fedlm.config.attacks import AttackConfig
 from fedlm.config.audit import AuditConfig
 from fedlm.config.compression import CompressionConfig
 from fedlm.config.explain import ExplainConfig, check_explain
-from fedlm.config.report import ReportConfig
 from fedlm.config.hetero import AggregationConfig, LocalConfig, ResourcesConfig, check_hetero
 from fedlm.config.privacy import PrivacyConfig, check_experiment
+from fedlm.config.report import ReportConfig
 from fedlm.config.robust import RobustConfig
 from fedlm.config.secagg import SecAggConfig, check_composition
 from fedlm.config.server_opt import ServerOptConfig

@@ -14,7 +14,12 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on servers
 import matplotlib.pyplot as plt
 
-from fedlm.report.explain import attribution_section, audit_section, bias_section, contribution_section
+from fedlm.report.explain import (
+    attribution_section,
+    audit_section,
+    bias_section,
+    contribution_section,
+)
 from fedlm.report.labels import label_section
 from fedlm.report.metrics_log import MetricsLog
 from fedlm.report.privacy import privacy_section

@@ -29,8 +29,8 @@ from fedlm.models.adapters import AdaptedModel
 from fedlm.models.loading import cache_dir, load_base_model
 from fedlm.report.metrics_log import MetricsLog, write_json
 from fedlm.runtime.adversary import honest_eval, measure_attack, poison_hook, triggered_prompts
-from fedlm.runtime.checkpoint import load_latest, save_checkpoint
 from fedlm.runtime.audit_trail import round_audit
+from fedlm.runtime.checkpoint import load_latest, save_checkpoint
 from fedlm.runtime.contribution_run import contribution_summary
 from fedlm.runtime.privacy_audit import audit_model, canary_hook, chain_hooks, participants_of
 from fedlm.runtime.secagg_round import summarize as secagg_summary
