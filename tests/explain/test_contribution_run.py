@@ -134,3 +134,15 @@ def test_contribution_with_secure_aggregation_is_refused(tmp_path) -> None:
         load_config(None, tiny_overrides(tmp_path / "x.jsonl", **{
             "explain.contribution": "gtg", "secure_aggregation.enabled": "true",
             "federation.weighting": "uniform"}))
+
+
+def test_after_the_fact_contributions_reach_summary_and_report(tmp_path) -> None:
+    data = write_six_clients(tmp_path / "six.jsonl")
+    cfg = load_config(None, tiny_overrides(data, **{
+        "federation.clients_per_round": 3, "federation.rounds": 1, "explain.keep_updates": "true"}))
+    run_dir = run_experiment(cfg, out_dir=tmp_path / "run").run_dir
+    assert json.loads((run_dir / "summary.json").read_text())["contribution"] is None  # off in the run
+    out = explain_run(run_dir, method="loo")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["contribution"] == out and out["evaluations"] == 3 + 1
+    assert "<h2>Client contribution</h2>" in (run_dir / "report.html").read_text()

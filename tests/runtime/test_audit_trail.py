@@ -85,3 +85,18 @@ def test_run_writes_audit_with_norms_to_metrics(tmp_path) -> None:
     assert a["dropped"] == [] and a["rejected"] == [] and a["secagg_dropouts"] is None
     text = json.dumps(a)
     assert "quick" not in text and "fox" not in text  # ids, counts and norms only, no raw text
+
+
+def test_audit_records_dp_clipping_and_epsilon(tmp_path) -> None:
+    path = write_lm_jsonl(tmp_path / "many.jsonl", clients=12, rows=6)
+    cfg = load_config(None, tiny_overrides(path, **{
+        "privacy.enabled": "true", "privacy.delta": 1e-3, "privacy.noise_seed": 1, "privacy.noise_multiplier": 1.0,
+        "privacy.clip_norm": 1e-6, "federation.local_steps": 1, "eval.max_clients": 1, "output.report": "false"}))
+    run_experiment(cfg, out_dir=tmp_path / "run")
+    rounds = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r for r in rounds if r["type"] == "round"]
+    # every norm is above 1e-6; a Poisson cohort can be empty, and then nothing was clipped
+    assert [r["audit"]["clipped_fraction"] for r in rounds] == [1.0 if r["clients"] else None for r in rounds]
+    assert any(r["clients"] for r in rounds)
+    eps = [r["audit"]["epsilon"] for r in rounds]
+    assert eps == [r["privacy"]["epsilon"] for r in rounds] and 0 < eps[0] < eps[1]  # spent, growing

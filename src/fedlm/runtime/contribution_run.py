@@ -179,7 +179,8 @@ def explain_run(run_dir: str | Path, *, method: str | None = None, write: bool =
     Args:
         run_dir: a run made with ``explain.keep_updates=true``.
         method: "gtg", "loo" or "exact" (default: the run's ``explain.contribution``, or gtg).
-        write: save the result as ``run_dir/contribution_<method>.json``.
+        write: save the result as ``run_dir/contribution_<method>.json`` (and, when the run
+            measured none itself, as ``summary.json``'s ``contribution``, re-rendering the report).
 
     Raises:
         FedlmError: the run kept no round updates.
@@ -206,7 +207,24 @@ def explain_run(run_dir: str | Path, *, method: str | None = None, write: bool =
     out = contribution_summary(rounds, negative_tol=config.explain.negative_tol) or {}
     if write:
         (run_dir / f"contribution_{method}.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
+        _into_summary(run_dir, out)
     return out
+
+
+def _into_summary(run_dir: Path, result: dict[str, Any]) -> None:
+    """A run without in-run contributions shows the recomputed ones in its summary and report."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    if summary.get("contribution"):
+        return  # keep what the run measured; the recomputation is in contribution_<method>.json
+    summary["contribution"] = result
+    path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if (run_dir / "report.html").exists():
+        from fedlm.report.html import write_report
+
+        write_report(run_dir)
 
 
 def build_contribution_run(config: ExperimentConfig, model: AdaptedModel, data: FederatedData) -> ContributionRun | None:

@@ -208,6 +208,7 @@ class Simulation:
         }
         if contribution is not None:  # who contributed what (explain.contribution)
             record["seconds"]["contribution"] = contribution.pop("seconds")
+            record["seconds"]["server"] -= record["seconds"]["contribution"]  # the server stages alone
             record["contribution"] = contribution
         new_state = ServerState(
             round=plan.round, global_state=new_global, server_states=states, client_states=client_states, totals=totals
