@@ -13,6 +13,7 @@ metrics nest under each stage's name.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -107,6 +108,7 @@ class Pipeline:
     def __init__(self, stages: Sequence[Stage], *, order: Sequence[str], side: str) -> None:
         self.stages = list(stages)
         self.side = side
+        self.last_seconds: dict[str, float] = {}  # stage name -> wall seconds of the last apply
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise PipelineError(f"{side} pipeline has duplicate stage names {names}; give each stage a unique name")
@@ -134,14 +136,19 @@ class Pipeline:
         """Run the stages in order (only those of ``kinds`` if given).
 
         Returns the updated states (stages not run keep theirs), the value, and the
-        metrics nested under each stage's name.
+        metrics nested under each stage's name. Wall seconds per stage of this call are
+        left in ``last_seconds``: timings are kept apart from the metrics, which must be
+        reproducible from the seed.
         """
         new_states = dict(states)
         metrics: dict[str, dict[str, Any]] = {}
+        self.last_seconds = {}
         for stage in self.stages:
             if kinds is not None and stage.kind not in kinds:
                 continue
+            t0 = time.perf_counter()
             new_states[stage.name], value, metrics[stage.name] = stage.apply(states[stage.name], value, plan)
+            self.last_seconds[stage.name] = time.perf_counter() - t0
         return new_states, value, metrics
 
     def kinds(self) -> list[str]:

@@ -85,6 +85,10 @@ def test_run_writes_audit_with_norms_to_metrics(tmp_path) -> None:
     assert a["dropped"] == [] and a["rejected"] == [] and a["secagg_dropouts"] is None
     text = json.dumps(a)
     assert "quick" not in text and "fox" not in text  # ids, counts and norms only, no raw text
+    # time per stage: every client and server stage that ran, client stages summed over the cohort
+    stages = r["seconds"]["stages"]
+    assert set(stages) == {"encode", *r["server"]}  # the LoRA-aware mean is the aggregate stage here
+    assert all(v >= 0 for v in stages.values())
 
 
 def test_audit_records_dp_clipping_and_epsilon(tmp_path) -> None:

@@ -6,8 +6,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedlm.errors import FedlmError
-from fedlm.stages import CohortValue, RoundPlan, TensorDict
+from fedlm.errors import ConfigError, FedlmError
+from fedlm.stages import ClientUpdate, CohortValue, RoundPlan, TensorDict
 
 
 def weighted_mean(deltas: list[TensorDict], weights: list[float]) -> TensorDict:
@@ -43,14 +43,18 @@ class WeightedMean:
 
     def __init__(self, *, weighting: str = "examples") -> None:
         if weighting not in ("examples", "uniform"):
-            raise FedlmError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
+            raise ConfigError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
         self.weighting = weighting
 
     def init(self) -> None:
         return None
 
+    def weights(self, updates: list[ClientUpdate]) -> list[float]:
+        """One weight per update: its training examples, or 1 for uniform weighting."""
+        return [float(u.num_examples) if self.weighting == "examples" else 1.0 for u in updates]
+
     def apply(self, state: None, value: CohortValue, plan: RoundPlan) -> tuple[None, CohortValue, dict[str, Any]]:
         updates = [u for u in value.updates if u.tensors is not None]
-        weights = [float(u.num_examples) if self.weighting == "examples" else 1.0 for u in updates]
+        weights = self.weights(updates)
         value.aggregate = weighted_mean([u.tensors for u in updates], weights)  # type: ignore[misc]
         return state, value, {"clients": len(updates), "total_weight": sum(weights)}

@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedlm.errors import ConfigError, PipelineError, ProtocolError
+from fedlm.aggregation.fedavg import WeightedMean
+from fedlm.errors import PipelineError, ProtocolError
 from fedlm.stages import ClientUpdate, CohortValue, RoundPlan, TensorDict
 
 STEPS_KEY = "local_steps"  # ClientUpdate.metrics
@@ -49,23 +50,14 @@ def fednova_mean(deltas: list[TensorDict], weights: list[float], steps: list[int
     return out, tau_eff
 
 
-class FedNovaMean:
+class FedNovaMean(WeightedMean):
     """Server aggregate stage: FedNova's normalised mean (replaces FedAvg's mean)."""
 
     name: ClassVar[str] = "fednova"
-    kind: ClassVar[str] = "aggregate"
-
-    def __init__(self, *, weighting: str = "examples") -> None:
-        if weighting not in ("examples", "uniform"):
-            raise ConfigError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
-        self.weighting = weighting
-
-    def init(self) -> None:
-        return None
 
     def apply(self, state: None, value: CohortValue, plan: RoundPlan) -> tuple[None, CohortValue, dict[str, Any]]:
         updates = [u for u in value.updates if u.tensors is not None]
-        weights = [float(u.num_examples) if self.weighting == "examples" else 1.0 for u in updates]
+        weights = self.weights(updates)
         steps = [local_steps_of(u, plan) for u in updates]
         agg, tau_eff = fednova_mean([u.tensors for u in updates], weights, steps)  # type: ignore[misc]
         metrics = {"clients": len(updates), "tau_eff": tau_eff, "min_steps": min(steps), "max_steps": max(steps)}

@@ -18,7 +18,7 @@ import numpy as np
 AUDIT_HEADER = [
     "round", "cohort", "accepted", "dropped", "secagg dropouts", "rejected (why)", "clipped",
     "update norm min / median / max", "epsilon", "bytes up", "bytes down", "train s", "server s",
-    "contribution s",
+    "contribution s", "seconds per stage",
 ]
 
 
@@ -87,6 +87,7 @@ def audit_rows(rounds: list[dict[str, Any]]) -> list[list[Any]]:
             "-" if a.get("epsilon") is None else f"{a['epsilon']:.3g}",
             a.get("bytes_up"), a.get("bytes_down"),
             _secs(s.get("train")), _secs(s.get("server")), _secs(s.get("contribution")),
+            ", ".join(f"{k} {_secs(v)}" for k, v in (s.get("stages") or {}).items()) or "-",
         ])
     return rows
 

@@ -129,6 +129,7 @@ class Simulation:
         client_metrics: dict[str, Any] = {}
         client_failures: list[dict[str, str]] = []
         train_seconds = 0.0
+        stage_seconds: dict[str, float] = {}  # per stage, client stages summed over the cohort
         for cid in plan.cohort:
             if not secagg_round.will_upload(plan, cid):  # dropped out of secure aggregation
                 continue
@@ -147,6 +148,7 @@ class Simulation:
             client_metrics[cid] = {"train_loss": result.mean_loss, "steps": result.steps, **self.hetero.client_metrics(cid, res)}
             try:
                 client_states[cid], update, stage_metrics = self.client_pipeline.apply(cstate, update, plan)
+                _add_seconds(stage_seconds, self.client_pipeline.last_seconds)
             except UpdateRejected as exc:  # e.g. a diverged client cannot encode NaN: it sends nothing
                 client_failures.append({"client_id": cid, "reason": exc.reason, "detail": exc.detail, "side": "client"})
                 continue
@@ -164,12 +166,14 @@ class Simulation:
         states, value, intake = self.server_pipeline.apply(
             state.server_states, value, plan, kinds=pipelines.INTAKE_KINDS
         )
+        _add_seconds(stage_seconds, self.server_pipeline.last_seconds)
         contribution = self.explain.round(plan, state.global_state, value.updates) if self.explain else None
         applied = secagg_round.contributors(value) >= fed.min_updates  # a secure sum counts its members
         combine: dict[str, Any] = {}
         new_global = state.global_state
         if applied:
             states, value, combine = self.server_pipeline.apply(states, value, plan, kinds=pipelines.COMBINE_KINDS)
+            _add_seconds(stage_seconds, self.server_pipeline.last_seconds)
             self.hetero.sync_base(states)  # fold this round's FedEx-LoRA residual into the base
             step = value.aggregate or {}
             new_global = {k: v + step[k].to(v.dtype) for k, v in state.global_state.items()}
@@ -204,6 +208,7 @@ class Simulation:
                 "train": train_seconds,
                 "server": server_seconds,
                 "round": time.perf_counter() - t_round,
+                "stages": stage_seconds,
             },
         }
         if contribution is not None:  # who contributed what (explain.contribution)
@@ -287,6 +292,11 @@ def _root_examples(config: ExperimentConfig, data: FederatedData) -> list:
         return []
     pooled = [ex for c in data.clients.values() for ex in c.heldout]
     return pooled[: max(1, math.ceil(config.robust.fltrust_root_fraction * len(pooled)))]
+
+
+def _add_seconds(total: dict[str, float], seconds: dict[str, float]) -> None:
+    for name, s in seconds.items():
+        total[name] = total.get(name, 0.0) + s
 
 
 def _flatten(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
