@@ -20,7 +20,7 @@ Metrics (per client): ``malicious`` (1.0 or 0.0); for attackers also ``norm_befo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -32,8 +32,6 @@ from fedlm.config.attacks import AttackConfig
 from fedlm.errors import ConfigError, PipelineError
 from fedlm.registry import Registry
 from fedlm.stages import ClientUpdate, RoundPlan, Stage, TensorDict
-
-_Attack = Callable[[TensorDict, RoundPlan, torch.Generator], TensorDict]
 
 
 def _generator(
@@ -53,29 +51,36 @@ def _check_ids(stage: Any) -> None:
         )
 
 
-def _apply(
-    stage: Any, value: ClientUpdate, plan: RoundPlan, attack: _Attack
-) -> tuple[None, ClientUpdate, dict[str, Any]]:
-    """Run ``attack`` on a malicious client's tensors; pass honest clients through untouched."""
-    if value.client_id not in stage.malicious:
-        return None, value, {"malicious": 0.0}
-    if value.tensors is None:
-        raise PipelineError(
-            f"{stage.name} needs update.tensors but client {value.client_id!r} sent only a "
-            "payload; put attack stages before any encode stage"
-        )
-    gen = _generator(stage.name, stage.seed, plan, value.client_id, stage.colluding)
-    attacked = attack(value.tensors, plan, gen)
-    metrics: dict[str, Any] = {"malicious": 1.0, "norm_before": U.global_norm(value.tensors)}
-    if stage.kind_of_attack == "nan":
-        metrics["nan_entries"] = float(sum(int(t.isnan().sum()) for t in attacked.values()))
-    else:
-        metrics["norm_after"] = U.global_norm(attacked)
-    return None, replace(value, tensors=attacked), metrics
+class _UpdateAttack:
+    """Shared ``init``/``apply`` of the update attacks: each subclass only says ``attack``.
+
+    ``apply`` runs ``attack(tensors, plan, generator)`` on a malicious client's tensors and
+    passes honest clients through untouched.
+    """
+
+    def init(self) -> None:
+        return None
+
+    def apply(self, state: None, value: ClientUpdate, plan: RoundPlan) -> tuple[None, ClientUpdate, dict[str, Any]]:
+        if value.client_id not in self.malicious:  # type: ignore[attr-defined]
+            return None, value, {"malicious": 0.0}
+        if value.tensors is None:
+            raise PipelineError(
+                f"{self.name} needs update.tensors but client {value.client_id!r} sent only a "  # type: ignore[attr-defined]
+                "payload; put attack stages before any encode stage"
+            )
+        gen = _generator(self.name, self.seed, plan, value.client_id, self.colluding)  # type: ignore[attr-defined]
+        attacked = self.attack(value.tensors, plan, gen)  # type: ignore[attr-defined]
+        metrics: dict[str, Any] = {"malicious": 1.0, "norm_before": U.global_norm(value.tensors)}
+        if self.kind_of_attack == "nan":  # type: ignore[attr-defined]
+            metrics["nan_entries"] = float(sum(int(t.isnan().sum()) for t in attacked.values()))
+        else:
+            metrics["norm_after"] = U.global_norm(attacked)
+        return None, replace(value, tensors=attacked), metrics
 
 
 @dataclass(frozen=True)
-class ModelReplacementStage:
+class ModelReplacementStage(_UpdateAttack):
     """Boost the delta by ``gamma = n / eta`` (Bagdasaryan et al. 2020, "How To Backdoor FL").
 
     ``n = len(plan.cohort)`` and ``eta = server_lr``; with ``boost`` set, ``gamma = boost``.
@@ -100,9 +105,6 @@ class ModelReplacementStage:
     seed: int = 0
     colluding: bool = False
 
-    def init(self) -> None:
-        return None
-
     def __post_init__(self) -> None:
         _check_ids(self)
         if not self.server_lr > 0:
@@ -116,14 +118,12 @@ class ModelReplacementStage:
             return float(self.boost)
         return U.replacement_boost(len(plan.cohort), self.server_lr)
 
-    def apply(
-        self, state: None, value: ClientUpdate, plan: RoundPlan
-    ) -> tuple[None, ClientUpdate, dict[str, Any]]:
-        return _apply(self, value, plan, lambda t, p, g: U.scale(t, self.gamma(p)))
+    def attack(self, t: TensorDict, p: RoundPlan, g: torch.Generator | None) -> TensorDict:
+        return U.scale(t, self.gamma(p))
 
 
 @dataclass(frozen=True)
-class SignFlipStage:
+class SignFlipStage(_UpdateAttack):
     """Send ``-s * delta`` (sign flipping; Damaskinos et al. 2018, Allen-Zhu et al. 2021).
 
     Args:
@@ -147,17 +147,12 @@ class SignFlipStage:
         if not math.isfinite(self.s):
             raise ConfigError(f"{self.name}: s must be finite, got {self.s!r}")
 
-    def init(self) -> None:
-        return None
-
-    def apply(
-        self, state: None, value: ClientUpdate, plan: RoundPlan
-    ) -> tuple[None, ClientUpdate, dict[str, Any]]:
-        return _apply(self, value, plan, lambda t, p, g: U.sign_flip(t, self.s))
+    def attack(self, t: TensorDict, p: RoundPlan, g: torch.Generator | None) -> TensorDict:
+        return U.sign_flip(t, self.s)
 
 
 @dataclass(frozen=True)
-class GaussianStage:
+class GaussianStage(_UpdateAttack):
     """Send ``N(0, std^2)`` ("replace") or ``delta + N(0, std^2)`` ("add") (Blanchard et al. 2017).
 
     Args:
@@ -185,19 +180,13 @@ class GaussianStage:
         if self.mode not in ("replace", "add"):
             raise ConfigError(f"{self.name}: mode must be 'replace' or 'add', got {self.mode!r}")
 
-    def init(self) -> None:
-        return None
-
-    def apply(
-        self, state: None, value: ClientUpdate, plan: RoundPlan
-    ) -> tuple[None, ClientUpdate, dict[str, Any]]:
-        return _apply(
-            self, value, plan, lambda t, p, g: U.gaussian(t, self.std, generator=g, mode=self.mode)
+    def attack(self, t: TensorDict, p: RoundPlan, g: torch.Generator | None) -> TensorDict:
+        return U.gaussian(t, self.std, generator=g, mode=self.mode
         )
 
 
 @dataclass(frozen=True)
-class LargeNormStage:
+class LargeNormStage(_UpdateAttack):
     """Scale the delta to global L2 norm ``norm`` (what norm bounding, Sun et al. 2019, stops).
 
     Args:
@@ -221,17 +210,12 @@ class LargeNormStage:
         if not (math.isfinite(self.norm) and self.norm > 0):
             raise ConfigError(f"{self.name}: norm must be finite and > 0, got {self.norm!r}")
 
-    def init(self) -> None:
-        return None
-
-    def apply(
-        self, state: None, value: ClientUpdate, plan: RoundPlan
-    ) -> tuple[None, ClientUpdate, dict[str, Any]]:
-        return _apply(self, value, plan, lambda t, p, g: U.scale_to_norm(t, self.norm))
+    def attack(self, t: TensorDict, p: RoundPlan, g: torch.Generator | None) -> TensorDict:
+        return U.scale_to_norm(t, self.norm)
 
 
 @dataclass(frozen=True)
-class NaNStage:
+class NaNStage(_UpdateAttack):
     """Set a share ``fraction`` of each tensor's entries to NaN (what validation must reject).
 
     Args:
@@ -255,14 +239,8 @@ class NaNStage:
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"{self.name}: fraction must be in (0, 1], got {self.fraction!r}")
 
-    def init(self) -> None:
-        return None
-
-    def apply(
-        self, state: None, value: ClientUpdate, plan: RoundPlan
-    ) -> tuple[None, ClientUpdate, dict[str, Any]]:
-        return _apply(
-            self, value, plan, lambda t, p, g: U.insert_nan(t, self.fraction, generator=g)
+    def attack(self, t: TensorDict, p: RoundPlan, g: torch.Generator | None) -> TensorDict:
+        return U.insert_nan(t, self.fraction, generator=g
         )
 
 
