@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,33 @@ from fedlm.stages import ClientUpdate, CohortValue, RoundPlan, TensorDict
 
 # Client-private state kept beside the client stages' states (never sent anywhere).
 OPTIMIZER_KEY = "local_optimizer"
+
+
+@dataclass(frozen=True)
+class OpenRound:
+    """A planned round: its plan, the broadcast bytes and their decoded tensors."""
+
+    plan: RoundPlan
+    broadcast: bytes
+    received: TensorDict
+
+
+@dataclass
+class ClientOutcome:
+    """What one client's part of a round produced.
+
+    ``update`` is what goes to the server (None when the client sends nothing, and then
+    ``failure`` says why); ``state`` is what the client keeps for its next round (None:
+    keep what it had).
+    """
+
+    client_id: str
+    state: dict | None = None
+    update: ClientUpdate | None = None
+    failure: dict[str, str] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def derive_seed(*parts: int) -> int:
@@ -110,52 +137,81 @@ class Simulation:
     def run_round(
         self, state: ServerState, *, on_client: Callable[[str], None] | None = None
     ) -> tuple[ServerState, dict[str, Any]]:
-        """One federated round; returns the new state and the round's metrics record."""
+        """One federated round; returns the new state and the round's metrics record.
+
+        It is the three public parts in order, which a deployment runs on different
+        machines: ``begin_round`` (server), ``client_round`` (each client, from the
+        broadcast bytes) and ``finish_round`` (server, from what the clients sent).
+        """
         t_round = time.perf_counter()
+        opened = self.begin_round(state)
+        outcomes = []
+        for cid in opened.plan.cohort:
+            if not secagg_round.will_upload(opened.plan, cid):  # dropped out of secure aggregation
+                continue
+            outcome = self.client_round(opened.plan, cid, opened.received, state.client_states.get(cid))
+            outcomes.append(outcome)
+            if on_client is not None and outcome.update is not None:
+                on_client(cid)
+        return self.finish_round(state, opened, outcomes, started=t_round)
+
+    def begin_round(self, state: ServerState) -> OpenRound:
+        """Plan the next round and encode the broadcast (the global trainable tensors)."""
         self.hetero.sync_base(state.server_states)  # FedEx-LoRA: base weights as of this state (resume)
         plan = self.hetero.extend_plan(self.plan_round(state.round + 1), state.server_states, state.global_state)
         if self.dp is not None:  # clip_norm, dp_denominator, expected_cohort_size
             plan = self.dp.extend_plan(plan, state.server_states)
         if self.secagg is not None:  # SecAgg+ key phases run before local training
             plan = self.secagg.open(plan)
-        fed = self.config.federation
-
-        # Broadcast: the global trainable tensors, encoded once, sent to each client.
         down, _ = encode_broadcast(self.down_codec, state.global_state, seed=plan.seed)
-        received = decode_broadcast(self.down_codec, down)
+        return OpenRound(plan=plan, broadcast=down, received=decode_broadcast(self.down_codec, down))
 
-        updates: list[ClientUpdate] = []
-        client_states = dict(state.client_states)
-        client_metrics: dict[str, Any] = {}
-        client_failures: list[dict[str, str]] = []
-        train_seconds = 0.0
+    def client_round(
+        self, plan: RoundPlan, cid: str, received: TensorDict, client_state: dict | None
+    ) -> ClientOutcome:
+        """One client's part of a round: local training, then the client stages.
+
+        ``received`` is the decoded broadcast and ``client_state`` what this client kept
+        from its previous round (None at first). Nothing here reads another client's data.
+        """
+        fed = self.config.federation
+        res = self.hetero.resources(cid, len(self.data.clients[cid].train))
+        cstate = client_state or {**self.client_pipeline.init(), OPTIMIZER_KEY: {}}
+        if res.steps == 0:  # a straggler past resources.time_budget sends nothing
+            return ClientOutcome(cid, failure={
+                "client_id": cid, "reason": "straggler", "side": "client",
+                "detail": f"needs more than resources.time_budget={self.config.resources.time_budget} s"})
+        t0 = time.perf_counter()
+        update, result = self.local_update(plan, cid, received, optimizer_state=cstate.get(OPTIMIZER_KEY), client_state=cstate)
+        train_seconds = time.perf_counter() - t0
+        if fed.keep_optimizer_state:
+            cstate = {**cstate, OPTIMIZER_KEY: result.optimizer_state}
+        cstate = self.hetero.after_local(cid, cstate, plan, update, result)  # SCAFFOLD's c_i
+        metrics = {"train_loss": result.mean_loss, "steps": result.steps, **self.hetero.client_metrics(cid, res)}
+        try:
+            new_state, update, stage_metrics = self.client_pipeline.apply(cstate, update, plan)
+        except UpdateRejected as exc:  # e.g. a diverged client cannot encode NaN: it sends nothing
+            return ClientOutcome(cid, metrics=metrics, train_seconds=train_seconds, failure={
+                "client_id": cid, "reason": exc.reason, "detail": exc.detail, "side": "client"})
+        metrics.update(_flatten(stage_metrics))
+        return ClientOutcome(cid, state=new_state, update=update, metrics=metrics, train_seconds=train_seconds,
+                             stage_seconds=dict(self.client_pipeline.last_seconds))
+
+    def finish_round(
+        self, state: ServerState, opened: OpenRound, outcomes: list[ClientOutcome], *, started: float | None = None
+    ) -> tuple[ServerState, dict[str, Any]]:
+        """Server stages over what the clients sent, the global step and the round record."""
+        t_round = time.perf_counter() if started is None else started
+        fed = self.config.federation
+        plan, down, received = opened.plan, opened.broadcast, opened.received
+        updates = [o.update for o in outcomes if o.update is not None]
+        client_failures = [o.failure for o in outcomes if o.failure is not None]
+        client_states = {**state.client_states, **{o.client_id: o.state for o in outcomes if o.state is not None}}
+        client_metrics = {o.client_id: o.metrics for o in outcomes if o.metrics}
+        train_seconds = sum(o.train_seconds for o in outcomes)
         stage_seconds: dict[str, float] = {}  # per stage, client stages summed over the cohort
-        for cid in plan.cohort:
-            if not secagg_round.will_upload(plan, cid):  # dropped out of secure aggregation
-                continue
-            res = self.hetero.resources(cid, len(self.data.clients[cid].train))
-            if res.steps == 0:  # a straggler past resources.time_budget sends nothing
-                client_failures.append({"client_id": cid, "reason": "straggler", "side": "client",
-                                        "detail": f"needs more than resources.time_budget={self.config.resources.time_budget} s"})
-                continue
-            t0 = time.perf_counter()
-            cstate = client_states.get(cid) or {**self.client_pipeline.init(), OPTIMIZER_KEY: {}}
-            update, result = self.local_update(plan, cid, received, optimizer_state=cstate.get(OPTIMIZER_KEY), client_state=cstate)
-            train_seconds += time.perf_counter() - t0
-            if fed.keep_optimizer_state:
-                cstate = {**cstate, OPTIMIZER_KEY: result.optimizer_state}
-            cstate = self.hetero.after_local(cid, cstate, plan, update, result)  # SCAFFOLD's c_i
-            client_metrics[cid] = {"train_loss": result.mean_loss, "steps": result.steps, **self.hetero.client_metrics(cid, res)}
-            try:
-                client_states[cid], update, stage_metrics = self.client_pipeline.apply(cstate, update, plan)
-                _add_seconds(stage_seconds, self.client_pipeline.last_seconds)
-            except UpdateRejected as exc:  # e.g. a diverged client cannot encode NaN: it sends nothing
-                client_failures.append({"client_id": cid, "reason": exc.reason, "detail": exc.detail, "side": "client"})
-                continue
-            client_metrics[cid].update(_flatten(stage_metrics))
-            updates.append(update)
-            if on_client is not None:
-                on_client(cid)
+        for o in outcomes:
+            _add_seconds(stage_seconds, o.stage_seconds)
 
         # Server: unmask -> decode -> validate, then aggregate -> noise -> optimize.
         t0 = time.perf_counter()
