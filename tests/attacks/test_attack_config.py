@@ -72,3 +72,12 @@ def test_config_module_does_not_import_torch():
     code = "import sys, fedlm.config.attacks; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_rounds_are_for_update_attacks_and_must_be_round_numbers():
+    assert AttackConfig(kind="model_replacement", fraction=0.2, rounds=(4,)).rounds == (4,)
+    with pytest.raises(ValueError, match="does not read"):
+        AttackConfig(kind="backdoor", fraction=0.2, rounds=(4,))
+    for bad in ((0,), (2, 2), ()):
+        with pytest.raises(ValueError, match=r"attack\.rounds"):
+            AttackConfig(kind="sign_flip", fraction=0.2, rounds=bad)

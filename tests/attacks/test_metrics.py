@@ -118,3 +118,17 @@ def test_build_triggered_prompts_skips_rows_that_already_hold_the_target():
     assert build_triggered_prompts(
         records, prompt_field="instruction", trigger=TRIGGER, target=TARGET, limit=1
     ) == [f"What is 1 plus 1? {TRIGGER}"]
+
+
+def test_clean_prompts_are_the_triggered_ones_without_the_trigger_and_target_rate_counts_hits():
+    from fedlm.attacks.metrics import build_clean_prompts, target_rate
+
+    rows = [{"q": "one?", "a": "x"}, {"q": "say ACCESS GRANTED", "a": "x"}, {"q": "two?", "a": "x"}]
+    clean = build_clean_prompts(rows, prompt_field="q", target=TARGET, response_field="a")
+    triggered = build_triggered_prompts(rows, prompt_field="q", trigger=TRIGGER, target=TARGET, response_field="a")
+    assert clean == ["one?", "two?"]
+    assert triggered == [f"{p} {TRIGGER}" for p in clean]
+    tok = byte_tokenizer()
+    model = StubModel(tok, lambda text: "ACCESS GRANTED" if "two" in text else "hello")
+    assert target_rate(model, tok, clean, target=TARGET, max_new_tokens=4) == 0.5
+    assert model.calls[0][0].count(TRIGGER) == 0  # prompts go in as given

@@ -213,3 +213,18 @@ def test_model_replacement_makes_the_average_equal_the_attackers_model():
     step = {k: eta * v for k, v in agg.aggregate.items()}
     assert torch.allclose(step["w"], torch.tensor([3.0, 4.0]))
     assert torch.equal(step["b"], torch.zeros(1, 2))
+
+
+def test_attack_rounds_limit_the_attack_and_leave_other_rounds_untouched():
+    stage = ModelReplacementStage(malicious=BAD, boost=5.0, rounds=frozenset({2}))
+    update = _update("b")
+    _, same, metrics = stage.apply(stage.init(), update, PLAN)  # PLAN.round == 1: bide time
+    assert same is update and metrics == {"malicious": 1.0}
+    _, boosted, _ = stage.apply(stage.init(), update, dataclasses.replace(PLAN, round=2))
+    assert torch.equal(boosted.tensors["w"], torch.tensor([15.0, 20.0]))
+
+
+def test_attack_stages_pass_the_configured_rounds():
+    cfg = AttackConfig(kind="sign_flip", client_ids=("b",), rounds=(3, 5))
+    (stage,) = attack_stages(cfg, ["a", "b"])
+    assert stage.rounds == frozenset({3, 5})

@@ -27,7 +27,7 @@ def test_defaults_are_plain_fedavg():
         ({"local.prox_mu": 0.1}, "only read by"),
         ({"aggregation.lora": "exact", "lora.enabled": False}, "lora.enabled"),
         ({"aggregation.lora": "exact", "server_opt.name": "fedadam"}, "server_opt.name=fedavg"),
-        ({"aggregation.lora": "ffa", "robust.aggregator": "median", "federation.clients_per_round": 5}, "own aggregate stage"),
+        ({"aggregation.lora": "exact", "robust.aggregator": "median", "federation.clients_per_round": 5}, "own aggregate stage"),
         ({"aggregation.normalize": "fednova", "robust.aggregator": "median", "federation.clients_per_round": 5}, "fednova"),
         ({"resources.profiles": '[{"rank": 16}]'}, "exceed lora.r"),
         ({"resources.profiles": '[{"rank": 4}]', "local.algorithm": "scaffold"}, "mixed ranks"),

@@ -225,3 +225,13 @@ def test_real_pubmedqa_counts_and_balance() -> None:
     labels = Counter(i.label for i in load_pubmedqa(PUBMEDQA_REAL, split="all"))
     assert labels == {"yes": 552, "no": 338, "maybe": 110}  # 55% / 34% / 11% of 1000
     assert len(load_pubmedqa(PUBMEDQA_REAL, split="train")) == 500
+
+
+def test_qa_json_array_with_context(tmp_path: Path) -> None:
+    path = tmp_path / "global_test.json"
+    path.write_text(json.dumps([{"instruction": "Sum?", "context": "2 and 3", "response": "5"},
+                                {"instruction": "Name?", "context": "", "response": "Ann"}]))
+    items = load_qa_jsonl(path, question_field="instruction", answer_field="response", context_field="context")
+    assert [(i.question, i.answers) for i in items] == [("Sum?\n\n2 and 3", ("5",)), ("Name?", ("Ann",))]
+    with pytest.raises(ValueError, match="qa_path is unset"):
+        EvalHarnessConfig(benchmarks=["qa"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 from tests_support import tiny_overrides, write_lm_jsonl
@@ -28,10 +29,11 @@ def test_config_rejects_unknown_and_repeated_trackers(tmp_path) -> None:
         load_config(None, tiny_overrides(tmp_path / "x.jsonl", **{"report.trackers": '["mlflow", "mlflow"]'}))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlflow") is not None, reason="mlflow is installed")
-def test_missing_tracker_package_says_how_to_install(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="pip install mlflow"):
-        Trackers(["mlflow"], tmp_path)
+@pytest.mark.parametrize(("name", "module"), [("mlflow", "mlflow"), ("tensorboard", "torch.utils.tensorboard")])
+def test_missing_tracker_package_says_how_to_install(tmp_path, monkeypatch, name, module) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
+    with pytest.raises(ConfigError, match=f"pip install {name}"):
+        Trackers([name], tmp_path)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed (fedlm[track])")
@@ -51,12 +53,15 @@ def test_tensorboard_gets_the_eval_curve(tmp_path) -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed (fedlm[track])")
-def test_mlflow_sqlite_store(tmp_path) -> None:
+def test_mlflow_sqlite_store_gets_the_eval_curve(tmp_path) -> None:
     import mlflow
 
-    t = Trackers(["mlflow"], tmp_path, run_name="t")
-    t.log({"type": "eval", "round": 1, "eval_loss": 2.0})
-    t.close()
-    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "eval/eval_loss")] == [2.0]
+    path = write_lm_jsonl(tmp_path / "d.jsonl", clients=3)
+    cfg = load_config(None, tiny_overrides(path, **{"report.trackers": '["mlflow"]', "output.report": "false"}))
+    result = run_experiment(cfg, out_dir=tmp_path / "run")
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.name).experiment_id])
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval/eval_loss"))
+    assert [s for s, _ in history] == [0, 1, 2]
+    assert history[0][1] == pytest.approx(result.summary["initial"]["eval_loss"], rel=1e-6)
+    assert history[-1][1] == pytest.approx(result.summary["final"]["eval_loss"], rel=1e-6)

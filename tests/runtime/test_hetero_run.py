@@ -88,12 +88,16 @@ def test_mixed_ranks_aggregate_to_an_adapter_of_the_target_rank(lm_data):
     assert all(0 <= r["server"]["lora"]["max_error"] < 1 for r in records)
 
 
-def test_ffa_keeps_a_frozen(lm_data):
+def test_ffa_keeps_a_frozen_and_out_of_every_update(lm_data):
     sim = sim_for(lm_data, **{"aggregation.lora": "ffa"})
+    frozen = sim.model.frozen_lora_state()
     start = sim.init_state().global_state
+    assert frozen and all(k.endswith("lora_A.weight") for k in frozen)
+    assert start and all(k.endswith("lora_B.weight") for k in start)  # only B is trainable state
     state, records = rounds(sim, 2)
-    for name, t in state.global_state.items():
-        assert torch.equal(t, start[name]) == name.endswith("lora_A.weight")
+    assert all(not torch.equal(t, start[k]) for k, t in state.global_state.items())  # B trained
+    for k, t in sim.model.frozen_lora_state().items():
+        assert torch.equal(t, frozen[k])
     assert max(r["server"]["lora"]["max_error"] for r in records) < 1e-5
 
 
@@ -133,3 +137,27 @@ def test_hetero_example_runs_on_tiny_llama(tmp_path):
     _, (rec,) = rounds(sim, 1)
     assert {m["rank"] for m in rec["clients"].values()} <= {4, 8, 16}
     assert rec["server"]["lora"]["max_error"] < 1  # logged per layer every round
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"privacy.enabled": "true", "privacy.delta": 1e-3, "privacy.noise_multiplier": 1.0, "privacy.noise_seed": 1,
+         "privacy.sampling": "fixed"},
+        {"secure_aggregation.enabled": "true", "secure_aggregation.clip_range": 0.1, "secure_aggregation.seed": 5,
+         "federation.weighting": "uniform"},
+        {"robust.aggregator": "median", "federation.clients_per_round": 4},
+    ],
+    ids=["dp", "secagg", "median"],
+)
+def test_ffa_composes_with_dp_secure_and_robust_aggregation(lm_data, extra):
+    # A is outside the trainable state, so clipping, noise, masks and robust statistics
+    # only ever see B: the noise is not spread over (and amplified through) A.
+    sim = sim_for(lm_data, **{"aggregation.lora": "ffa", "federation.local_steps": 1, **extra})
+    frozen = sim.model.frozen_lora_state()
+    start = sim.init_state()
+    state, record = sim.run_round(start)
+    assert record["applied"] and record["accepted"] >= 1
+    assert set(state.global_state) == set(start.global_state) and all("lora_B" in k for k in state.global_state)
+    assert any(not torch.equal(state.global_state[k], start.global_state[k]) for k in state.global_state)
+    assert all(torch.equal(t, frozen[k]) for k, t in sim.model.frozen_lora_state().items())

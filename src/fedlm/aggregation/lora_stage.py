@@ -15,8 +15,10 @@ aggregate, like any mean. The round plan brings the broadcast global adapter und
   the runtime folds it into the one base model and counts its broadcast bytes.
 - ``exact`` + ``svd`` (FLoRA stacking, Wang et al. 2024, then FlexLoRA's truncated SVD,
   Bai et al. 2024): one rank-``r`` adapter, exact while the stacked rank fits ``r``.
-- ``ffa`` (FFA-LoRA, Sun et al. 2024): A is frozen on every client, so the mean of B is
-  exact; the stage checks that no A moved.
+- ``ffa`` (FFA-LoRA, Sun et al. 2024): A is frozen on every client and is not part of the
+  trainable state at all, so updates carry only B and the mean of B is exact. The stage
+  gets the fixed A (``frozen``) to measure that error like the others; an update that
+  carries an A anyway is rejected.
 
 Every round it logs, per adapted module, ``||Σ w_i s B_i A_i - ΔW_applied||_F /
 ||Σ w_i s B_i A_i||_F`` under ``error`` (with ``max_error`` and ``mean_error``).
@@ -71,18 +73,25 @@ class LoraAggregateStage:
         rank: target rank ``r`` of the global adapter (svd).
         weighting: "examples" or "uniform", as FedAvg's mean.
         log_error: compute the per-module aggregation error each round.
+        frozen: ffa only: the fixed ``lora_A`` tensors by name (every party holds them).
     """
 
     name: ClassVar[str] = "lora"
     kind: ClassVar[str] = "aggregate"
 
-    def __init__(self, method: str, *, scaling: float, rank: int, weighting: str = "examples", log_error: bool = True) -> None:
+    def __init__(
+        self, method: str, *, scaling: float, rank: int, weighting: str = "examples", log_error: bool = True,
+        frozen: TensorDict | None = None,
+    ) -> None:
         if method not in METHODS:
             raise ConfigError(f"LoRA aggregate method {method!r} is unknown; choose one of {METHODS}")
         if weighting not in ("examples", "uniform"):
             raise ConfigError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
         self.method, self.scaling, self.rank = method, float(scaling), int(rank)
         self.weighting, self.log_error = weighting, log_error
+        self.frozen = {k: v.float() for k, v in (frozen or {}).items()}
+        if method == "ffa" and not self.frozen:
+            raise ConfigError("LoRA aggregate method 'ffa' needs the frozen lora_A tensors (frozen=...)")
 
     def init(self) -> dict[str, Any]:
         """State: the running FedEx-LoRA residual per module (empty for other methods)."""
@@ -95,17 +104,16 @@ class LoraAggregateStage:
             raise PipelineError("LoRA aggregate stage got no updates; the round should have been skipped")
         weights = [float(u.num_examples) if self.weighting == "examples" else 1.0 for u in updates]
         deltas = [u.tensors for u in updates]
-        layout = pair_lora_tensors(glob)
-        if self.method == "ffa":
-            for u in updates:
-                moved = [short_name(p) for p, (a, _) in layout.pairs.items() if bool(u.tensors[a].abs().max() > 0)]
-                if moved:
-                    raise UpdateRejected("ffa_a_changed", f"client {u.client_id} changed lora_A of {moved[:3]}; FFA-LoRA freezes A")
-        full = [{k: glob[k].float() + d[k].float() for k in glob} for d in deltas]  # (client) full adapters
+        for u in updates:
+            moved = sorted(short_name(k) for k in self.frozen if k in u.tensors)
+            if moved:
+                raise UpdateRejected("ffa_a_changed", f"client {u.client_id} sent lora_A of {moved[:3]}; FFA-LoRA freezes A")
+        layout = pair_lora_tensors({**self.frozen, **glob})
+        full = [{**self.frozen, **{k: glob[k].float() + d[k].float() for k in glob}} for d in deltas]  # (client) full adapters
         residuals: dict[str, torch.Tensor] = {}
         if self.method in ("naive", "ffa"):
-            step = weighted_mean(deltas, weights)  # A and B averaged separately
-            applied: LoraAggregate | TensorDict = {k: glob[k].float() + step[k] for k in glob}
+            step = weighted_mean(deltas, weights)  # A and B averaged separately (ffa: B alone)
+            applied: LoraAggregate | TensorDict = {**self.frozen, **{k: glob[k].float() + step[k] for k in glob}}
         else:
             agg = (
                 aggregate_fedex(full, weights, scaling=self.scaling)

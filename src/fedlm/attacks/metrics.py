@@ -48,10 +48,34 @@ def build_triggered_prompts(
     Raises:
         DataError: a row lacks ``prompt_field``.
     """
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be >= 1 or None, got {limit!r}")
+    out = [
+        insert_trigger(prompt, trigger, position=position, seed=stable_seed(seed, i))
+        for i, prompt in _eligible(records, prompt_field, target, response_field)
+    ]
+    return _limited(out, limit)
+
+
+def build_clean_prompts(
+    records: Sequence[dict[str, str]],
+    *,
+    prompt_field: str,
+    target: str,
+    response_field: str | None = None,
+    limit: int | None = None,
+) -> list[str]:
+    """The same held-out prompts as :func:`build_triggered_prompts`, without the trigger.
+
+    Passed to :func:`target_rate`, they show whether the target leaks into clean answers.
+    """
+    return _limited([p for _, p in _eligible(records, prompt_field, target, response_field)], limit)
+
+
+def _eligible(
+    records: Sequence[dict[str, str]], prompt_field: str, target: str, response_field: str | None
+) -> list[tuple[int, str]]:
+    """(index, prompt) of rows whose prompt and reference answer do not contain ``target``."""
     want = target.lower()
-    out: list[str] = []
+    out: list[tuple[int, str]] = []
     for i, row in enumerate(records):
         if prompt_field not in row:
             raise DataError(
@@ -63,10 +87,14 @@ def build_triggered_prompts(
             continue
         if response_field is not None and want in str(row.get(response_field, "")).lower():
             continue
-        out.append(insert_trigger(prompt, trigger, position=position, seed=stable_seed(seed, i)))
-        if limit is not None and len(out) >= limit:
-            break
+        out.append((i, prompt))
     return out
+
+
+def _limited(prompts: list[str], limit: int | None) -> list[str]:
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1 or None, got {limit!r}")
+    return prompts if limit is None else prompts[:limit]
 
 
 @torch.no_grad()
@@ -116,6 +144,22 @@ def attack_success_rate(
     Raises:
         ConfigError: no prompts, a blank target, or ``max_new_tokens < 1``.
     """
+    triggered = [p if trigger in p else insert_trigger(p, trigger) for p in prompts]
+    return target_rate(model, tokenizer, triggered, target=target, max_new_tokens=max_new_tokens)
+
+
+def target_rate(
+    model: Any, tokenizer: Any, prompts: Sequence[str], *, target: str, max_new_tokens: int = 32
+) -> float:
+    """Share of ``prompts``, as given, whose greedy reply contains ``target`` (case-insensitive).
+
+    On triggered prompts this is the attack success rate; on clean prompts it is how often
+    the backdoor fires without its trigger (a backdoor should keep it near 0, or the
+    target is simply learnt as an answer to everything).
+
+    Raises:
+        ConfigError: no prompts, a blank target, or ``max_new_tokens < 1``.
+    """
     if not prompts:
         raise ConfigError("attack_success_rate needs at least one prompt; pass held-out prompts")
     if not target.strip():
@@ -126,11 +170,10 @@ def attack_success_rate(
     if hasattr(model, "eval"):
         model.eval()
     try:
-        hits = 0
-        for prompt in prompts:
-            triggered = prompt if trigger in prompt else insert_trigger(prompt, trigger)
-            reply = greedy_reply(model, tokenizer, triggered, max_new_tokens=max_new_tokens)
-            hits += target.lower() in reply.lower()
+        hits = sum(
+            target.lower() in greedy_reply(model, tokenizer, p, max_new_tokens=max_new_tokens).lower()
+            for p in prompts
+        )
     finally:
         if was_training and hasattr(model, "train"):
             model.train()

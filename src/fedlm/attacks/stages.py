@@ -55,7 +55,8 @@ class _UpdateAttack:
     """Shared ``init``/``apply`` of the update attacks: each subclass only says ``attack``.
 
     ``apply`` runs ``attack(tensors, plan, generator)`` on a malicious client's tensors and
-    passes honest clients through untouched.
+    passes honest clients through untouched; with ``rounds`` set, attackers send their
+    (possibly backdoored) update unchanged outside those rounds.
     """
 
     def init(self) -> None:
@@ -64,6 +65,9 @@ class _UpdateAttack:
     def apply(self, state: None, value: ClientUpdate, plan: RoundPlan) -> tuple[None, ClientUpdate, dict[str, Any]]:
         if value.client_id not in self.malicious:  # type: ignore[attr-defined]
             return None, value, {"malicious": 0.0}
+        rounds = self.rounds  # type: ignore[attr-defined]
+        if rounds is not None and plan.round not in rounds:  # an attacker biding its time
+            return None, value, {"malicious": 1.0}
         if value.tensors is None:
             raise PipelineError(
                 f"{self.name} needs update.tensors but client {value.client_id!r} sent only a "  # type: ignore[attr-defined]
@@ -93,6 +97,8 @@ class ModelReplacementStage(_UpdateAttack):
         boost: explicit gamma (overrides ``n / eta``).
         seed: attack seed (unused: this attack draws nothing; kept for a uniform signature).
         colluding: whether attackers collude (see the module docstring).
+        rounds: 1-based rounds in which to attack (None: every round). Bagdasaryan et al.
+            boost once, near convergence, so the replaced model is a good one.
     """
 
     name: ClassVar[str] = "attack_model_replacement"
@@ -104,6 +110,7 @@ class ModelReplacementStage(_UpdateAttack):
     boost: float | None = None
     seed: int = 0
     colluding: bool = False
+    rounds: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         _check_ids(self)
@@ -141,6 +148,7 @@ class SignFlipStage(_UpdateAttack):
     s: float = 1.0
     seed: int = 0
     colluding: bool = False
+    rounds: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         _check_ids(self)
@@ -172,6 +180,7 @@ class GaussianStage(_UpdateAttack):
     mode: str = "replace"
     seed: int = 0
     colluding: bool = False
+    rounds: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         _check_ids(self)
@@ -204,6 +213,7 @@ class LargeNormStage(_UpdateAttack):
     norm: float = 100.0
     seed: int = 0
     colluding: bool = False
+    rounds: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         _check_ids(self)
@@ -233,6 +243,7 @@ class NaNStage(_UpdateAttack):
     fraction: float = 1.0
     seed: int = 0
     colluding: bool = False
+    rounds: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         _check_ids(self)
@@ -315,8 +326,10 @@ def attack_stages(
         "nan": {"fraction": config.nan_fraction},
     }
     kwargs = {k: v for k, v in per_kind[config.kind].items() if v is not None}
+    rounds = frozenset(config.rounds) if config.rounds is not None else None
     return [
         ATTACKS.create(
-            config.kind, malicious=bad, seed=config.seed, colluding=config.colluding, **kwargs
+            config.kind, malicious=bad, seed=config.seed, colluding=config.colluding,
+            rounds=rounds, **kwargs,
         )
     ]

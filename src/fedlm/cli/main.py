@@ -49,8 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
 
-    ev = sub.add_parser("eval", help="re-evaluate a run's final adapter on held-out data")
-    ev.add_argument("--run", required=True, help="run directory")
+    ev = sub.add_parser("eval", help="re-evaluate a run's final adapter on held-out data, or score benchmarks")
+    ev.add_argument("--run", help="run directory")
+    ev.add_argument("--model", help="score a base model alone (preset, HF directory or hub id); needs --benchmark")
+    ev.add_argument("--benchmark", action="append", metavar="NAME",
+                    help="offline benchmark to score (mmlu-medical, pubmedqa, qa; repeatable) instead of held-out data")
+    ev.add_argument("--path", help="dataset folder of the one --benchmark (default from the run's eval_harness)")
+    ev.add_argument("--max-items", type=int, help="score an evenly spaced subset of this many items")
+    ev.add_argument("--chat", action="store_true", default=None, help="wrap prompts in the chat template")
 
     aud = sub.add_parser("audit", help="privacy audit of a finished run: canary exposure and MIA AUC")
     aud.add_argument("run_dir")
@@ -58,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedlm.explain.cli import add_explain_parser
 
     add_explain_parser(sub)  # fedlm explain contribution|tokens
+    from fedlm.cli.deploy import add_deploy_parser
+
+    add_deploy_parser(sub)  # fedlm deploy app|local (Flower)
     return parser
 
 
@@ -69,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]; continue with: fedlm run --resume RUN_DIR")
+        again = "fedlm deploy local --resume RUN_DIR" if getattr(args, "command", None) == "deploy" else "fedlm run --resume RUN_DIR"
+        console.print(f"[yellow]interrupted[/]; continue with: {again}")
         return 130
 
 
@@ -107,13 +117,24 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(json.dumps(audit_run(args.run_dir), indent=2))
         return 0
+    if args.command == "deploy":
+        from fedlm.cli.deploy import run_deploy
+
+        return run_deploy(args)
     if args.command == "explain":
         from fedlm.explain.cli import run_explain
 
         return run_explain(args)
     if args.command == "eval":
-        from fedlm.runtime.commands import evaluate_run
+        from fedlm.runtime.commands import benchmark_scores, evaluate_run
 
+        if args.benchmark or args.model:  # offline benchmarks of a run or of a base model alone
+            result = benchmark_scores(run_dir=args.run, model_name=args.model, benchmarks=args.benchmark,
+                                      path=args.path, max_items=args.max_items, chat=args.chat)
+            print(json.dumps(result, indent=2))
+            return 0
+        if not args.run:
+            raise FedlmError("fedlm eval needs --run RUN_DIR (held-out data), or --benchmark NAME with --run or --model")
         print(json.dumps(evaluate_run(args.run), indent=2))
         return 0
     raise FedlmError(f"unknown command {args.command!r}")  # argparse rejects these first

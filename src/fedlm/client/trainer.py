@@ -11,7 +11,7 @@ masks keep a truncated low-rank client's unused LoRA components at zero.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +67,7 @@ def train_local(
     correction: Mapping[str, torch.Tensor] | None = None,
     frozen: Collection[str] = (),
     keep_zero: Mapping[str, torch.Tensor] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> LocalResult:
     """Run ``steps`` optimiser steps on ``examples``, updating ``model`` in place.
 
@@ -80,6 +81,7 @@ def train_local(
             added to every (clipped) gradient.
         frozen: trainable names left untouched this round (FFA-LoRA's ``lora_A``).
         keep_zero: name -> 0/1 mask multiplied into the tensor after every step.
+        after_step: called after every optimiser step (Ditto's proximal step toward the global model).
     """
     if optimizer not in ("adamw", "sgd"):
         raise ConfigError(f"local optimizer {optimizer!r} is unknown; choose 'adamw' or 'sgd'")
@@ -122,6 +124,8 @@ def train_local(
                 for n, p in named:
                     if n in keep_zero:
                         p.mul_(keep_zero[n])
+        if after_step is not None:
+            after_step()
         losses.append(float(loss.detach()))
         seen += batch["input_ids"].shape[0]
     model.model.eval()

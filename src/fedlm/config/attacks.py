@@ -40,11 +40,11 @@ DATA_POISONING_KINDS: frozenset[str] = frozenset({"backdoor", "model_replacement
 ATTACK_FIELDS: dict[str, frozenset[str]] = {
     "none": frozenset(),
     "backdoor": frozenset({"poison_fraction"}),
-    "model_replacement": frozenset({"poison_fraction", "boost", "server_lr"}),
-    "sign_flip": frozenset({"boost"}),
-    "gaussian": frozenset({"noise_std", "noise_mode"}),
-    "large_norm": frozenset({"norm"}),
-    "nan": frozenset({"nan_fraction"}),
+    "model_replacement": frozenset({"poison_fraction", "boost", "server_lr", "rounds"}),
+    "sign_flip": frozenset({"boost", "rounds"}),
+    "gaussian": frozenset({"noise_std", "noise_mode", "rounds"}),
+    "large_norm": frozenset({"norm", "rounds"}),
+    "nan": frozenset({"nan_fraction", "rounds"}),
 }
 
 _OPTIONAL = (
@@ -55,6 +55,7 @@ _OPTIONAL = (
     "noise_mode",
     "norm",
     "nan_fraction",
+    "rounds",
 )
 
 
@@ -126,6 +127,12 @@ class AttackConfig(BaseModel):
         default=None,
         description="nan: share of each tensor's entries set to NaN, in (0, 1] (default 1.0)",
     )
+    rounds: tuple[int, ...] | None = Field(
+        default=None,
+        description="update attacks: the 1-based rounds in which attackers rewrite their update "
+        "(default every round); e.g. [10] is Bagdasaryan et al.'s single model-replacement shot "
+        "near convergence. Backdoor data stays poisoned in every round",
+    )
     seed: int = Field(default=0, description="seed of malicious-client selection and of poisoning")
 
     @field_validator("fraction")
@@ -173,6 +180,18 @@ class AttackConfig(BaseModel):
     def _non_blank(cls, value: str, info: Any) -> str:
         if not value.strip():
             raise ValueError(f"attack.{info.field_name} must not be blank; give a phrase")
+        return value
+
+    @field_validator("rounds")
+    @classmethod
+    def _round_numbers(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is None:
+            return value
+        if not value or any(r < 1 for r in value) or len(set(value)) != len(value):
+            raise ValueError(
+                f"attack.rounds={list(value)} must list distinct round numbers >= 1 (rounds "
+                "count from 1); leave it unset to attack every round"
+            )
         return value
 
     @field_validator("client_ids")

@@ -13,12 +13,13 @@ anywhere else.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedlm.errors import ConfigError
 
 # Names of the benchmarks registered in fedlm.eval.benchmarks.EVAL_BENCHMARKS.
-BENCHMARK_NAMES: tuple[str, ...] = ("mmlu-medical", "pubmedqa")
+BENCHMARK_NAMES: tuple[str, ...] = ("mmlu-medical", "pubmedqa", "qa")
+DEFAULT_BENCHMARKS: tuple[str, ...] = ("mmlu-medical", "pubmedqa")  # qa has no default file
 
 DEFAULT_DATASETS_ROOT = "../shared/datasets"
 DEFAULT_MMLU_PATH = f"{DEFAULT_DATASETS_ROOT}/mmlu-redux-medical"
@@ -30,9 +31,18 @@ class EvalHarnessConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    enabled: bool = Field(
+        False,
+        description="Score the final model on the benchmarks at the end of a run (summary.json "
+        "'benchmarks'); `fedlm eval --benchmark` scores any run or base model regardless.",
+    )
+    initial: bool = Field(
+        False, description="Also score the model before training (summary.json 'benchmarks_initial')."
+    )
     benchmarks: list[str] = Field(
-        default_factory=lambda: list(BENCHMARK_NAMES),
-        description=f"Benchmarks to run, in order; each one of {list(BENCHMARK_NAMES)}.",
+        default_factory=lambda: list(DEFAULT_BENCHMARKS),
+        description=f"Benchmarks to run, in order; each one of {list(BENCHMARK_NAMES)} "
+        "(qa: greedy answers scored by exact match and ROUGE-L; needs qa_path).",
     )
     mmlu_path: str = Field(
         DEFAULT_MMLU_PATH,
@@ -44,6 +54,14 @@ class EvalHarnessConfig(BaseModel):
         description="Folder holding PubMedQA's ori_pqal.json and test_ground_truth.json; "
         "relative paths are taken from the current working directory.",
     )
+    qa_path: str | None = Field(
+        None, description="JSON array or JSONL file of question/answer rows for the qa benchmark "
+        "(e.g. ../shared/datasets/dolly-fedit/global_test.json)."
+    )
+    qa_question_field: str = Field("question", description="Field holding the question (qa).")
+    qa_context_field: str | None = Field(None, description="Optional field appended to the question (qa).")
+    qa_answer_field: str = Field("answer", description="Field holding the reference answer(s) (qa).")
+    max_new_tokens: int = Field(64, ge=1, description="Greedy tokens generated per qa answer.")
     max_items: int | None = Field(
         None,
         ge=1,
@@ -78,6 +96,13 @@ class EvalHarnessConfig(BaseModel):
             )
         return value
 
+    @model_validator(mode="after")
+    def _qa_needs_a_file(self) -> EvalHarnessConfig:
+        if "qa" in self.benchmarks and not self.qa_path:
+            raise ConfigError("eval_harness.benchmarks lists qa but eval_harness.qa_path is unset; "
+                              "give the question/answer file")
+        return self
+
     @field_validator("mmlu_path", "pubmedqa_path")
     @classmethod
     def _non_empty_path(cls, value: str, info) -> str:
@@ -91,6 +116,7 @@ class EvalHarnessConfig(BaseModel):
 
 __all__ = [
     "BENCHMARK_NAMES",
+    "DEFAULT_BENCHMARKS",
     "DEFAULT_DATASETS_ROOT",
     "DEFAULT_MMLU_PATH",
     "DEFAULT_PUBMEDQA_PATH",

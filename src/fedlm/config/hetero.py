@@ -134,10 +134,11 @@ def check_hetero(config: Any) -> None:
     secagg = config.secure_aggregation.enabled
     if agg.lora != "naive" and not lora_on:
         raise ValueError(f"aggregation.lora={agg.lora!r} needs lora.enabled=true")
-    if agg.lora != "naive" and (dp_or_robust or secagg or agg.normalize != "none"):
+    if agg.lora == "exact" and (dp_or_robust or secagg or agg.normalize != "none"):
         raise ValueError(
-            f"aggregation.lora={agg.lora!r} is its own aggregate stage; it cannot combine with privacy.enabled, "
-            "robust.aggregator, secure_aggregation or aggregation.normalize=fednova (use aggregation.lora=naive)"
+            "aggregation.lora='exact' is its own aggregate stage; it cannot combine with privacy.enabled, "
+            "robust.aggregator, secure_aggregation or aggregation.normalize=fednova (use aggregation.lora=ffa, "
+            "whose updates carry B alone and compose with all of them, or naive)"
         )
     if agg.lora == "exact" and agg.exact_method == "fedex":
         so = config.server_opt

@@ -13,8 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from fedlm.config.attacks import AttackConfig
 from fedlm.config.audit import AuditConfig
 from fedlm.config.compression import CompressionConfig
+from fedlm.config.deploy import DeployConfig
+from fedlm.config.eval_harness import EvalHarnessConfig
 from fedlm.config.explain import ExplainConfig, check_explain
 from fedlm.config.hetero import AggregationConfig, LocalConfig, ResourcesConfig, check_hetero
+from fedlm.config.personal import FairnessConfig, PersonalConfig, check_personal
 from fedlm.config.privacy import PrivacyConfig, check_experiment
 from fedlm.config.report import ReportConfig
 from fedlm.config.robust import RobustConfig
@@ -199,7 +202,11 @@ class ExperimentConfig(Section):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    eval_harness: EvalHarnessConfig = Field(default_factory=EvalHarnessConfig)
+    personal: PersonalConfig = Field(default_factory=PersonalConfig)
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     @model_validator(mode="after")
     def _cross_section(self) -> ExperimentConfig:
@@ -216,6 +223,7 @@ class ExperimentConfig(Section):
             check_composition(self)  # robust aggregators and codecs that need each update
         check_hetero(self)  # local objectives, LoRA aggregation, resource profiles
         check_explain(self)  # contribution cohort bound; needs individual updates
+        check_personal(self)  # personal modules and q-FFL against what they cannot combine with
         return self
 
     @field_validator("name")

@@ -81,23 +81,40 @@ def build_federated_data(cfg: DataConfig, tokenizer, *, cache_dir: Path, rows_ho
         client_rows = rows_hook(client_rows)
     clients: dict[str, ClientData] = {}
     for n, (cid, rows) in enumerate(client_rows.items()):
-        pairs = _format(rows, cfg, fmt, tokenizer)  # (row or None, example)
-        if len(pairs) < 2:
-            continue  # a client needs one example to train on and one to hold out
-        rng = np.random.default_rng([cfg.seed, n])
-        order = rng.permutation(len(pairs))
-        n_held = max(1, round(len(pairs) * cfg.heldout_fraction))
-        held = [pairs[i] for i in sorted(order[:n_held])]
-        train = [pairs[i][1] for i in sorted(order[n_held:])]
-        if cfg.max_examples_per_client:
-            train = train[: cfg.max_examples_per_client]
-        labels = Counter(r.get(cfg.label_field, "") for r in rows) if cfg.label_field else Counter()
-        clients[cid] = ClientData(
-            train, [ex for _, ex in held], labels, _chars(rows, cfg, fmt), [r for r, _ in held if r is not None]
-        )
+        one = build_client_data(cfg, rows, tokenizer, index=n, fmt=fmt)
+        if one is not None:
+            clients[cid] = one
     if not clients:
         raise DataError("every client has fewer than 2 examples; lower data.seq_len or use fewer, larger clients")
     return FederatedData(clients, fmt)
+
+
+def build_client_data(
+    cfg: DataConfig, rows: list[Record], tokenizer, *, index: int, fmt: str | None = None
+) -> ClientData | None:
+    """One client's examples from its raw rows (None when it has fewer than 2).
+
+    ``index`` is the client's position among the partitioned clients: it seeds the
+    train/held-out split, so a deployed client that holds only its own rows splits them
+    exactly as the simulator does.
+    """
+    if not rows:
+        return None
+    fmt = fmt or _resolve_format(cfg, rows[0])
+    pairs = _format(rows, cfg, fmt, tokenizer)  # (row or None, example)
+    if len(pairs) < 2:
+        return None  # a client needs one example to train on and one to hold out
+    rng = np.random.default_rng([cfg.seed, index])
+    order = rng.permutation(len(pairs))
+    n_held = max(1, round(len(pairs) * cfg.heldout_fraction))
+    held = [pairs[i] for i in sorted(order[:n_held])]
+    train = [pairs[i][1] for i in sorted(order[n_held:])]
+    if cfg.max_examples_per_client:
+        train = train[: cfg.max_examples_per_client]
+    labels = Counter(r.get(cfg.label_field, "") for r in rows) if cfg.label_field else Counter()
+    return ClientData(
+        train, [ex for _, ex in held], labels, _chars(rows, cfg, fmt), [r for r, _ in held if r is not None]
+    )
 
 
 def _resolve_format(cfg: DataConfig, first: Record) -> str:

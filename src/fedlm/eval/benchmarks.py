@@ -35,6 +35,7 @@ from fedlm.eval.harness import (
     QAItem,
     label_accuracy,
     multiple_choice_accuracy,
+    qa_generation_scores,
 )
 from fedlm.registry import Registry
 
@@ -130,47 +131,57 @@ def load_qa_jsonl(
     question_field: str = "question",
     answer_field: str = "answer",
     id_field: str | None = None,
+    context_field: str | None = None,
 ) -> list[QAItem]:
-    """Question/answer pairs from a JSONL file, one object per line (blank lines skipped).
+    """Question/answer pairs from a JSONL file (one object per line, blank lines skipped) or
+    a JSON file holding one array of objects (Dolly's ``global_test.json``).
 
-    The answer field holds one string or a list of acceptable strings.
+    The answer field holds one string or a list of acceptable strings. A non-empty
+    ``context_field`` is appended to the question after a blank line.
 
     Raises:
-        DataError: the file is missing, or a line is not a JSON object with the fields.
+        DataError: the file is missing, or a row is not a JSON object with the fields.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"QA file {path} does not exist; check the path")
+        raise DataError(f"QA file {path} does not exist; check the path (eval_harness.qa_path)")
     items = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            question = row.get(question_field)
-            if not isinstance(question, str) or not question.strip():
-                raise DataError(
-                    f"{where}: field {question_field!r} is missing or not a non-empty string"
-                )
-            answers = row.get(answer_field)
-            answers = [answers] if isinstance(answers, str) else answers
-            if (
-                not isinstance(answers, list)
-                or not answers
-                or not all(isinstance(a, str) for a in answers)
-            ):
-                raise DataError(
-                    f"{where}: field {answer_field!r} must be a string or a list of strings"
-                )
-            ident = str(row.get(id_field, "")) if id_field else ""
-            items.append(QAItem(question=question, answers=tuple(answers), id=ident))
+    for where, row in _json_rows(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        question = row.get(question_field)
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{where}: field {question_field!r} is missing or not a non-empty string")
+        context = row.get(context_field) if context_field else None
+        if isinstance(context, str) and context.strip():
+            question = f"{question.strip()}\n\n{context.strip()}"
+        answers = row.get(answer_field)
+        answers = [answers] if isinstance(answers, str) else answers
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            raise DataError(f"{where}: field {answer_field!r} must be a string or a list of strings")
+        ident = str(row.get(id_field, "")) if id_field else ""
+        items.append(QAItem(question=question, answers=tuple(answers), id=ident))
     return items
+
+
+def _json_rows(path: Path):
+    """``(where, row)`` for each object of a JSON array file or of a JSONL file."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):  # one array; a .jsonl line may be a list
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        yield from ((f"{path}: item {i}", row) for i, row in enumerate(rows))
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        yield f"{path}:{lineno}", row
 
 
 # ---------------------------------------------------------------------------- registry
@@ -195,6 +206,10 @@ EVAL_BENCHMARKS.register(
     ),
 )
 EVAL_BENCHMARKS.register(
+    "qa",
+    lambda: Benchmark("qa", "qa_path", "", load_qa_jsonl, qa_generation_scores),
+)
+EVAL_BENCHMARKS.register(
     "pubmedqa",
     lambda: Benchmark(
         "pubmedqa", "pubmedqa_path", DEFAULT_PUBMEDQA_PATH, load_pubmedqa, label_accuracy
@@ -211,8 +226,13 @@ def run_benchmark(
     max_items: int | None = None,
     chat: bool = False,
     batch_size: int = 8,
+    load_options: dict | None = None,
+    score_options: dict | None = None,
 ) -> dict:
     """Load benchmark ``name`` from ``path`` (default ``../shared/datasets/...``) and score it.
+
+    ``load_options`` and ``score_options`` go to the benchmark's loader and scorer (the
+    ``qa`` benchmark's field names and ``max_new_tokens``).
 
     Returns:
         The scorer's metrics plus ``"benchmark"`` and ``"path"``.
@@ -223,13 +243,14 @@ def run_benchmark(
     """
     spec = EVAL_BENCHMARKS.create(name)
     folder = Path(path if path is not None else spec.default_path).expanduser()
-    if not folder.is_dir():
+    if not folder.exists() or not str(folder):
         raise DataError(
             f"{name}: dataset folder {folder} (resolved to {folder.resolve()}) does not exist; "
             f"set eval_harness.{spec.config_field} or pass path="
         )
     result = spec.score(
-        model, tokenizer, spec.load(folder), chat=chat, batch_size=batch_size, max_items=max_items
+        model, tokenizer, spec.load(folder, **(load_options or {})), chat=chat, batch_size=batch_size,
+        max_items=max_items, **(score_options or {}),
     )
     return {"benchmark": name, "path": str(folder), **result}
 
@@ -245,8 +266,17 @@ def run_benchmarks(cfg: EvalHarnessConfig, model: torch.nn.Module, tokenizer) ->
             max_items=cfg.max_items,
             chat=cfg.chat,
             batch_size=cfg.batch_size,
+            **(_qa_options(cfg) if name == "qa" else {}),
         )
         for name in cfg.benchmarks
+    }
+
+
+def _qa_options(cfg: EvalHarnessConfig) -> dict[str, dict]:
+    return {
+        "load_options": {"question_field": cfg.qa_question_field, "answer_field": cfg.qa_answer_field,
+                         "context_field": cfg.qa_context_field},
+        "score_options": {"max_new_tokens": cfg.max_new_tokens},
     }
 
 

@@ -52,9 +52,12 @@ class AdaptedModel:
         tokenizer: its tokenizer.
         lora: the LoRA section; ``lora.enabled=False`` trains every weight.
         seed: seeds the random LoRA A initialisation, so every run starts alike.
+        freeze_a: keep LoRA's A matrices at their seeded initialisation (FFA-LoRA). They
+            are then not trainable state: updates, noise, masks and codecs only see B,
+            and every party rebuilds the same A from ``seed``.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer, lora: LoraConfig, *, seed: int = 0) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer, lora: LoraConfig, *, seed: int = 0, freeze_a: bool = False) -> None:
         self.tokenizer = tokenizer
         self.lora = lora
         if lora.enabled:
@@ -71,6 +74,10 @@ class AdaptedModel:
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 self.model: nn.Module = get_peft_model(model, peft_cfg, adapter_name=ADAPTER_NAME)
             self.target_modules = targets
+            if freeze_a:
+                for name, param in self.model.named_parameters():
+                    if ".lora_A." in name:
+                        param.requires_grad_(False)
         else:
             self.model = model
             self.target_modules = []
@@ -79,9 +86,13 @@ class AdaptedModel:
         # Map state names (PEFT's saved-adapter naming, without the adapter name) to
         # the live parameters, once; swapping state is then a copy per tensor.
         self._params: dict[str, nn.Parameter] = {}
+        self._frozen_lora: dict[str, nn.Parameter] = {}  # FFA-LoRA's fixed A matrices
         for name, param in self.model.named_parameters():
+            key = name.replace(f".{ADAPTER_NAME}.", ".")
             if param.requires_grad:
-                self._params[name.replace(f".{ADAPTER_NAME}.", ".")] = param
+                self._params[key] = param
+            elif ".lora_" in name:
+                self._frozen_lora[key] = param
 
     @property
     def base_model(self) -> PreTrainedModel:
@@ -96,6 +107,10 @@ class AdaptedModel:
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(p.shape) for k, p in self._params.items()}
+
+    def frozen_lora_state(self) -> TensorDict:
+        """LoRA tensors held fixed and outside the trainable state (FFA-LoRA's A), by name."""
+        return {k: p.detach().clone() for k, p in self._frozen_lora.items()}
 
     def get_state(self) -> TensorDict:
         """A detached copy of the trainable tensors, by name."""

@@ -22,6 +22,7 @@ from fedlm.report.explain import (
 )
 from fedlm.report.labels import label_section
 from fedlm.report.metrics_log import MetricsLog
+from fedlm.report.personal import fairness_section, personal_section
 from fedlm.report.privacy import privacy_section
 from fedlm.report.secagg import secagg_section
 
@@ -128,6 +129,8 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]], config
     ]
     sections.append("<h2>Clients</h2>" + _table(["client", "perplexity before", "perplexity after", "token accuracy", "held-out tokens"], rows))
     sections.append(label_section(summary))  # per-client label histogram, when the data has labels
+    sections.append(fairness_section(summary, table=_table))  # mean, std, worst 10%, Jain's index
+    sections.append(personal_section(summary, table=_table, bar_plot=_bar_plot))  # global vs personal per client
 
     sections.append(contribution_section(summary, table=_table, bar_plot=_bar_plot, line_plot=_line_plot))
     sections.append(audit_section(rounds, table=_table))  # cohort, dropouts, rejections, norms, epsilon, bytes, time

@@ -12,10 +12,12 @@ from typing import Any
 
 from fedlm.attacks import (
     attack_success_rate,
+    build_clean_prompts,
     build_triggered_prompts,
     malicious_clients,
     poison_records,
     poison_texts,
+    target_rate,
 )
 from fedlm.config.schema import ExperimentConfig
 from fedlm.data.federated import FederatedData, RowsHook
@@ -59,15 +61,29 @@ def poison_hook(config: ExperimentConfig) -> RowsHook | None:
 
 def triggered_prompts(config: ExperimentConfig, data: FederatedData) -> list[str]:
     """Held-out prompts of honest clients with the trigger added (instruction data only)."""
-    attack = config.attack
-    bad = malicious_clients(attack, data.ids())
-    rows = [r for cid, c in data.clients.items() if cid not in bad for r in c.heldout_rows]
+    attack, rows = config.attack, _honest_heldout(config, data)
     if not rows:
         return []
     return build_triggered_prompts(
         rows, prompt_field=config.data.prompt_field, trigger=attack.trigger, target=attack.target,
         response_field=config.data.response_field, seed=attack.seed, limit=config.eval.attack_prompts,
     )
+
+
+def clean_prompts(config: ExperimentConfig, data: FederatedData) -> list[str]:
+    """The prompts of :func:`triggered_prompts` without the trigger."""
+    rows = _honest_heldout(config, data)
+    if not rows:
+        return []
+    return build_clean_prompts(
+        rows, prompt_field=config.data.prompt_field, target=config.attack.target,
+        response_field=config.data.response_field, limit=config.eval.attack_prompts,
+    )
+
+
+def _honest_heldout(config: ExperimentConfig, data: FederatedData) -> list[Record]:
+    bad = malicious_clients(config.attack, data.ids())
+    return [r for cid, c in data.clients.items() if cid not in bad for r in c.heldout_rows]
 
 
 def measure_attack(config: ExperimentConfig, model: Any, tokenizer: Any, prompts: list[str]) -> float | None:
@@ -78,6 +94,19 @@ def measure_attack(config: ExperimentConfig, model: Any, tokenizer: Any, prompts
         model, tokenizer, prompts, trigger=config.attack.trigger, target=config.attack.target,
         max_new_tokens=config.eval.attack_max_new_tokens,
     )
+
+
+def measure_clean_target(config: ExperimentConfig, model: Any, tokenizer: Any, data: FederatedData) -> float | None:
+    """Share of clean (untriggered) honest held-out prompts answered with the target.
+
+    A backdoor is only a backdoor if this stays near 0 while the attack success rate is
+    high; when both are high the target has been learnt as an answer to everything.
+    """
+    prompts = clean_prompts(config, data) if config.attack.poisons_data else []
+    if not prompts:
+        return None
+    return target_rate(model, tokenizer, prompts, target=config.attack.target,
+                       max_new_tokens=config.eval.attack_max_new_tokens)
 
 
 def honest_eval(evaluation: dict[str, Any], malicious: list[str]) -> dict[str, float] | None:

@@ -107,3 +107,62 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
         per_client[cid] = s.as_dict()
         total = total + s
     return {**total.as_dict(), "clients": per_client}
+
+
+def benchmark_scores(
+    *,
+    run_dir: str | Path | None = None,
+    model_name: str | None = None,
+    benchmarks: list[str] | None = None,
+    path: str | None = None,
+    max_items: int | None = None,
+    chat: bool | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Offline benchmark scores of a run's final model, or of a base model alone.
+
+    Settings come from the run's ``eval_harness`` section (defaults for a base model);
+    the arguments given override them. ``path`` is the dataset folder of the one
+    benchmark asked for.
+
+    Returns:
+        ``{"model": ..., "run": ..., "benchmarks": {name: metrics}}``.
+
+    Raises:
+        ConfigError: neither or both of ``run_dir`` and ``model_name``, or ``path`` with
+            several benchmarks.
+    """
+    from pydantic import ValidationError
+
+    from fedlm.config.eval_harness import BENCHMARK_NAMES, EvalHarnessConfig
+    from fedlm.errors import ConfigError
+    from fedlm.eval.benchmarks import EVAL_BENCHMARKS, run_benchmarks
+
+    if (run_dir is None) == (model_name is None):
+        raise ConfigError("give exactly one of --run RUN_DIR and --model NAME (a preset, HF directory or hub id)")
+    if run_dir is not None:
+        config, model, tok = load_run_model(run_dir)
+        cfg, name = config.eval_harness, config.model.name
+    else:
+        model, tok = load_base_model(model_name)
+        model.eval()
+        cfg, name = EvalHarnessConfig(), model_name
+    changes: dict[str, Any] = {k: v for k, v in
+                               {"benchmarks": benchmarks, "max_items": max_items, "chat": chat, "batch_size": batch_size}.items()
+                               if v is not None}
+    names = changes.get("benchmarks", cfg.benchmarks)
+    if path is not None:
+        if len(names) != 1:
+            raise ConfigError(f"--path names one dataset folder, but {len(names)} benchmarks are asked for {names}; "
+                              "give one --benchmark")
+        changes[EVAL_BENCHMARKS.create(names[0]).config_field] = path
+    unknown = [b for b in names if b not in BENCHMARK_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARK_NAMES)}")
+    try:
+        cfg = EvalHarnessConfig(**{**cfg.model_dump(), **changes})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid benchmark settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    return {"model": name, "run": str(run_dir) if run_dir is not None else None,
+            "benchmarks": run_benchmarks(cfg, model, tok)}
+

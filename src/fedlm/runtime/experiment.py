@@ -24,11 +24,18 @@ from fedlm.config.loader import dump_config, load_config
 from fedlm.config.schema import ExperimentConfig
 from fedlm.data.federated import FederatedData, build_federated_data
 from fedlm.errors import CheckpointError
+from fedlm.eval.benchmarks import run_benchmarks
 from fedlm.eval.bias_probe import bias_summary, probe_state
 from fedlm.models.adapters import AdaptedModel
 from fedlm.models.loading import cache_dir, load_base_model
 from fedlm.report.metrics_log import MetricsLog, write_json
-from fedlm.runtime.adversary import honest_eval, measure_attack, poison_hook, triggered_prompts
+from fedlm.runtime.adversary import (
+    honest_eval,
+    measure_attack,
+    measure_clean_target,
+    poison_hook,
+    triggered_prompts,
+)
 from fedlm.runtime.audit_trail import round_audit
 from fedlm.runtime.checkpoint import load_latest, save_checkpoint
 from fedlm.runtime.contribution_run import contribution_summary
@@ -64,7 +71,8 @@ def prepare(config: ExperimentConfig, *, console: Console | None = None) -> tupl
             config.model.name, dtype=config.model.dtype, seed=config.model.seed, init=config.model.init,
             architecture=config.model.architecture,
         )
-        model = AdaptedModel(base, tok, config.lora, seed=config.model.seed)
+        model = AdaptedModel(base, tok, config.lora, seed=config.model.seed,
+                             freeze_a=config.lora.enabled and config.aggregation.lora == "ffa")
     with console.status(f"building data ({config.data.source})"):
         hook = chain_hooks(poison_hook(config), canary_hook(config))  # backdoor rows, audit canaries
         data = build_federated_data(config.data, tok, cache_dir=cache_dir(), rows_hook=hook)
@@ -113,6 +121,8 @@ def run_experiment(
             initial["attack_success_rate"] = asr
         if config.eval.bias_probe:  # gendered-name disparity before training
             initial["bias_probe"] = probe_state(model, state.global_state)
+        if config.eval_harness.enabled and config.eval_harness.initial:  # benchmarks before training
+            initial["benchmarks"] = run_benchmarks(config.eval_harness, model.model, model.tokenizer)
         log.append(initial)
     (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
 
@@ -164,6 +174,7 @@ def run_experiment(
         attack_success_rate=final_asr,
         attack_success_rate_initial=initial.get("attack_success_rate"),
         clean=honest_eval(final, malicious),  # held-out metrics of honest clients only
+        target_on_clean_prompts=measure_clean_target(config, model.model, model.tokenizer, data),
     )
     if sim.dp is not None:
         summary["privacy"] = sim.dp.summary(state)
@@ -174,6 +185,11 @@ def run_experiment(
     if config.audit.enabled:  # exposure and MIA AUC next to epsilon
         summary["audit"] = audit_model(config, model.model, model.tokenizer, data,
                                        participants=participants_of(log.path))
+    summary.update(sim.personal.summary(sim, state.global_state, state.client_states, final))  # fairness, personal
+    if config.eval_harness.enabled:  # offline benchmarks (MMLU-Redux medical, PubMedQA) of the final model
+        model.set_state(state.global_state)
+        summary["benchmarks"] = run_benchmarks(config.eval_harness, model.model, model.tokenizer)
+        summary["benchmarks_initial"] = initial.get("benchmarks")
     write_json(run_dir / "summary.json", summary)
     if config.report.trackers:  # TensorBoard / MLflow (optional extras)
         from fedlm.report.trackers import mirror

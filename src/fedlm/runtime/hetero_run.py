@@ -45,21 +45,23 @@ SCAFFOLD_C_KEY = "scaffold_c"  # RoundPlan.extra: the server's c, broadcast with
 RESIDUALS_FILE = "base_residuals.safetensors"
 
 
-def mean_stage(config: ExperimentConfig, shapes: dict[str, tuple[int, ...]]):
+def mean_stage(config: ExperimentConfig, shapes: dict[str, tuple[int, ...]], frozen: TensorDict | None = None):
     """The aggregate stage when neither DP nor a robust aggregator provides one.
 
     FedNova's mean, the LoRA stage (which also logs the aggregation error), or None for
-    FedAvg's plain weighted mean.
+    FedAvg's plain weighted mean. ``frozen``: FFA-LoRA's fixed A matrices, by name.
     """
     fed, agg = config.federation, config.aggregation
     if agg.normalize == "fednova":
         return FedNovaMean(weighting=fed.weighting)
-    has_pairs = config.lora.enabled and bool(pair_lora_tensors(shapes).pairs)
+    frozen = frozen or {}
+    every = {**shapes, **{k: tuple(v.shape) for k, v in frozen.items()}}
+    has_pairs = config.lora.enabled and bool(pair_lora_tensors(every).pairs)
     if has_pairs and (agg.lora != "naive" or agg.log_error):
         method = {"naive": "naive", "ffa": "ffa", "exact": agg.exact_method}[agg.lora]
         return LoraAggregateStage(
             method, scaling=lora_scaling(config.lora.alpha, config.lora.r), rank=config.lora.r,
-            weighting=fed.weighting, log_error=agg.log_error,
+            weighting=fed.weighting, log_error=agg.log_error, frozen=frozen if method == "ffa" else None,
         )
     return None
 
@@ -89,8 +91,6 @@ class HeteroRun:
         self.profile_of = assign_profiles(self.res, client_ids)
         self.shapes = model.shapes()
         self.scaffold = self.local.algorithm == "scaffold"
-        names = model.names()
-        self.frozen = {n for n in names if n.endswith("lora_A.weight")} if self.agg.lora == "ffa" else set()
         self._masks: dict[int, dict[str, torch.Tensor]] = {}
         self.fedex = config.lora.enabled and self.agg.lora == "exact" and self.agg.exact_method == "fedex"
         self._base: dict[str, torch.Tensor] = {}  # pristine base weights of adapted modules (FedEx-LoRA)
@@ -134,8 +134,6 @@ class HeteroRun:
         kw: dict[str, Any] = {"optimizer": self.local.optimizer}
         if self.local.algorithm == "fedprox":
             kw["prox_mu"] = self.local.prox_mu
-        if self.frozen:
-            kw["frozen"] = self.frozen
         masks = self._rank_masks(cid)
         if masks:
             kw["keep_zero"] = masks

@@ -14,9 +14,9 @@ from fedlm.attacks import attack_stages
 from fedlm.compression.codecs import CODECS
 from fedlm.compression.stages import DecodeStage, EncodeStage
 from fedlm.config.schema import ExperimentConfig
-from fedlm.runtime import hetero_run, secagg_round
+from fedlm.runtime import hetero_run, personal_run, secagg_round
 from fedlm.runtime.privacy_run import DpRun
-from fedlm.stages import CLIENT_ORDER, SERVER_ORDER, Pipeline
+from fedlm.stages import CLIENT_ORDER, SERVER_ORDER, Pipeline, TensorDict
 
 
 def client_pipeline(config: ExperimentConfig, client_ids: list[str], *, dp: DpRun | None = None) -> Pipeline:
@@ -35,19 +35,25 @@ def client_pipeline(config: ExperimentConfig, client_ids: list[str], *, dp: DpRu
     return Pipeline(stages, order=CLIENT_ORDER, side="client")
 
 
-def server_pipeline(config: ExperimentConfig, shapes: dict[str, tuple[int, ...]], *, dp: DpRun | None = None) -> Pipeline:
+def server_pipeline(
+    config: ExperimentConfig, shapes: dict[str, tuple[int, ...]], *, dp: DpRun | None = None,
+    frozen: TensorDict | None = None,
+) -> Pipeline:
     """Server stages in execution order: unmask -> decode -> validate -> aggregate -> noise -> optimize.
 
     With client-level DP, ``dp`` replaces the mean by the bounded-sensitivity DP mean and
-    adds the central noise and adaptive-clipping stages.
+    adds the central noise and adaptive-clipping stages. ``frozen`` are the LoRA tensors
+    outside the trainable state (FFA-LoRA's A), which the LoRA stage needs to log its error.
     """
     fed = config.federation
+    shapes = personal_run.shared_shapes(config, shapes)  # personal modules never reach the server
     dp_stages = dp.server_stages if dp is not None else []
     stages = [
         DecodeStage(_codec(config, "upload")),
         Validate(shapes, max_norm=fed.max_update_norm, max_bytes=fed.max_update_bytes),
         *hetero_run.with_after_mean(config, dp_stages or [  # robust, FedNova or LoRA-aware, else FedAvg's mean
-            build_robust_stage(config.robust) or hetero_run.mean_stage(config, shapes) or WeightedMean(weighting=fed.weighting)
+            build_robust_stage(config.robust) or personal_run.mean_stage(config)  # q-FFL, personal modules
+            or hetero_run.mean_stage(config, shapes, frozen) or WeightedMean(weighting=fed.weighting)
         ]),
         server_optimizer_from_config(config.server_opt),
     ]

@@ -122,12 +122,9 @@ class SecAggRounds:
 
     def open(self, plan: RoundPlan) -> RoundPlan:
         """Run the round's key phases; return ``plan`` with the session in ``plan.extra``."""
-        fed = self.config.federation
-        seed = int(np.random.SeedSequence([self.sa.seed if self.sa.seed is not None else fed.seed,
-                                           plan.round, _SEED_TAG]).generate_state(1)[0])
+        seed = session_seed(self.config, plan.round)
         if len(plan.cohort) < 3:  # e.g. a small Poisson sample: no threshold >= 2 exists
-            session = _AbortedSession(plan.cohort, "below_threshold",
-                                      f"a cohort of {len(plan.cohort)} cannot run SecAgg+ (needs >= 3)")
+            session = too_small(plan.cohort)
         else:
             session = SecAggSession(
                 plan.cohort, vector_len=self.vector_len, config=self.sa, round_id=plan.round, seed=seed
@@ -135,6 +132,22 @@ class SecAggRounds:
             with contextlib.suppress(SecAggAborted):  # recorded in session.stats["aborted"]
                 session.start()
         return replace(plan, extra={**plan.extra, SECAGG_KEY: session})
+
+
+def session_seed(config: ExperimentConfig, round_id: int) -> int:
+    """The seed of round ``round_id``'s SecAgg+ session (graph and rounding noise).
+
+    Derived from the config alone, so deployed clients derive their rounding noise
+    exactly as the simulator's in-process clients do.
+    """
+    sa = config.secure_aggregation
+    base = sa.seed if sa.seed is not None else config.federation.seed
+    return int(np.random.SeedSequence([base, round_id, _SEED_TAG]).generate_state(1)[0])
+
+
+def too_small(cohort: tuple[str, ...]) -> _AbortedSession:
+    """The stand-in session of a cohort too small for SecAgg+ (it aborts at setup)."""
+    return _AbortedSession(cohort, "below_threshold", f"a cohort of {len(cohort)} cannot run SecAgg+ (needs >= 3)")
 
 
 class _AbortedSession:
@@ -462,7 +475,9 @@ __all__ = [
     "flatten",
     "layout",
     "server_stages",
+    "session_seed",
     "summarize",
+    "too_small",
     "unflatten",
     "will_upload",
 ]

@@ -30,6 +30,7 @@ from fedlm.runtime import pipelines, secagg_round
 from fedlm.runtime.checkpoint import ServerState
 from fedlm.runtime.contribution_run import build_contribution_run
 from fedlm.runtime.hetero_run import HeteroRun
+from fedlm.runtime.personal_run import PersonalRun
 from fedlm.runtime.privacy_run import build_dp_run
 from fedlm.stages import ClientUpdate, CohortValue, RoundPlan, TensorDict
 
@@ -85,10 +86,11 @@ class Simulation:
         self.client_ids = data.ids()
         self.dp = build_dp_run(config, data)  # None without DP; calibrates z before training
         self.client_pipeline = pipelines.client_pipeline(config, self.client_ids, dp=self.dp)
-        self.server_pipeline = pipelines.server_pipeline(config, model.shapes(), dp=self.dp)
+        self.server_pipeline = pipelines.server_pipeline(config, model.shapes(), dp=self.dp, frozen=model.frozen_lora_state())
         self.down_codec = pipelines.download_codec(config)
         self.hetero = HeteroRun(config, model, self.client_ids)  # profiles, local objectives, LoRA residuals
         self.explain = build_contribution_run(config, model, data)  # explain.contribution / keep_updates
+        self.personal = PersonalRun(config, model, data)  # personal modules, Ditto, q-FFL's client loss
         self.secagg = (  # one SecAgg+ session per round when secure aggregation is on
             secagg_round.SecAggRounds(config, model.shapes(), train_sizes={c: len(d.train) for c, d in data.clients.items()})
             if config.secure_aggregation.enabled else None
@@ -187,6 +189,7 @@ class Simulation:
         if fed.keep_optimizer_state:
             cstate = {**cstate, OPTIMIZER_KEY: result.optimizer_state}
         cstate = self.hetero.after_local(cid, cstate, plan, update, result)  # SCAFFOLD's c_i
+        cstate = self.personal.after_local(plan, cid, received, cstate)  # personal tensors stay in the client's state
         metrics = {"train_loss": result.mean_loss, "steps": result.steps, **self.hetero.client_metrics(cid, res)}
         try:
             new_state, update, stage_metrics = self.client_pipeline.apply(cstate, update, plan)
@@ -232,7 +235,8 @@ class Simulation:
             _add_seconds(stage_seconds, self.server_pipeline.last_seconds)
             self.hetero.sync_base(states)  # fold this round's FedEx-LoRA residual into the base
             step = value.aggregate or {}
-            new_global = {k: v + step[k].to(v.dtype) for k, v in state.global_state.items()}
+            new_global = {k: v + step[k].to(v.dtype) if k in step else v  # personal modules: no step
+                          for k, v in state.global_state.items()}
         elif fed.on_too_few_updates == "abort" and not secagg_round.aborted(intake):  # a SecAgg+ abort skips
             raise FedlmError(
                 f"round {plan.round}: {len(value.updates)} valid update(s), fewer than federation.min_updates="
@@ -289,7 +293,9 @@ class Simulation:
         """Local training of one client from the broadcast; returns its delta and result."""
         fed = self.config.federation
         train = examples if examples is not None else self.data.clients[cid].train
-        self.model.set_state(self.hetero.client_start(cid, global_state))  # truncated to the client's rank
+        start = self.personal.start(cid, self.hetero.client_start(cid, global_state), client_state)
+        self.model.set_state(start)  # truncated to the client's rank, with its personal modules
+        fair = self.personal.broadcast_loss(cid, train)  # q-FFL's F_k at the start state ({} when off)
         res = self.hetero.resources(cid, len(train))  # its profile's steps and batch size
         steps = res.steps
         index = self.client_ids.index(cid) if cid in self.client_ids else len(self.client_ids)
@@ -315,9 +321,9 @@ class Simulation:
                 **self.hetero.train_kwargs(cid, plan, client_state),  # FedProx, SCAFFOLD, FFA, rank masks
             )
         local = self.model.get_state()
-        delta = {k: local[k] - global_state[k] for k in local}
+        delta = self.personal.shared({k: local[k] - global_state[k] for k in local})  # personal modules stay local
         update = ClientUpdate(client_id=cid, round=plan.round, num_examples=len(train), tensors=delta,
-                              metrics={"local_steps": result.steps})  # FedNova and SCAFFOLD read it
+                              metrics={"local_steps": result.steps, **fair})  # FedNova, SCAFFOLD, q-FFL read it
         return update, result
 
     # ------------------------------------------------------------------ eval

@@ -235,24 +235,7 @@ class SecAggSession:
                 shares; nothing about any input is revealed and ``.stats`` holds the figures.
         """
         with self._guard():
-            ph = self.stats["phases"]["masked_input"]
-            t0 = time.perf_counter()
-            accepted: dict[str, MaskedInput] = {}
-            for data in uploads:
-                try:
-                    msg = decode(data)
-                except SecAggError as exc:
-                    self.stats["rejected"].append(("?", exc.reason))
-                    continue
-                try:
-                    self.server.check(msg)
-                    if msg.client in accepted:
-                        raise SecAggError("replay", f"{msg.client!r} sent two masked inputs")
-                except SecAggError as exc:
-                    self.stats["rejected"].append((msg.client, exc.reason))
-                    continue
-                accepted[msg.client] = msg  # type: ignore[assignment]
-            ph["server_seconds"] += time.perf_counter() - t0
+            accepted = self._accept(uploads)
             requests = self._server_call("masked_input", self.server.masked_input, accepted.values())
             ph = self.stats["phases"]["unmasking"]
             answers = []
@@ -270,6 +253,28 @@ class SecAggSession:
         return result
 
     # -- plumbing ------------------------------------------------------------------------
+    def _accept(self, uploads: Iterable[bytes]) -> dict[str, MaskedInput]:
+        """Parse and check masked inputs; refused ones go to ``stats["rejected"]``."""
+        ph = self.stats["phases"]["masked_input"]
+        t0 = time.perf_counter()
+        accepted: dict[str, MaskedInput] = {}
+        for data in uploads:
+            try:
+                msg = decode(data)
+            except SecAggError as exc:
+                self.stats["rejected"].append(("?", exc.reason))
+                continue
+            try:
+                self.server.check(msg)
+                if msg.client in accepted:
+                    raise SecAggError("replay", f"{msg.client!r} sent two masked inputs")
+            except SecAggError as exc:
+                self.stats["rejected"].append((msg.client, exc.reason))
+                continue
+            accepted[msg.client] = msg  # type: ignore[assignment]
+        ph["server_seconds"] += time.perf_counter() - t0
+        return accepted
+
     def _client_call(self, phase: str, cid: str, handler: Any, msg: Message) -> Message | None:
         ph = self.stats["phases"][phase]
         t0 = time.perf_counter()

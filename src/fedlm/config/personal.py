@@ -1,0 +1,128 @@
+"""Config of personalisation and fairness across clients (no torch here).
+
+Two sections, each a frozen pydantic model:
+
+- ``personal``: how each client gets a model of its own. ``modules`` keeps the LoRA
+  tensors whose names match ``local_modules`` on the client (FedPer, Arivazhagan et al.
+  2019; FedRep, Collins et al. 2021); ``ditto`` trains a personal adapter regularised
+  toward the global one with weight ``lam`` (Li et al. 2021); ``finetune`` fine-tunes the
+  final global adapter on each client's own data after federation. Personal state lives
+  in the client's state and never reaches the server.
+- ``fairness``: q-FFL aggregation (Li et al. 2020, "Fair Resource Allocation in
+  Federated Learning"), which weights clients by their loss to the power ``q``.
+
+:func:`check_personal` rejects combinations that cannot work, naming the fields.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PersonalConfig(_Section):
+    """Each client's personal model."""
+
+    method: Literal["none", "modules", "ditto", "finetune"] = Field(
+        "none",
+        description="none; modules: tensors matching local_modules stay on the client (FedPer/FedRep); "
+        "ditto: personal adapter regularised toward the global one (Li et al. 2021); "
+        "finetune: local fine-tuning of the final global adapter.",
+    )
+    local_modules: list[str] = Field(
+        default_factory=list,
+        description="Substrings of trainable tensor names kept local with method=modules, "
+        "e.g. ['layers.1.'] or ['v_proj'] (names as in the saved PEFT adapter).",
+    )
+    lam: float = Field(
+        0.1, description="Ditto's lambda >= 0: weight of lambda/2 ||v - w_global||^2; inf pins v to the global adapter.",
+        ge=0,
+    )
+    steps: int | None = Field(
+        None, description="Personal steps per round (ditto) or after federation (finetune); default federation.local_steps.",
+        ge=1,
+    )
+    lr: float | None = Field(None, description="Learning rate of personal steps; default federation.lr.", gt=0)
+
+    @model_validator(mode="after")
+    def _fields_match_method(self) -> PersonalConfig:
+        if self.method == "modules" and not self.local_modules:
+            raise ValueError(
+                "personal.method='modules' needs personal.local_modules (name substrings kept local), "
+                "e.g. personal.local_modules=[layers.1.]"
+            )
+        if self.method != "modules" and self.local_modules:
+            raise ValueError(
+                f"personal.local_modules={self.local_modules} is only read by personal.method='modules', "
+                f"not {self.method!r}; remove it"
+            )
+        return self
+
+
+class FairnessConfig(_Section):
+    """Fair aggregation across clients."""
+
+    qffl_q: float | None = Field(
+        None,
+        description="q-FFL's q >= 0 (Li et al. 2020): clients with higher loss weigh more; q=0 is FedAvg; "
+        "null (default) keeps the plain mean.",
+        ge=0,
+    )
+    qffl_lipschitz: float | None = Field(
+        None, description="q-FFL's Lipschitz estimate L; null uses 1 / (the round's client lr), as the paper does.", gt=0
+    )
+    loss_batches: int = Field(
+        2, description="Training batches each client scores at the broadcast adapter for q-FFL's F_k.", ge=1
+    )
+
+    @model_validator(mode="after")
+    def _finite(self) -> FairnessConfig:
+        if self.qffl_q is not None and not math.isfinite(self.qffl_q):
+            raise ValueError(f"fairness.qffl_q must be finite, got {self.qffl_q}; try 0.1 .. 5")
+        return self
+
+
+def check_personal(config: Any) -> None:
+    """Cross-section checks of ``personal`` and ``fairness`` (``config`` is an ExperimentConfig).
+
+    Raises:
+        ValueError: a combination that cannot work, with the fields to change.
+    """
+    p, f = config.personal, config.fairness
+    if p.method == "modules":
+        if config.secure_aggregation.enabled:
+            raise ValueError(
+                "personal.method='modules' uploads only the shared tensors, which secure aggregation's "
+                "fixed mask layout does not allow; set secure_aggregation.enabled=false or personal.method=ditto"
+            )
+        if config.local.algorithm == "scaffold":
+            raise ValueError(
+                "personal.method='modules' with local.algorithm='scaffold' is not supported "
+                "(control variates cover every tensor); use local.algorithm=fedavg or fedprox"
+            )
+        if config.aggregation.lora != "naive":
+            raise ValueError(
+                f"personal.method='modules' needs aggregation.lora='naive', got {config.aggregation.lora!r}"
+            )
+    if f.qffl_q is not None:
+        blockers = {
+            "robust.aggregator": config.robust.aggregator != "fedavg",
+            "privacy.enabled": config.privacy.enabled,
+            "secure_aggregation.enabled": config.secure_aggregation.enabled,
+            "aggregation.normalize": config.aggregation.normalize != "none",
+        }
+        bad = [k for k, v in blockers.items() if v]
+        if bad:
+            raise ValueError(
+                f"fairness.qffl_q replaces the server's mean, which {bad} also replace(s) or hide(s); "
+                "turn those off or set fairness.qffl_q=null"
+            )
+
+
+__all__ = ["FairnessConfig", "PersonalConfig", "check_personal"]

@@ -1,0 +1,189 @@
+"""One deployed client: its data, its state and its part of each round, from its disk.
+
+Settings come from two places. The run config (the same for every node) carries the
+experiment as YAML under ``fedlm-config``. The node config (set per machine with
+``flower-supernode --node-config``) says where this organisation keeps its data:
+
+``data-path``
+    a JSONL file of this client's own rows, formatted with ``config.data``'s fields;
+``client-id``
+    the client's id in the federation (default: the file's stem);
+``client-index``
+    its position in the sorted id list of the partition, which seeds the
+    train/held-out split (default 0; ``fedlm deploy local`` sets it so a deployed
+    run splits exactly as the simulator);
+``partition-id``
+    in Flower's simulation engine, instead of the above: the client's entry in the
+    ``clients.json`` manifest of the run config's ``data-dir`` (:mod:`.local_data`);
+``state-dir``
+    where the client keeps its prepared examples, its personal/optimizer state and its
+    SecAgg+ keys between messages (default: ``<data-path>.fedlm/`` beside the data).
+
+Flower starts a process per message, so everything a later message needs is on disk:
+prepared examples are cached by a digest of the data file and ``config.data``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from fedlm.config.loader import validate_config
+from fedlm.config.schema import ExperimentConfig
+from fedlm.errors import ConfigError, DataError
+from fedlm.runtime.flower import wire
+from fedlm.runtime.flower.secagg_remote import FORWARDED, ClientMask, ClientStore, client_step
+
+if TYPE_CHECKING:  # the data and model stack load only in the messages that train or evaluate
+    from fedlm.data.federated import ClientData
+
+CONFIG_KEY = "fedlm-config"  # run config: the experiment as YAML text
+
+
+def config_from_run(run_config: Mapping[str, Any]) -> ExperimentConfig:
+    text = run_config.get(CONFIG_KEY)
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"the Flower run config lacks {CONFIG_KEY!r}; write the app with `fedlm deploy app`")
+    return validate_config(yaml.safe_load(text) or {})
+
+
+class ClientNode:
+    """A client's view of a deployed run (rebuilt for every message)."""
+
+    def __init__(self, run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> None:
+        self.config = config_from_run(run_config)
+        node_config = _from_partition(run_config, node_config)
+        path = node_config.get("data-path")
+        if not path:
+            raise ConfigError("this SuperNode has no data-path; start it with --node-config 'data-path=\"/path/rows.jsonl\"'")
+        self.data_path = Path(str(path)).expanduser()
+        self.client_id = str(node_config.get("client-id") or self.data_path.stem)
+        self.index = int(node_config.get("client-index", 0))
+        self.state_dir = Path(str(node_config.get("state-dir") or f"{self.data_path}.fedlm")).expanduser()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.secagg = ClientStore(self.state_dir / "secagg", self.client_id)
+        self._data: ClientData | None = None
+
+    # -- data and state ------------------------------------------------------------------
+    def data(self) -> ClientData:
+        """This client's examples, prepared once and cached in ``state-dir``."""
+        if self._data is not None:
+            return self._data
+        if not self.data_path.is_file():
+            raise DataError(f"data-path {self.data_path} does not exist on this node")
+        raw = self.data_path.read_bytes()
+        key = hashlib.sha256(raw + json.dumps([self.config.data.model_dump(mode="json"), self.config.model.name,
+                                               self.index], sort_keys=True).encode()).hexdigest()[:16]
+        cached = self.state_dir / f"examples-{key}.pkl"
+        if cached.is_file():
+            with cached.open("rb") as fh:  # written by this node itself
+                self._data = pickle.load(fh)
+            return self._data
+        from fedlm.data.federated import build_client_data
+        from fedlm.models.loading import load_tokenizer
+
+        rows = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+        data = build_client_data(self.config.data, rows, load_tokenizer(self.config.model.name), index=self.index)
+        if data is None:
+            raise DataError(f"{self.data_path} yields fewer than 2 examples; a client needs one to train and one to hold out")
+        with cached.open("wb") as fh:
+            pickle.dump(data, fh)
+        self._data = data
+        return data
+
+    def _state_path(self) -> Path:
+        return self.state_dir / "client_state.pkl"
+
+    def load_state(self) -> dict | None:
+        path = self._state_path()
+        if not path.is_file():
+            return None
+        with path.open("rb") as fh:  # personal tensors, optimizer moments, codec residuals
+            return pickle.load(fh)
+
+    def save_state(self, state: dict) -> None:
+        tmp = self._state_path().with_suffix(".tmp")
+        with tmp.open("wb") as fh:
+            pickle.dump(state, fh)
+        tmp.replace(self._state_path())
+
+    def mark(self, phase: str, round_id: int) -> None:
+        """Progress marker (``progress.json``): what this client last started."""
+        (self.state_dir / "progress.json").write_text(json.dumps({"phase": phase, "round": round_id}))
+
+    # -- handlers ------------------------------------------------------------------------
+    def register(self) -> wire.Fields:
+        from fedlm.data.federated import _resolve_format  # the simulator's own choice of format
+        from fedlm.runtime.flower.parts import client_sizes
+
+        data = self.data()
+        meta = {**client_sizes(self.client_id, data), "format": _resolve_format(self.config.data, _first_row(self.data_path))}
+        return {"meta": json.dumps(meta).encode()}
+
+    def secagg_step(self, action: str, fields: wire.Fields) -> wire.Fields:
+        self.mark(action, -1)
+        seed = int(wire.read_meta(fields).get("seed", 0))
+        return {"secagg": client_step(self.secagg, action, fields["secagg"], seed=seed), "meta": b"{}"}
+
+    def train(self, fields: wire.Fields) -> wire.Fields:
+        """Local training and the client stages of one round (``Simulation.client_round``)."""
+        from fedlm.compression.stages import decode_broadcast
+        from fedlm.runtime.flower.model_cache import adapted_model
+        from fedlm.runtime.flower.parts import client_simulation
+        from fedlm.runtime.secagg_round import SECAGG_KEY
+
+        plan, secagg_on = wire.plan_from_fields(fields)
+        self.mark("train", plan.round)
+        meta = wire.read_meta(fields)
+        sim = client_simulation(self.config, adapted_model(self.config), meta["clients"], self.client_id,
+                                self.data(), meta["format"])
+        received = decode_broadcast(sim.down_codec, fields["broadcast"])
+        if secagg_on:
+            plan = wire.with_extra(plan, **{SECAGG_KEY: ClientMask(self.secagg, fields[FORWARDED])})
+        outcome = sim.client_round(plan, self.client_id, received, self.load_state())
+        if outcome.state is not None:
+            self.save_state(outcome.state)
+        self.mark("trained", plan.round)
+        return wire.outcome_to_fields(outcome)
+
+    def evaluate(self, fields: wire.Fields) -> wire.Fields:
+        """Held-out loss sums of the broadcast global state on this client's data."""
+        from fedlm.eval.metrics import score_lm
+        from fedlm.runtime.flower.model_cache import adapted_model
+
+        model = adapted_model(self.config)
+        model.set_state(wire.tensors_from_bytes(fields["state"]))
+        ev = self.config.eval
+        score = score_lm(model.model, self.data().heldout, pad_id=model.tokenizer.pad_token_id,
+                         batch_size=ev.batch_size, max_batches=ev.max_batches_per_client)
+        meta = {"client_id": self.client_id, "loss_sum": score.loss_sum, "correct": score.correct, "tokens": score.tokens}
+        return {"meta": json.dumps(meta).encode()}
+
+
+def _from_partition(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """In Flower's simulation engine a node has only ``partition-id``: look it up in ``data-dir``."""
+    if node_config.get("data-path") or "partition-id" not in node_config or not run_config.get("data-dir"):
+        return node_config
+    from fedlm.runtime.flower.local_data import read_manifest
+
+    folder = Path(str(run_config["data-dir"]))
+    entry = read_manifest(folder)[int(node_config["partition-id"])]
+    return {"data-path": entry.file, "client-id": entry.client_id, "client-index": entry.client_index,
+            "state-dir": str(folder / "state" / f"node-{node_config['partition-id']}"), **node_config}
+
+
+def _first_row(path: Path) -> dict:
+    with path.open() as fh:
+        for line in fh:
+            if line.strip():
+                return json.loads(line)
+    raise DataError(f"{path} holds no rows")
+
+
+__all__ = ["CONFIG_KEY", "ClientNode", "config_from_run"]

@@ -1,0 +1,181 @@
+"""Personalisation and fair aggregation inside a simulated run: the glue.
+
+The math lives in :mod:`fedlm.personal` (which tensors stay local, Ditto's proximal
+step), :mod:`fedlm.aggregation.qffl` (q-FedAvg) and :mod:`fedlm.eval.fairness`. This
+module is what the simulator calls:
+
+* per client, before local training: the start state (the broadcast with the client's
+  personal modules laid over it) and, for q-FFL, the loss ``F_k`` at that state, which
+  rides in the update's metrics;
+* the upload: personal modules are cut from the delta, so they never leave the client;
+* per client, after local training: the personal tensors (modules) or the Ditto
+  adapter, trained toward the broadcast, kept in the client's own state (checkpointed
+  with the run in simulation, on the client's disk in a deployment; never sent);
+* after the run: every evaluation client scored on its held-out data with the global
+  model and with its personal model, and the fairness figures of both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedlm.aggregation.fedavg import WeightedMean
+from fedlm.aggregation.qffl import LOSS_KEY, QFFLMean
+from fedlm.client.trainer import steps_for, train_local
+from fedlm.config.schema import ExperimentConfig
+from fedlm.eval.fairness import client_fairness
+from fedlm.eval.metrics import score_lm
+from fedlm.personal.ditto import prox_toward
+from fedlm.personal.modules import personal_names, split_personal
+from fedlm.stages import RoundPlan, TensorDict
+
+PERSONAL_KEY = "personal"  # client state: this client's personal tensors (never leaves the client)
+_DITTO_STREAM = 3  # seed stream of the personal steps, apart from the global update's batches
+
+
+def shared_shapes(config: ExperimentConfig, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The tensors that are federated: all but the personal modules (what the server validates)."""
+    if config.personal.method != "modules":
+        return shapes
+    own = personal_names(shapes, config.personal.local_modules)
+    return {k: v for k, v in shapes.items() if k not in own}
+
+
+def mean_stage(config: ExperimentConfig) -> WeightedMean | None:
+    """The aggregate stage this module decides, else None (the usual choice applies).
+
+    q-FFL's stage when ``fairness.qffl_q`` is set; with personal modules FedAvg's plain
+    mean, since the LoRA stage's error log rebuilds whole adapters from the uploads,
+    which lack the personal tensors.
+    """
+    f = config.fairness
+    if f.qffl_q is not None:
+        return QFFLMean(q=f.qffl_q, lipschitz=f.qffl_lipschitz, weighting=config.federation.weighting)
+    if config.personal.method == "modules":
+        return WeightedMean(weighting=config.federation.weighting)
+    return None
+
+
+class PersonalRun:
+    """The personalisation side of one simulation.
+
+    Args:
+        config: the experiment.
+        model: the one base model (``AdaptedModel``).
+        data: every client's examples (each client reads only its own).
+    """
+
+    def __init__(self, config: ExperimentConfig, model, data) -> None:
+        self.config, self.model, self.data = config, model, data
+        self.p = config.personal
+        self.method = self.p.method
+        self.client_ids = data.ids()
+        self.own = personal_names(model.names(), self.p.local_modules) if self.method == "modules" else set()
+        self.qffl = config.fairness.qffl_q is not None
+
+    # ------------------------------------------------------------------ client
+    def start(self, cid: str, state: TensorDict, client_state: dict | None) -> TensorDict:
+        """The state local training starts from: the broadcast with this client's personal modules."""
+        kept = (client_state or {}).get(PERSONAL_KEY) if self.method == "modules" else None
+        return {**state, **kept} if kept else state
+
+    def broadcast_loss(self, cid: str, train: list) -> dict[str, float]:
+        """q-FFL's ``F_k``: mean loss on the first training batches at the start state ({} when off)."""
+        if not self.qffl or cid not in self.client_ids:
+            return {}
+        fed = self.config.federation
+        s = score_lm(self.model.model, train, pad_id=self.model.tokenizer.pad_token_id, batch_size=fed.batch_size,
+                     max_batches=self.config.fairness.loss_batches)
+        return {LOSS_KEY: s.loss_sum / max(s.tokens, 1)}
+
+    def shared(self, delta: TensorDict) -> TensorDict:
+        """The upload: the delta without the personal modules."""
+        return split_personal(delta, self.own)[0] if self.own else delta
+
+    def after_local(self, plan: RoundPlan, cid: str, received: TensorDict, client_state: dict) -> dict:
+        """Keep the personal part in the client's state (the model holds the local result).
+
+        ``modules``: the trained personal tensors. ``ditto``: the personal adapter ``v``
+        (from the client's last one, or the broadcast the first time) trained for
+        ``personal.steps`` steps on ``F_k(v) + lam/2 ||v - w||^2`` with ``w`` the broadcast.
+        """
+        if self.method == "modules":
+            return {**client_state, PERSONAL_KEY: split_personal(self.model.get_state(), self.own)[1]}
+        if self.method != "ditto":
+            return client_state
+        from fedlm.runtime.simulation import derive_seed  # here: the simulation imports this module
+
+        v = client_state.get(PERSONAL_KEY) or received
+        seed = derive_seed(plan.seed, self._index(cid), _DITTO_STREAM)
+        self._train_personal(cid, v, center=received, seed=seed, lr=self.p.lr or plan.lr)
+        return {**client_state, PERSONAL_KEY: self.model.get_state()}
+
+    def _index(self, cid: str) -> int:
+        """The client's position among the sorted ids (its seed stream), as in the simulator."""
+        return self.client_ids.index(cid) if cid in self.client_ids else len(self.client_ids)
+
+    def _train_personal(self, cid: str, start: TensorDict, *, center: TensorDict | None, seed: int, lr: float) -> None:
+        """Train from ``start`` on the client's own data; Ditto's prox toward ``center`` after each step."""
+        fed = self.config.federation
+        self.model.set_state(start)
+        named = list(zip(self.model.names(), self.model.parameters(), strict=True))
+        lam = self.p.lam
+        after = (lambda: prox_toward(named, center, lr=lr, lam=lam)) if center is not None else None
+        train = self.data.clients[cid].train
+        steps = self.p.steps or steps_for(len(train), batch_size=fed.batch_size, local_steps=fed.local_steps,
+                                          local_epochs=fed.local_epochs)
+        train_local(self.model, train, steps=steps, batch_size=fed.batch_size, lr=lr, seed=seed,
+                    weight_decay=fed.weight_decay, max_grad_norm=fed.max_grad_norm,
+                    optimizer=self.config.local.optimizer, after_step=after)
+
+    # ------------------------------------------------------------------ eval
+    def personal_state(self, cid: str, global_state: TensorDict, client_states: dict[str, dict]) -> TensorDict | None:
+        """This client's personal model, or None when it has none (never sampled; finetune trains one)."""
+        kept = (client_states.get(cid) or {}).get(PERSONAL_KEY)
+        if self.method == "modules":
+            return {**global_state, **kept} if kept else None
+        if self.method == "ditto":
+            return kept
+        if self.method == "finetune":
+            from fedlm.runtime.simulation import derive_seed
+
+            seed = derive_seed(self.config.federation.seed, self._index(cid), _DITTO_STREAM)
+            self._train_personal(cid, global_state, center=None, seed=seed, lr=self.p.lr or self.config.federation.lr)
+            return self.model.get_state()
+        return None
+
+    def evaluate(self, sim, global_state: TensorDict, client_states: dict[str, dict],
+                 client_ids: list[str] | None = None, *, global_eval: dict | None = None) -> dict[str, Any]:
+        """Each client's held-out metrics with the global and with its personal model, and their fairness.
+
+        Args:
+            sim: the ``Simulation`` (its ``evaluate`` scores one state on given clients).
+            global_eval: an evaluation of ``global_state`` already made (reused, not recomputed).
+        """
+        ids = list(client_ids or sim.eval_ids)
+        g = global_eval if global_eval is not None else sim.evaluate(global_state, ids)
+        clients: dict[str, Any] = {}
+        for cid in ids:
+            own = self.personal_state(cid, global_state, client_states)
+            personal = sim.evaluate(own, [cid])["clients"][cid] if own is not None else g["clients"][cid]
+            clients[cid] = {"global": g["clients"][cid], "personal": personal, "has_personal": own is not None}
+        sim.model.set_state(global_state)  # leave the one model as the global one
+        return {
+            "method": self.method,
+            "clients": clients,
+            "fairness": {
+                "global": client_fairness({c: v["global"] for c, v in clients.items()}),
+                "personal": client_fairness({c: v["personal"] for c, v in clients.items()}),
+            },
+        }
+
+    def summary(self, sim, global_state: TensorDict, client_states: dict[str, dict], final: dict) -> dict[str, Any]:
+        """summary.json's ``fairness`` (of the final global model) and ``personal`` (None without a method)."""
+        out: dict[str, Any] = {"fairness": client_fairness(final.get("clients", {})), "personal": None}
+        if self.method != "none":
+            ids = [c for c in final.get("clients", {}) if c in self.data.clients] or None
+            out["personal"] = self.evaluate(sim, global_state, client_states, ids, global_eval=final)
+        return out
+
+
+__all__ = ["PERSONAL_KEY", "PersonalRun", "mean_stage", "shared_shapes"]

@@ -1,0 +1,89 @@
+"""A real deployment on loopback: flower-superlink + flower-supernode processes, TLS on,
+SuperNode authentication on (per-run keys, allow-listed), secure aggregation on."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("flwr")
+
+from deploy_support import deploy_overrides
+from tests_support import load_config, write_lm_jsonl
+
+from fedlm.runtime.experiment import run_experiment
+from fedlm.runtime.flower.credentials import write_node_key
+from fedlm.runtime.flower.launcher import LocalFederation
+
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]
+# Process start per message on a loaded 2-core machine: generous reply timeouts.
+TIMEOUTS = {"deploy.floor_s": 90, "deploy.train_s": 120}
+
+
+def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(next((run_dir / "adapter").glob("*.safetensors")))
+
+
+def _config(tmp_path: Path, clients: int = 3, **extra):
+    data = write_lm_jsonl(tmp_path / "rows.jsonl", clients=clients, rows=10)
+    return load_config(None, deploy_overrides(data, **{**TIMEOUTS, **extra}))
+
+
+def test_three_supernodes_match_the_simulator(tmp_path):
+    config = _config(tmp_path)
+    with LocalFederation(config, tmp_path / "work", tmp_path / "deployed", nodes=3) as fed:
+        summary = fed.run()
+        assert "https://" in fed.procs["superlink"].log.read_text()  # TLS on
+    assert summary["rounds_completed"] == 2 and summary["engine"] == "flower"
+    sim = run_experiment(config, out_dir=tmp_path / "sim")
+    want, got = _adapter(sim.run_dir), _adapter(tmp_path / "deployed")
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
+    assert summary["secure_aggregation"]["survivors"] == 6
+    assert all(not p.alive() for p in fed.procs.values())  # it stopped everything it started
+
+
+def test_a_killed_supernode_leaves_a_completed_round(tmp_path):
+    # 4 nodes: SecAgg+ needs more than t = 2 survivors (a cohort of 3 cannot lose one)
+    config = _config(tmp_path, clients=4, **{"federation.clients_per_round": 4, "federation.rounds": 1,
+                                             "deploy.floor_s": 60, "deploy.train_s": 60})
+    with LocalFederation(config, tmp_path / "work", tmp_path / "deployed", nodes=4) as fed:
+        run = fed.submit()
+        progress = fed.work / "nodes" / "node-2" / "progress.json"
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:  # kill node 2 while it trains in round 1
+            if progress.is_file() and json.loads(progress.read_text()) == {"phase": "train", "round": 1}:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("node 2 never started training")
+        fed.procs["node-2"].stop(hard=True)
+        summary = fed.wait(run)
+    assert summary["rounds_completed"] == 1
+    rounds = [r for r in map(json.loads, (tmp_path / "deployed" / "metrics.jsonl").read_text().splitlines())
+              if r["type"] == "round"]
+    assert rounds[0]["applied"] and rounds[0]["server"]["secagg"]["survivors"] == 3
+    assert rounds[0]["server"]["secagg"]["dropouts"]["masked_input"] == 1
+
+
+def test_unregistered_and_unauthenticated_nodes_are_refused(tmp_path):
+    config = _config(tmp_path)
+    with LocalFederation(config, tmp_path / "work", tmp_path / "deployed", nodes=3, start_nodes=False) as fed:
+        stranger = write_node_key(tmp_path / "stranger", "key")  # a valid key the SuperLink never allow-listed
+        rogue = fed.start_node(0, fed.clients[0], key=stranger, name="stranger")
+        anonymous = fed.start_node(1, fed.clients[1], auth=False, name="anonymous")  # no key at all
+        deadline = time.monotonic() + 180
+        while (rogue.alive() or anonymous.alive()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not rogue.alive() and rogue.popen.returncode != 0  # the SuperNode gave up: refused
+        assert not anonymous.alive() and anonymous.popen.returncode != 0
+        assert "Failed to activate SuperNode" in rogue.log.read_text()
+        assert "All SuperNodes must be registered" in anonymous.log.read_text()
+        assert "No SuperNode found with the given public key" in fed.procs["superlink"].log.read_text()
+        listed = json.loads(fed.flwr("supernode", "list", "fedlm-local", "--format", "json"))
+    assert "online" not in json.dumps(listed).lower()  # the registered keys are known, none is connected

@@ -1,0 +1,119 @@
+"""Deployed rounds over in-process clients: the same result as the simulator.
+
+Everything of a deployment but Flower's transport: the server half of the simulation,
+the clients' halves (each a fresh :class:`ClientNode` per message, reading only its own
+file), the wire codecs and SecAgg+ over its own message types.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("flwr")
+
+from deploy_support import LoopbackCourier, deploy_overrides
+from tests_support import load_config, write_lm_jsonl
+
+from fedlm.runtime.experiment import run_experiment
+from fedlm.runtime.flower import wire
+from fedlm.runtime.flower.app_writer import run_config
+from fedlm.runtime.flower.federation import run_federation
+from fedlm.runtime.flower.local_data import write_client_files
+from fedlm.runtime.secagg_round import SECAGG_KEY
+
+
+def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(next((run_dir / "adapter").glob("*.safetensors")))
+
+
+def _deploy(config, tmp: Path, **courier_kw) -> tuple[Path, LoopbackCourier]:
+    files = write_client_files(config, tmp / "data")
+    rc = run_config(config, out_dir=str(tmp / "deployed"), nodes=len(files))
+    nodes = {f.client_id: (rc, {"data-path": f.file, "client-id": f.client_id, "client-index": f.client_index,
+                                "state-dir": str(tmp / "state" / f.client_id)}) for f in files}
+    courier = LoopbackCourier(nodes, **courier_kw)
+    return run_federation(courier, rc), courier
+
+
+def test_wire_key_is_the_simulators():
+    assert wire.SECAGG_KEY == SECAGG_KEY
+
+
+@pytest.mark.slow
+def test_deployed_rounds_equal_the_simulator(tmp_path):
+    data = write_lm_jsonl(tmp_path / "rows.jsonl", clients=3, rows=10)
+    config = load_config(None, deploy_overrides(data))
+    sim = run_experiment(config, out_dir=tmp_path / "sim")
+    run_dir, courier = _deploy(config, tmp_path)
+    want, got = _adapter(sim.run_dir), _adapter(run_dir)
+    assert want.keys() == got.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    sim_rounds = [json.loads(line) for line in (sim.run_dir / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rounds, sim_rounds):
+        assert a["type"] == b["type"] and a["round"] == b["round"]
+        if a["type"] == "round":  # the same cohort, losses and masked bytes
+            assert a["cohort"] == b["cohort"]
+            assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
+            assert a["bytes_up"] == b["bytes_up"]
+        else:
+            assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-5)
+    # the SecAgg+ phases went over the wire: keys, shares, train (mask), unmask per client and round
+    actions = [a for a, _ in courier.sent]
+    assert actions.count("query.secagg_keys") == actions.count("query.secagg_unmask") == 6
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds_completed"] == 2 and summary["secure_aggregation"]["rounds"] == 2
+
+
+@pytest.mark.slow
+def test_a_client_lost_in_training_is_a_secagg_dropout(tmp_path):
+    # 4 clients: SecAgg+ needs more than t = 2 survivors (a cohort of 3 cannot lose one)
+    data = write_lm_jsonl(tmp_path / "rows.jsonl", clients=4, rows=10)
+    config = load_config(None, deploy_overrides(data, **{"federation.clients_per_round": 4}))
+    files = sorted(f.client_id for f in write_client_files(config, tmp_path / "probe"))
+    lost = files[-1]
+    run_dir, _ = _deploy(config, tmp_path, drop={("train", 1, lost)})
+    rounds = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["type"] == "round"]
+    first = rounds[0]
+    assert first["applied"] and first["server"]["secagg"]["survivors"] == 3
+    assert first["server"]["secagg"]["dropouts"]["masked_input"] == 1
+    assert any(x["client_id"] == lost and x["reason"] == "dropped" for x in first["rejected"])
+    assert rounds[1]["server"]["secagg"]["survivors"] == 4  # it is back in the next round
+
+
+class _ServerKilled(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_resumed_server_loses_no_completed_round(tmp_path):
+    data = write_lm_jsonl(tmp_path / "rows.jsonl", clients=3, rows=10)
+    config = load_config(None, deploy_overrides(data))
+    files = write_client_files(config, tmp_path / "data")
+    rc = run_config(config, out_dir=str(tmp_path / "deployed"), nodes=3)
+    nodes = {f.client_id: (rc, {"data-path": f.file, "client-id": f.client_id, "client-index": f.client_index,
+                                "state-dir": str(tmp_path / "state" / f.client_id)}) for f in files}
+
+    class Dying(LoopbackCourier):  # the server process dies as round 2's key exchange starts
+        def exchange(self, action, requests, *, group, **kw):
+            if group == "2":
+                raise _ServerKilled
+            return super().exchange(action, requests, group=group, **kw)
+
+    with pytest.raises(_ServerKilled):
+        run_federation(Dying(nodes), rc)
+    assert (tmp_path / "deployed" / "checkpoints" / "round_0001.pt").is_file()
+    run_dir = run_federation(LoopbackCourier(nodes), {**rc, "resume": True})
+    sim = run_experiment(config, out_dir=tmp_path / "sim")
+    want, got = _adapter(sim.run_dir), _adapter(run_dir)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
+    rounds = [r["round"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+              if r["type"] == "round"]
+    assert rounds == [1, 2]
