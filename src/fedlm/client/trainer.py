@@ -4,7 +4,7 @@ AdamW (or plain SGD) steps on the trainable tensors (LoRA or full), a fresh opti
 each round (optimiser state never leaves the client), and batches drawn by a seeded
 shuffle so a run is reproducible. The local objectives of :mod:`fedlm.client.objectives`
 enter as gradient terms: FedProx's ``mu (w - w_global)`` and SCAFFOLD's ``c - c_i``.
-Tensors named in ``frozen`` are not trained (FFA-LoRA freezes ``lora_A``); ``keep_zero``
+Tensors named in ``frozen`` are not trained this round; ``keep_zero``
 masks keep a truncated low-rank client's unused LoRA components at zero.
 """
 
@@ -79,7 +79,7 @@ def train_local(
             i.e. ``mu (w - w_start)`` to the gradient (before clipping, as part of the loss).
         correction: SCAFFOLD (Karimireddy et al. 2020): ``c - c_i`` by trainable name,
             added to every (clipped) gradient.
-        frozen: trainable names left untouched this round (FFA-LoRA's ``lora_A``).
+        frozen: trainable names left untouched this round.
         keep_zero: name -> 0/1 mask multiplied into the tensor after every step.
         after_step: called after every optimiser step (Ditto's proximal step toward the global model).
     """

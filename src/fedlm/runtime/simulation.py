@@ -318,7 +318,7 @@ class Simulation:
                 weight_decay=fed.weight_decay,
                 max_grad_norm=fed.max_grad_norm,
                 optimizer_state=optimizer_state if fed.keep_optimizer_state else None,
-                **self.hetero.train_kwargs(cid, plan, client_state),  # FedProx, SCAFFOLD, FFA, rank masks
+                **self.hetero.train_kwargs(cid, plan, client_state),  # FedProx, SCAFFOLD, rank masks
             )
         local = self.model.get_state()
         delta = self.personal.shared({k: local[k] - global_state[k] for k in local})  # personal modules stay local
