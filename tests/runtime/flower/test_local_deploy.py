@@ -57,7 +57,7 @@ def test_a_killed_supernode_leaves_a_completed_round(tmp_path):
         progress = fed.work / "nodes" / "node-2" / "progress.json"
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:  # kill node 2 while it trains in round 1
-            if progress.is_file() and json.loads(progress.read_text()) == {"phase": "train", "round": 1}:
+            if progress.is_file() and _read_json(progress) == {"phase": "train", "round": 1}:
                 break
             time.sleep(0.2)
         else:
@@ -93,3 +93,11 @@ def test_unregistered_and_unauthenticated_nodes_are_refused(tmp_path):
 def _listed_nodes(listed: dict) -> list[dict]:
     """The node entries of ``flwr supernode list --format json`` (a list under some key)."""
     return next((v for v in listed.values() if isinstance(v, list)), [])
+
+
+def _read_json(path: Path) -> object:
+    """The file's JSON, or None while it cannot be read (being replaced)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -114,8 +114,13 @@ class ClientNode:
         tmp.replace(self._state_path())
 
     def mark(self, phase: str, round_id: int) -> None:
-        """Progress marker (``progress.json``): what this client last started."""
-        (self.state_dir / "progress.json").write_text(json.dumps({"phase": phase, "round": round_id}))
+        """Progress marker (``progress.json``): what this client last started.
+
+        Written to a temporary file and renamed, so a reader never sees a half-written one.
+        """
+        tmp = self.state_dir / "progress.json.tmp"
+        tmp.write_text(json.dumps({"phase": phase, "round": round_id}))
+        tmp.replace(self.state_dir / "progress.json")
 
     # -- handlers ------------------------------------------------------------------------
     def register(self) -> wire.Fields:
