@@ -37,7 +37,7 @@ from fedlm.runtime.adversary import (
     triggered_prompts,
 )
 from fedlm.runtime.audit_trail import round_audit
-from fedlm.runtime.checkpoint import load_latest, save_checkpoint
+from fedlm.runtime.checkpoint import ServerState, load_latest, save_checkpoint
 from fedlm.runtime.contribution_run import contribution_summary
 from fedlm.runtime.privacy_audit import audit_model, canary_hook, chain_hooks, participants_of
 from fedlm.runtime.secagg_round import summarize as secagg_summary
@@ -79,6 +79,19 @@ def prepare(config: ExperimentConfig, *, console: Console | None = None) -> tupl
     return model, data
 
 
+def resume_state(sim: Simulation, log: MetricsLog, ckpt_dir: Path, *, digest: str) -> tuple[ServerState, dict]:
+    """The last checkpoint and the initial evaluation record, with the log and the engine set back to it."""
+    state = load_latest(ckpt_dir, config_digest=digest)
+    log.truncate_after(state.round)
+    initial = next((r for r in log.read() if r.get("type") == "eval" and r.get("round") == 0), None)
+    if initial is None:
+        raise CheckpointError(f"{log.path} lacks the initial evaluation; start the run again without resume")
+    if sim.dp is not None:
+        sim.dp.restore(state)  # continue the privacy ledger
+    sim.hetero.sync_base(state.server_states)  # FedEx-LoRA: the base weights as of the checkpoint
+    return state, initial
+
+
 def run_experiment(
     config: ExperimentConfig,
     *,
@@ -101,15 +114,8 @@ def run_experiment(
     attack_prompts = triggered_prompts(config, data) if config.attack.poisons_data else []
 
     if resume:
-        state = load_latest(ckpt_dir, config_digest=digest)
-        log.truncate_after(state.round)
-        initial = next((r for r in log.read() if r.get("type") == "eval" and r.get("round") == 0), None)
-        if initial is None:
-            raise CheckpointError(f"{log.path} lacks the initial evaluation; start the run again without --resume")
+        state, initial = resume_state(sim, log, ckpt_dir, digest=digest)
         console.print(f"resuming {run_dir} after round {state.round}")
-        if sim.dp is not None:
-            sim.dp.restore(state)  # continue the privacy ledger
-        sim.hetero.sync_base(state.server_states)  # FedEx-LoRA: the base weights as of the checkpoint
     else:
         if (run_dir / "metrics.jsonl").exists():
             raise CheckpointError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --out")

@@ -25,8 +25,8 @@ from fedlm.errors import CheckpointError, FedlmError
 from fedlm.eval.metrics import LMScore
 from fedlm.report.metrics_log import MetricsLog, write_json
 from fedlm.runtime.audit_trail import round_audit
-from fedlm.runtime.checkpoint import ServerState, load_latest, save_checkpoint
-from fedlm.runtime.experiment import build_summary, config_digest, final_model_dir
+from fedlm.runtime.checkpoint import ServerState, save_checkpoint
+from fedlm.runtime.experiment import build_summary, config_digest, final_model_dir, resume_state
 from fedlm.runtime.flower import wire
 from fedlm.runtime.flower.client_node import config_from_run
 from fedlm.runtime.flower.messaging import Courier
@@ -114,14 +114,7 @@ def run_federation(courier: Courier, run_config: dict[str, Any]) -> Path:
     rounds = DeployedRounds(config, courier, min_nodes=min_nodes)
     sim, log, ckpt_dir, digest = rounds.sim, MetricsLog(run_dir / "metrics.jsonl"), run_dir / "checkpoints", deploy_digest(config)
     if resume:
-        state = load_latest(ckpt_dir, config_digest=digest)
-        log.truncate_after(state.round)
-        initial = next((r for r in log.read() if r.get("type") == "eval" and r.get("round") == 0), None)
-        if initial is None:
-            raise CheckpointError(f"{log.path} lacks the initial evaluation; start the run again without resume")
-        if sim.dp is not None:
-            sim.dp.restore(state)
-        sim.hetero.sync_base(state.server_states)
+        state, initial = resume_state(sim, log, ckpt_dir, digest=digest)
     else:
         if (run_dir / "metrics.jsonl").exists():
             raise CheckpointError(f"{run_dir} already holds a run; resume it or choose another output directory")
