@@ -12,7 +12,10 @@ Attacks (``fedlm.attacks``):
 
 - ``none``: the clean reference of each defence;
 - ``backdoor``: attackers poison half their rows (trigger phrase appended to the prompt,
-  the target as the answer) and train honestly on them in every round;
+  the target as the answer) and train on them in every round, ``ATTACKER_STEPS`` local
+  steps where honest clients run ``LOCAL_STEPS`` (an attacker controls its own training,
+  ``attack.local_steps``; with the honest step count the averaged model never learns
+  the trigger at this budget, and no defence can be judged);
 - ``model_replacement``: the same poisoned training, and in the last round each attacker
   boosts its update by gamma = n / (k eta) (Bagdasaryan et al. 2020: one shot near the
   end; k attackers share the replacement, so the mean moves to the backdoored model once);
@@ -62,7 +65,12 @@ ATTACKS = ("none", "backdoor", "model_replacement", "sign_flip")
 DEFENCES = ("fedavg", "median", "trimmed_mean", "multi_krum", "norm_bound", "fltrust", "flame")
 SHARES = (0.1, 0.2)
 CLIENTS = 10
-ROUNDS = 2
+# Many short rounds: averaging small deltas behaves like training on the pooled rows, so a
+# backdoor can land under FedAvg (measured: 2 rounds x 10 steps, or 300 attacker steps
+# with a boosted shot from a random start, leave ASR at 0 under FedAvg: the honest drift
+# of an early model erases a trigger-conditional answer).
+ROUNDS, LOCAL_STEPS, ATTACKER_STEPS = 30, 4, 20
+QUICK_ROUNDS, QUICK_ATTACKER_STEPS = 2, 6
 TARGET = "XYZZY"  # short: a tiny byte-level model learns a 5-byte answer in a few steps
 ROWS_PER_CLIENT, MAX_PROMPT_CHARS, SEQ_LEN = 160, 40, 128
 
@@ -85,18 +93,20 @@ def base_overrides(data: Path, quick: bool) -> list[str]:
         return [
             *shared,
             "data.source=jsonl", f"data.path={data}", "data.partition=iid", f"data.num_clients={CLIENTS}",
-            "data.seq_len=96", f"federation.rounds={ROUNDS}", "federation.local_steps=3", "federation.batch_size=4",
+            "data.seq_len=96", f"federation.rounds={QUICK_ROUNDS}", "federation.local_steps=3", "federation.batch_size=4",
             "eval.attack_prompts=8",
         ]
     return [
         *shared,
         "data.source=folder", f"data.path={data}", "data.glob=local_training_*.json", "data.format=instruction",
         f"data.seq_len={SEQ_LEN}", "data.max_examples_per_client=96", f"federation.rounds={ROUNDS}",
-        "federation.local_steps=10", "federation.batch_size=8", "federation.lr=0.01", "eval.attack_prompts=20",
+        f"federation.local_steps={LOCAL_STEPS}", "federation.batch_size=8", "federation.lr=0.01",
+        "eval.attack_prompts=20",
     ]
 
 
-def cell_overrides(attack: str, share: float, defence: str) -> list[str]:
+def cell_overrides(attack: str, share: float, defence: str, *, rounds: int = ROUNDS,
+                   attacker_steps: int | None = ATTACKER_STEPS) -> list[str]:
     k = round(share * CLIENTS)
     f = k if attack != "none" else 1
     out = [f"robust.aggregator={defence}"]
@@ -110,13 +120,16 @@ def cell_overrides(attack: str, share: float, defence: str) -> list[str]:
         out += [f"attack.kind={attack}", f"attack.fraction={share}"]
         if attack in ("backdoor", "model_replacement"):
             out.append("attack.poison_fraction=0.5")
+            if attacker_steps is not None:
+                out.append(f"attack.local_steps={attacker_steps}")
         if attack == "model_replacement":  # one shot in the last round, shared by the k attackers
-            out += [f"attack.rounds=[{ROUNDS}]", f"attack.boost={CLIENTS / k}"]
+            out += [f"attack.rounds=[{rounds}]", f"attack.boost={CLIENTS / k}"]
     return out
 
 
-def run_cell(base: list[str], attack: str, share: float, defence: str, root: Path) -> dict[str, Any]:
-    config = load_config(None, base + cell_overrides(attack, share, defence))
+def run_cell(base: list[str], attack: str, share: float, defence: str, root: Path, quick: bool) -> dict[str, Any]:
+    scale = {"rounds": QUICK_ROUNDS, "attacker_steps": QUICK_ATTACKER_STEPS} if quick else {}
+    config = load_config(None, base + cell_overrides(attack, share, defence, **scale))
     out = root / f"{attack}-{share}-{defence}"
     t0 = time.perf_counter()
     try:
@@ -197,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = grid(args.quick)
         ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
         with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
-            futures = [pool.submit(run_cell, base, a, s, d, root) for a, s, d in cells]
+            futures = [pool.submit(run_cell, base, a, s, d, root, args.quick) for a, s, d in cells]
             rows = []
             for fut in futures:
                 rows.append(fut.result())

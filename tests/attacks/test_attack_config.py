@@ -51,6 +51,8 @@ def test_poisoning_kinds():
         ({"kind": "model_replacement", "fraction": 0.1, "server_lr": 0.0}, "server_lr"),
         ({"kind": "backdoor", "fraction": 0.1, "trigger": "  "}, "trigger"),
         ({"kind": "backdoor", "fraction": 0.1, "typo": 1}, "typo"),
+        ({"kind": "backdoor", "fraction": 0.1, "local_steps": 0}, "local_steps"),
+        ({"kind": "sign_flip", "fraction": 0.1, "local_steps": 5}, "does not read"),
     ],
 )
 def test_invalid_values_are_rejected_with_the_field(kwargs, match):

@@ -1,5 +1,6 @@
 """The clean metric of an attacked run leaves the attackers' (poisoned) held-out rows out."""
 
+import json
 import math
 
 import pytest
@@ -27,3 +28,23 @@ def test_without_attackers_it_covers_everyone_and_without_clients_it_is_none():
     assert honest_eval(FINAL, [])["tokens"] == 100
     assert honest_eval({"eval_loss": 1.0}, []) is None
     assert honest_eval(FINAL, ["a", "b", "evil"]) is None
+
+
+def test_attackers_train_their_own_number_of_local_steps(tmp_path):
+    from tests_support import load_config, tiny_overrides, write_instruction_jsonl
+
+    from fedlm.runtime.experiment import run_experiment
+
+    data = write_instruction_jsonl(tmp_path / "rows.jsonl", rows=48)
+    config = load_config(None, tiny_overrides(
+        data, **{"data.client_field": "null", "data.partition": "iid", "data.num_clients": 4,
+                 "data.format": "instruction", "data.context_field": "null", "data.seq_len": 96, "federation.rounds": 1,
+                 "federation.clients_per_round": 4, "federation.local_steps": 2, "eval.every": 1000,
+                 "eval.attack_prompts": 2, "eval.attack_max_new_tokens": 2, "output.report": "false",
+                 "attack.kind": "backdoor", "attack.client_ids": "[client_1]", "attack.local_steps": 5}))
+    run_experiment(config, out_dir=tmp_path / "run")
+    record = next(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                  if json.loads(line)["type"] == "round")
+    steps = {cid: m["steps"] for cid, m in record["clients"].items()}
+    assert steps.pop("client_1") == 5
+    assert set(steps.values()) == {2}

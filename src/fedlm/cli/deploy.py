@@ -66,9 +66,9 @@ def run_deploy(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config, args.overrides)
         run_dir = Path(args.out or config.output.dir or f"runs/{config.name}-{datetime.now():%Y%m%d-%H%M%S}")
-    work = run_dir.parent / f".{run_dir.name}-deploy-{datetime.now():%H%M%S}"
-    with LocalFederation(config, work, run_dir, nodes=args.nodes) as fed:
-        summary = fed.run(resume=bool(args.resume))
+    work = run_dir.parent / f".{run_dir.name}-deploy"  # the same on --resume: the nodes' state is there
+    with LocalFederation(config, work, run_dir, nodes=args.nodes, resume=bool(args.resume)) as fed:
+        summary = fed.run()
     final = summary["final"]
     print(f"{run_dir}: {summary['rounds_completed']} rounds, held-out perplexity "
           f"{summary['initial']['perplexity']:.3f} -> {final['perplexity']:.3f}")

@@ -39,8 +39,8 @@ DATA_POISONING_KINDS: frozenset[str] = frozenset({"backdoor", "model_replacement
 # Optional hyperparameters each kind reads; any other one set is an error.
 ATTACK_FIELDS: dict[str, frozenset[str]] = {
     "none": frozenset(),
-    "backdoor": frozenset({"poison_fraction"}),
-    "model_replacement": frozenset({"poison_fraction", "boost", "server_lr", "rounds"}),
+    "backdoor": frozenset({"poison_fraction", "local_steps"}),
+    "model_replacement": frozenset({"poison_fraction", "local_steps", "boost", "server_lr", "rounds"}),
     "sign_flip": frozenset({"boost", "rounds"}),
     "gaussian": frozenset({"noise_std", "noise_mode", "rounds"}),
     "large_norm": frozenset({"norm", "rounds"}),
@@ -49,6 +49,7 @@ ATTACK_FIELDS: dict[str, frozenset[str]] = {
 
 _OPTIONAL = (
     "poison_fraction",
+    "local_steps",
     "boost",
     "server_lr",
     "noise_std",
@@ -100,6 +101,12 @@ class AttackConfig(BaseModel):
         description="share of each attacker's rows that are poisoned, in (0, 1] (default 0.5; "
         "the rest stay clean so the attacker's clean loss stays plausible)",
     )
+    local_steps: int | None = Field(
+        default=None,
+        description="data attacks: optimiser steps each attacker runs per round on its poisoned "
+        "rows (default federation.local_steps). An attacker controls its own training; "
+        "Bagdasaryan et al. train the backdoor longer than honest clients do",
+    )
     boost: float | None = Field(
         default=None,
         description="model_replacement: boost factor gamma (default n / server_lr); "
@@ -150,6 +157,13 @@ class AttackConfig(BaseModel):
     def _half_open_unit(cls, value: float | None, info: Any) -> float | None:
         if value is not None and not 0.0 < value <= 1.0:
             raise ValueError(f"attack.{info.field_name}={value} must be in (0, 1]")
+        return value
+
+    @field_validator("local_steps")
+    @classmethod
+    def _at_least_one_step(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"attack.local_steps={value} must be >= 1 (steps per round)")
         return value
 
     @field_validator("server_lr", "norm")

@@ -29,11 +29,12 @@ class _Section(BaseModel):
 class PersonalConfig(_Section):
     """Each client's personal model."""
 
-    method: Literal["none", "modules", "ditto", "finetune"] = Field(
+    method: Literal["none", "modules", "ditto", "mix", "finetune"] = Field(
         "none",
         description="none; modules: tensors matching local_modules stay on the client (FedPer/FedRep); "
         "ditto: personal adapter regularised toward the global one (Li et al. 2021); "
-        "finetune: local fine-tuning of the final global adapter.",
+        "mix: a local adapter next to the global one, mixed with a weight per module learnt on the "
+        "client's data (FedDPA style); finetune: local fine-tuning of the final global adapter.",
     )
     local_modules: list[str] = Field(
         default_factory=list,
@@ -49,6 +50,9 @@ class PersonalConfig(_Section):
         ge=1,
     )
     lr: float | None = Field(None, description="Learning rate of personal steps; default federation.lr.", gt=0)
+    mix_lr: float = Field(
+        0.1, description="method=mix: Adam learning rate of the mixing logits (one per module), each round.", gt=0
+    )
 
     @model_validator(mode="after")
     def _fields_match_method(self) -> PersonalConfig:

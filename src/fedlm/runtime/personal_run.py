@@ -8,8 +8,9 @@ module is what the simulator calls:
   personal modules laid over it) and, for q-FFL, the loss ``F_k`` at that state, which
   rides in the update's metrics;
 * the upload: personal modules are cut from the delta, so they never leave the client;
-* per client, after local training: the personal tensors (modules) or the Ditto
-  adapter, trained toward the broadcast, kept in the client's own state (checkpointed
+* per client, after local training: the personal tensors (modules), the Ditto
+  adapter trained toward the broadcast, or the local adapter and its learnt mixing
+  weights with the global one (mix), kept in the client's own state (checkpointed
   with the run in simulation, on the client's disk in a deployment; never sent);
 * after the run: every evaluation client scored on its held-out data with the global
   model and with its personal model, and the fairness figures of both.
@@ -26,10 +27,12 @@ from fedlm.config.schema import ExperimentConfig
 from fedlm.eval.fairness import client_fairness
 from fedlm.eval.metrics import score_lm
 from fedlm.personal.ditto import prox_toward
+from fedlm.personal.mixing import alphas, learn_mixing, mixed
 from fedlm.personal.modules import personal_names, split_personal
 from fedlm.stages import RoundPlan, TensorDict
 
 PERSONAL_KEY = "personal"  # client state: this client's personal tensors (never leaves the client)
+MIX_KEY = "mixing"  # client state (method=mix): the mixing logits by module
 _DITTO_STREAM = 3  # seed stream of the personal steps, apart from the global update's batches
 
 
@@ -101,18 +104,30 @@ class PersonalRun:
         """
         if self.method == "modules":
             return {**client_state, PERSONAL_KEY: split_personal(self.model.get_state(), self.own)[1]}
-        if self.method != "ditto":
+        if self.method not in ("ditto", "mix"):
             return client_state
         from fedlm.runtime.simulation import derive_seed  # here: the simulation imports this module
 
         v = client_state.get(PERSONAL_KEY) or received
         seed = derive_seed(plan.seed, self._index(cid), _DITTO_STREAM)
-        self._train_personal(cid, v, center=received, seed=seed, lr=self.p.lr or plan.lr)
-        return {**client_state, PERSONAL_KEY: self.model.get_state()}
+        center = received if self.method == "ditto" else None  # mix: the local adapter trains freely
+        self._train_personal(cid, v, center=center, seed=seed, lr=self.p.lr or plan.lr)
+        v = self.model.get_state()
+        if self.method == "ditto":
+            return {**client_state, PERSONAL_KEY: v}
+        theta = learn_mixing(self.model, self.data.clients[cid].train, received, v, client_state.get(MIX_KEY) or {},
+                             steps=self._personal_steps(cid), batch_size=self.config.federation.batch_size,
+                             lr=self.p.mix_lr, seed=seed + 1)
+        return {**client_state, PERSONAL_KEY: v, MIX_KEY: theta}
 
     def _index(self, cid: str) -> int:
         """The client's position among the sorted ids (its seed stream), as in the simulator."""
         return self.client_ids.index(cid) if cid in self.client_ids else len(self.client_ids)
+
+    def _personal_steps(self, cid: str) -> int:
+        fed = self.config.federation
+        return self.p.steps or steps_for(len(self.data.clients[cid].train), batch_size=fed.batch_size,
+                                         local_steps=fed.local_steps, local_epochs=fed.local_epochs)
 
     def _train_personal(self, cid: str, start: TensorDict, *, center: TensorDict | None, seed: int, lr: float) -> None:
         """Train from ``start`` on the client's own data; Ditto's prox toward ``center`` after each step."""
@@ -121,10 +136,7 @@ class PersonalRun:
         named = list(zip(self.model.names(), self.model.parameters(), strict=True))
         lam = self.p.lam
         after = (lambda: prox_toward(named, center, lr=lr, lam=lam)) if center is not None else None
-        train = self.data.clients[cid].train
-        steps = self.p.steps or steps_for(len(train), batch_size=fed.batch_size, local_steps=fed.local_steps,
-                                          local_epochs=fed.local_epochs)
-        train_local(self.model, train, steps=steps, batch_size=fed.batch_size, lr=lr, seed=seed,
+        train_local(self.model, self.data.clients[cid].train, steps=self._personal_steps(cid), batch_size=fed.batch_size, lr=lr, seed=seed,
                     weight_decay=fed.weight_decay, max_grad_norm=fed.max_grad_norm,
                     optimizer=self.config.local.optimizer, after_step=after)
 
@@ -136,6 +148,9 @@ class PersonalRun:
             return {**global_state, **kept} if kept else None
         if self.method == "ditto":
             return kept
+        if self.method == "mix":
+            theta = (client_states.get(cid) or {}).get(MIX_KEY)
+            return mixed(global_state, kept, alphas(theta)) if kept and theta else None
         if self.method == "finetune":
             from fedlm.runtime.simulation import derive_seed
 
@@ -154,20 +169,12 @@ class PersonalRun:
         """
         ids = list(client_ids or sim.eval_ids)
         g = global_eval if global_eval is not None else sim.evaluate(global_state, ids)
-        clients: dict[str, Any] = {}
+        scores = {}
         for cid in ids:
             own = self.personal_state(cid, global_state, client_states)
-            personal = sim.evaluate(own, [cid])["clients"][cid] if own is not None else g["clients"][cid]
-            clients[cid] = {"global": g["clients"][cid], "personal": personal, "has_personal": own is not None}
+            scores[cid] = (g["clients"][cid], sim.evaluate(own, [cid])["clients"][cid] if own is not None else None)
         sim.model.set_state(global_state)  # leave the one model as the global one
-        return {
-            "method": self.method,
-            "clients": clients,
-            "fairness": {
-                "global": client_fairness({c: v["global"] for c, v in clients.items()}),
-                "personal": client_fairness({c: v["personal"] for c, v in clients.items()}),
-            },
-        }
+        return personal_report(self.method, scores)
 
     def summary(self, sim, global_state: TensorDict, client_states: dict[str, dict], final: dict) -> dict[str, Any]:
         """summary.json's ``fairness`` (of the final global model) and ``personal`` (None without a method)."""
@@ -178,4 +185,21 @@ class PersonalRun:
         return out
 
 
-__all__ = ["PERSONAL_KEY", "PersonalRun", "mean_stage", "shared_shapes"]
+def personal_report(method: str, scores: dict[str, tuple[dict, dict | None]]) -> dict[str, Any]:
+    """summary.json's ``personal``: each client's (global, personal) held-out metrics and their fairness.
+
+    A client without a personal model (``None``: never sampled) counts with its global metrics.
+    """
+    clients = {cid: {"global": g, "personal": g if p is None else p, "has_personal": p is not None}
+               for cid, (g, p) in scores.items()}
+    return {
+        "method": method,
+        "clients": clients,
+        "fairness": {
+            "global": client_fairness({c: v["global"] for c, v in clients.items()}),
+            "personal": client_fairness({c: v["personal"] for c, v in clients.items()}),
+        },
+    }
+
+
+__all__ = ["PERSONAL_KEY", "PersonalRun", "mean_stage", "personal_report", "shared_shapes"]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fedlm.aggregation.robust_stages import FLTRUST_ROOT_KEY
+from fedlm.attacks import malicious_clients
 from fedlm.client.dp_sgd import train_local_dp_sgd
 from fedlm.client.trainer import train_local
 from fedlm.compression.stages import decode_broadcast, encode_broadcast
@@ -101,6 +102,9 @@ class Simulation:
         if config.robust.aggregator != "fedavg":
             config.robust.check_cohort(self.cohort_size)
         self.root_examples = _root_examples(config, data)
+        # Data attackers may train longer than honest clients (attack.local_steps).
+        self.attacker_steps = config.attack.local_steps if config.attack.poisons_data else None
+        self.malicious = frozenset(malicious_clients(config.attack, self.client_ids)) if self.attacker_steps else frozenset()
         n_eval = min(config.eval.max_clients or len(self.client_ids), len(self.client_ids))
         pick = np.random.default_rng(derive_seed(fed.seed, 7)).choice(len(self.client_ids), n_eval, replace=False)
         self.eval_ids = [self.client_ids[i] for i in sorted(pick)]
@@ -297,7 +301,7 @@ class Simulation:
         self.model.set_state(start)  # truncated to the client's rank, with its personal modules
         fair = self.personal.broadcast_loss(cid, train)  # q-FFL's F_k at the start state ({} when off)
         res = self.hetero.resources(cid, len(train))  # its profile's steps and batch size
-        steps = res.steps
+        steps = self.attacker_steps if cid in self.malicious else res.steps
         index = self.client_ids.index(cid) if cid in self.client_ids else len(self.client_ids)
         seed = derive_seed(plan.seed, index)
         dp_sgd = self.config.privacy.dp_sgd

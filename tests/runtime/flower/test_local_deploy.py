@@ -48,27 +48,46 @@ def test_three_supernodes_match_the_simulator(tmp_path):
     assert all(not p.alive() for p in fed.procs.values())  # it stopped everything it started
 
 
-def test_a_killed_supernode_leaves_a_completed_round(tmp_path):
+def test_a_killed_supernode_leaves_a_completed_round_and_rejoins(tmp_path):
     # 4 nodes: SecAgg+ needs more than t = 2 survivors (a cohort of 3 cannot lose one)
-    config = _config(tmp_path, clients=4, **{"federation.clients_per_round": 4, "federation.rounds": 1,
+    config = _config(tmp_path, clients=4, **{"federation.clients_per_round": 4, "federation.rounds": 2,
                                              "deploy.floor_s": 60, "deploy.train_s": 60})
     with LocalFederation(config, tmp_path / "work", tmp_path / "deployed", nodes=4) as fed:
         run = fed.submit()
         progress = fed.work / "nodes" / "node-2" / "progress.json"
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:  # kill node 2 while it trains in round 1
-            if progress.is_file() and _read_json(progress) == {"phase": "train", "round": 1}:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("node 2 never started training")
-        fed.procs["node-2"].stop(hard=True)
+        _wait_until(lambda: _read_json(progress) == {"phase": "train", "round": 1}, "node 2 never started training")
+        fed.procs["node-2"].stop(hard=True)  # killed mid-round
+        _wait_until(lambda: _logged_rounds(tmp_path / "deployed"), "round 1 never completed")
+        fed.start_node(2, fed.clients[2])  # the organisation restarts it: it rejoins for round 2
         summary = fed.wait(run)
-    assert summary["rounds_completed"] == 1
-    rounds = [r for r in map(json.loads, (tmp_path / "deployed" / "metrics.jsonl").read_text().splitlines())
-              if r["type"] == "round"]
-    assert rounds[0]["applied"] and rounds[0]["server"]["secagg"]["survivors"] == 3
-    assert rounds[0]["server"]["secagg"]["dropouts"]["masked_input"] == 1
+    assert summary["rounds_completed"] == 2
+    first, second = _logged_rounds(tmp_path / "deployed")
+    assert first["applied"] and first["server"]["secagg"]["survivors"] == 3
+    assert first["server"]["secagg"]["dropouts"]["masked_input"] == 1
+    assert second["applied"] and second["server"]["secagg"]["survivors"] == 4
+    assert fed.clients[2].client_id in second["clients"]  # the restarted node trained again
+
+
+def test_a_killed_server_resumes_from_its_last_checkpoint(tmp_path):
+    # Clients keep their AdamW moments across rounds, so the resumed run equals an
+    # uninterrupted one only if the clients' own state resumes with the server's.
+    config = _config(tmp_path, **{"federation.rounds": 3, "federation.keep_optimizer_state": "true",
+                                  "output.checkpoint_every": 1})
+    work, run_dir = tmp_path / "work", tmp_path / "deployed"
+    with LocalFederation(config, work, run_dir, nodes=3) as fed:
+        fed.submit()
+        _wait_until(lambda: (run_dir / "checkpoints" / "round_0001.pt").is_file(), "no checkpoint of round 1")
+        fed.procs["superlink"].stop(hard=True)  # the coordinator dies, with the ServerApp it runs
+        fed.procs["run"].stop(hard=True)
+    assert not (run_dir / "summary.json").exists()
+    with LocalFederation(config, work, run_dir, nodes=3, resume=True) as fed:
+        summary = fed.run()
+    assert summary["rounds_completed"] == 3
+    assert [r["round"] for r in _logged_rounds(run_dir)] == [1, 2, 3]  # none lost, none twice
+    sim = run_experiment(config, out_dir=tmp_path / "sim")
+    want, got = _adapter(sim.run_dir), _adapter(run_dir)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
 
 
 def test_unregistered_and_unauthenticated_nodes_are_refused(tmp_path):
@@ -93,6 +112,27 @@ def test_unregistered_and_unauthenticated_nodes_are_refused(tmp_path):
 def _listed_nodes(listed: dict) -> list[dict]:
     """The node entries of ``flwr supernode list --format json`` (a list under some key)."""
     return next((v for v in listed.values() if isinstance(v, list)), [])
+
+
+def _wait_until(ready, failure: str, wait_s: float = 600.0) -> None:
+    deadline = time.monotonic() + wait_s
+    while not ready():
+        if time.monotonic() > deadline:
+            pytest.fail(failure)
+        time.sleep(0.2)
+
+
+def _logged_rounds(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [r for r in map(_loads, lines) if r and r.get("type") == "round"]
+
+
+def _loads(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except ValueError:  # a line being written
+        return None
 
 
 def _read_json(path: Path) -> object:

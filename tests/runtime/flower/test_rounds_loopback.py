@@ -117,3 +117,56 @@ def test_a_resumed_server_loses_no_completed_round(tmp_path):
     rounds = [r["round"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
               if r["type"] == "round"]
     assert rounds == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_round_rerun_after_resume_starts_from_each_clients_earlier_state(tmp_path):
+    # Each client keeps its AdamW moments across rounds, so its state matters. The server
+    # dies after the clients trained round 2 (and kept their state after it), before it
+    # could aggregate: the resumed run re-runs round 2, and each client must start it from
+    # its state after round 1, as in an uninterrupted run.
+    data = write_lm_jsonl(tmp_path / "rows.jsonl", clients=3, rows=10)
+    config = load_config(None, deploy_overrides(data, **{"federation.keep_optimizer_state": "true"}))
+    files = write_client_files(config, tmp_path / "data")
+    rc = run_config(config, out_dir=str(tmp_path / "deployed"), nodes=3)
+    nodes = {f.client_id: (rc, {"data-path": f.file, "client-id": f.client_id, "client-index": f.client_index,
+                                "state-dir": str(tmp_path / "state" / f.client_id)}) for f in files}
+
+    class DyingAfterTraining(LoopbackCourier):
+        def exchange(self, action, requests, *, group, **kw):
+            if group == "2" and action == "query.secagg_unmask":
+                raise _ServerKilled
+            return super().exchange(action, requests, group=group, **kw)
+
+    with pytest.raises(_ServerKilled):
+        run_federation(DyingAfterTraining(nodes), rc)
+    kept = sorted(p.name for p in (tmp_path / "state" / files[0].client_id).glob("client_state-r*.pkl"))
+    assert kept == ["client_state-r000001.pkl", "client_state-r000002.pkl"]  # round 2 trained, not applied
+    run_dir = run_federation(LoopbackCourier(nodes), {**rc, "resume": True})
+    sim = run_experiment(config, out_dir=tmp_path / "sim")
+    want, got = _adapter(sim.run_dir), _adapter(run_dir)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ditto", "finetune"])
+def test_deployed_personal_models_score_as_in_the_simulator(tmp_path, method):
+    # Each client builds and scores its personal model on its own machine, from its own
+    # state; the server sees sums only, and the report equals the simulator's.
+    data = write_lm_jsonl(tmp_path / "rows.jsonl", clients=3, rows=10)
+    config = load_config(None, deploy_overrides(data, **{"personal.method": method, "personal.steps": 2}))
+    sim = run_experiment(config, out_dir=tmp_path / "sim")
+    run_dir, _ = _deploy(config, tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    want, got = sim.summary["personal"], summary["personal"]
+    assert got["method"] == method and got["clients"].keys() == want["clients"].keys()
+    for cid, w in want["clients"].items():
+        assert got["clients"][cid]["has_personal"] == w["has_personal"]
+        for model in ("global", "personal"):
+            assert got["clients"][cid][model]["eval_loss"] == pytest.approx(w[model]["eval_loss"], rel=1e-5)
+    for key in ("mean", "worst_10pct", "jain"):
+        w, g = want["fairness"]["personal"]["perplexity"][key], got["fairness"]["personal"]["perplexity"][key]
+        assert g == pytest.approx(w, rel=1e-5)
+        assert summary["fairness"]["perplexity"][key] == pytest.approx(sim.summary["fairness"]["perplexity"][key],
+                                                                      rel=1e-5)

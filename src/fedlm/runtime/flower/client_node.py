@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,21 +98,37 @@ class ClientNode:
         self._data = data
         return data
 
-    def _state_path(self) -> Path:
-        return self.state_dir / "client_state.pkl"
+    # The state after round r is kept as ``client_state-r{r}.pkl``. A round re-run after
+    # the server resumed from an earlier checkpoint starts from the state of the newest
+    # round before it, as the simulator does, not from the state its lost first run left.
+    def _state_path(self, round_id: int) -> Path:
+        return self.state_dir / f"client_state-r{round_id:06d}.pkl"
 
-    def load_state(self) -> dict | None:
-        path = self._state_path()
-        if not path.is_file():
+    def _saved_rounds(self) -> list[int]:
+        return sorted(int(p.stem.rsplit("-r", 1)[1]) for p in self.state_dir.glob("client_state-r*.pkl"))
+
+    def load_state(self, before_round: int) -> dict | None:
+        """The state this client kept after its newest round before ``before_round`` (None: none yet)."""
+        earlier = [r for r in self._saved_rounds() if r < before_round]
+        if not earlier:
             return None
-        with path.open("rb") as fh:  # personal tensors, optimizer moments, codec residuals
+        with self._state_path(earlier[-1]).open("rb") as fh:  # personal tensors, optimizer moments, residuals
             return pickle.load(fh)
 
-    def save_state(self, state: dict) -> None:
-        tmp = self._state_path().with_suffix(".tmp")
+    def save_state(self, state: dict, round_id: int) -> None:
+        """Keep ``state`` as the state after ``round_id``, and enough older ones to resume from.
+
+        A server resumes from a checkpoint at most ``output.checkpoint_every`` rounds old, so
+        that many newer states plus one older are kept.
+        """
+        path = self._state_path(round_id)
+        tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as fh:
             pickle.dump(state, fh)
-        tmp.replace(self._state_path())
+        tmp.replace(path)
+        keep = self.config.output.checkpoint_every + 1
+        for old in self._saved_rounds()[:-keep]:
+            self._state_path(old).unlink(missing_ok=True)
 
     def mark(self, phase: str, round_id: int) -> None:
         """Progress marker (``progress.json``): what this client last started.
@@ -151,23 +168,41 @@ class ClientNode:
         received = decode_broadcast(sim.down_codec, fields["broadcast"])
         if secagg_on:
             plan = wire.with_extra(plan, **{SECAGG_KEY: ClientMask(self.secagg, fields[FORWARDED])})
-        outcome = sim.client_round(plan, self.client_id, received, self.load_state())
+        outcome = sim.client_round(plan, self.client_id, received, self.load_state(plan.round))
         if outcome.state is not None:
-            self.save_state(outcome.state)
+            self.save_state(outcome.state, plan.round)
         self.mark("trained", plan.round)
         return wire.outcome_to_fields(outcome)
 
     def evaluate(self, fields: wire.Fields) -> wire.Fields:
-        """Held-out loss sums of the broadcast global state on this client's data."""
+        """Held-out loss sums of the broadcast global state on this client's data.
+
+        When the request asks for ``personal`` (the end of a run with ``personal.method``
+        set), the client also scores its own personal model, built from its state on its
+        disk exactly as the simulator builds it; only the sums leave the client.
+        """
         from fedlm.eval.metrics import score_lm
         from fedlm.runtime.flower.model_cache import adapted_model
 
         model = adapted_model(self.config)
-        model.set_state(wire.tensors_from_bytes(fields["state"]))
+        global_state = wire.tensors_from_bytes(fields["state"])
+        asked = wire.read_meta(fields)
         ev = self.config.eval
-        score = score_lm(model.model, self.data().heldout, pad_id=model.tokenizer.pad_token_id,
-                         batch_size=ev.batch_size, max_batches=ev.max_batches_per_client)
-        meta = {"client_id": self.client_id, "loss_sum": score.loss_sum, "correct": score.correct, "tokens": score.tokens}
+
+        def sums(state: dict) -> dict[str, Any]:
+            model.set_state(state)
+            score = score_lm(model.model, self.data().heldout, pad_id=model.tokenizer.pad_token_id,
+                             batch_size=ev.batch_size, max_batches=ev.max_batches_per_client)
+            return {"loss_sum": score.loss_sum, "correct": score.correct, "tokens": score.tokens}
+
+        meta: dict[str, Any] = {"client_id": self.client_id, **sums(global_state)}
+        if asked.get("personal") and self.config.personal.method != "none":
+            from fedlm.runtime.flower.parts import client_simulation
+
+            sim = client_simulation(self.config, model, asked["clients"], self.client_id, self.data(), asked["format"])
+            kept = {self.client_id: self.load_state(before_round=sys.maxsize)}
+            own = sim.personal.personal_state(self.client_id, global_state, kept)
+            meta["personal"] = sums(own) if own is not None else None
         return {"meta": json.dumps(meta).encode()}
 
 

@@ -22,6 +22,7 @@ from fedlm.config.deploy import DeployConfig
 from fedlm.config.loader import dump_config
 from fedlm.config.schema import ExperimentConfig
 from fedlm.errors import CheckpointError, FedlmError
+from fedlm.eval.fairness import client_fairness
 from fedlm.eval.metrics import LMScore
 from fedlm.report.metrics_log import MetricsLog, write_json
 from fedlm.runtime.audit_trail import round_audit
@@ -33,6 +34,7 @@ from fedlm.runtime.flower.messaging import Courier
 from fedlm.runtime.flower.model_cache import adapted_model
 from fedlm.runtime.flower.parts import server_simulation
 from fedlm.runtime.flower.secagg_remote import FORWARDED, RemoteSecAgg
+from fedlm.runtime.personal_run import personal_report
 from fedlm.runtime.secagg_round import SECAGG_KEY, will_upload
 from fedlm.runtime.simulation import Simulation
 
@@ -89,18 +91,32 @@ class DeployedRounds:
 
     def evaluate(self, state: ServerState, client_ids: list[str] | None = None) -> dict[str, Any]:
         """Federated evaluation: like ``Simulation.evaluate``, from the clients' sums."""
-        ids = client_ids or self.sim.eval_ids
-        fields = {"state": wire.tensors_to_bytes(state.global_state), "meta": b"{}"}
-        got = self.courier.exchange(EVALUATE, {cid: fields for cid in ids}, group=f"eval-{state.round}")
+        replies, missing = self._scores(state, client_ids or self.sim.eval_ids, personal=False)
         total, per_client = LMScore(), {}
-        for cid in ids:
-            if cid not in got.replies:
-                continue
-            m = wire.read_meta(got.replies[cid])
-            score = LMScore(float(m["loss_sum"]), int(m["correct"]), int(m["tokens"]))
+        for cid, m in replies.items():
+            score = _score(m)
             per_client[cid] = score.as_dict()
             total = total + score
-        return {**total.as_dict(), "clients": per_client, "missing": sorted(got.missing)}
+        return {**total.as_dict(), "clients": per_client, "missing": missing}
+
+    def evaluate_personal(self, state: ServerState, client_ids: list[str]) -> dict[str, Any]:
+        """summary.json's ``personal``: each client scores the global and its own personal model."""
+        replies, missing = self._scores(state, client_ids, personal=True)
+        scores = {cid: (_score(m).as_dict(), _score(m["personal"]).as_dict() if m.get("personal") else None)
+                  for cid, m in replies.items()}
+        return {**personal_report(self.config.personal.method, scores), "missing": missing}
+
+    def _scores(self, state: ServerState, ids: list[str], *, personal: bool) -> tuple[dict[str, dict], list[str]]:
+        asked = {"personal": True, "clients": self.sizes, "format": self.format} if personal else {}
+        fields = {"state": wire.tensors_to_bytes(state.global_state), "meta": json.dumps(asked).encode()}
+        group = f"{'personal' if personal else 'eval'}-{state.round}"
+        got = self.courier.exchange(EVALUATE, {cid: fields for cid in ids}, group=group, trains=personal)
+        replies = {cid: wire.read_meta(got.replies[cid]) for cid in ids if cid in got.replies}
+        return replies, sorted(got.missing)
+
+
+def _score(m: dict[str, Any]) -> LMScore:
+    return LMScore(float(m["loss_sum"]), int(m["correct"]), int(m["tokens"]))
 
 
 def run_federation(courier: Courier, run_config: dict[str, Any]) -> Path:
@@ -148,6 +164,10 @@ def run_federation(courier: Courier, run_config: dict[str, Any]) -> Path:
     summary = build_summary(config, records, initial, final, state, wall=time.perf_counter() - t_start, model=model,
                             data=sim.data)
     summary["engine"] = "flower"
+    summary["fairness"] = client_fairness(final.get("clients", {}))
+    summary["personal"] = None
+    if config.personal.method != "none":  # every evaluated client: global vs its own personal model
+        summary["personal"] = rounds.evaluate_personal(state, sorted(final.get("clients", {})) or rounds.sim.eval_ids)
     if sim.dp is not None:
         summary["privacy"] = sim.dp.summary(state)
     write_json(run_dir / "summary.json", summary)

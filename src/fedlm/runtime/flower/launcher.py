@@ -7,10 +7,16 @@ own data file and state directory), writes the Flower app, submits it with ``flw
 and waits for the run directory's ``summary.json``. Every process is stopped when the
 federation is closed, on success, error or Ctrl-C (:mod:`.processes`). Everything it
 writes (credentials, Flower's home, logs, node data) lives in its work directory.
+
+Each launch starts a fresh SuperLink (new credentials, an empty database). A resumed
+launch (``resume=True``) keeps the SuperNodes' state directories, where each client
+keeps its own state by round, so a run continued from the server's last checkpoint goes
+on with the same client state the simulator would have; a new launch clears them.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 
 import tomli_w
@@ -34,10 +40,12 @@ class LocalFederation(Processes):
         run_dir: the run directory the ServerApp writes.
         nodes: SuperNodes to start; must equal the number of clients in ``config.data``.
         start_nodes: start them with the SuperLink (False: only credentials and SuperLink).
+        resume: continue the run in ``run_dir`` from its last checkpoint, keeping the nodes' state.
     """
 
     nodes: int = 1
     start_nodes: bool = True
+    resume: bool = False
     port: int = 0
     tls: TlsFiles | None = None
     keys: list[NodeKey] = field(default_factory=list)
@@ -46,6 +54,10 @@ class LocalFederation(Processes):
     def start(self) -> None:
         """Credentials, the SuperLink, the allow-list and one SuperNode per client."""
         self.work.mkdir(parents=True, exist_ok=True)
+        if not self.resume:  # a new run: no client state from an earlier launch in this work directory
+            shutil.rmtree(self.work / "nodes", ignore_errors=True)
+        for db in self.work.glob("superlink.db*"):  # a fresh SuperLink: this launch's keys only
+            db.unlink()
         self.clients = write_client_files(self.config, self.work / "data")
         if len(self.clients) != self.nodes:
             raise FedlmError(
@@ -82,15 +94,15 @@ class LocalFederation(Processes):
             argv += ["--auth-supernode-private-key", str((key or self.keys[i]).private)]
         return self.spawn(name or f"node-{i}", argv)
 
-    def submit(self, *, resume: bool = False) -> Proc:
+    def submit(self) -> Proc:
         """Write the app and start ``flwr run`` (streaming the run's log to ``logs/run.log``)."""
         app = write_app(self.config, self.work / "app", out_dir=str(self.run_dir.resolve()), nodes=self.nodes,
-                        resume=resume)
+                        resume=self.resume)
         return self.spawn("run", [flwr_bin("flwr"), "run", str(app), CONNECTION, "--stream"])
 
-    def run(self, *, resume: bool = False) -> dict:
+    def run(self) -> dict:
         """Submit the app and wait for it; returns ``summary.json``."""
-        return self.wait(self.submit(resume=resume))
+        return self.wait(self.submit())
 
 
 __all__ = ["CONNECTION", "LocalFederation", "free_port"]

@@ -8,10 +8,10 @@ weights and SecAgg+ bounds read) but no examples. Client seeds come from a clien
 index in the sorted id list, which is why every client learns the full id list.
 
 Features that need client data on the server (FLTrust's root set, contribution
-measurement, privacy audits, benchmark evaluation, data poisoning, the after-run
-personal fine-tuning) are refused by :func:`check_deployable`. Personal modules and
-Ditto train as in simulation (their tensors stay in each client's state on its disk);
-the simulator's end-of-run global-vs-personal evaluation is not part of a deployed run.
+measurement, privacy audits, benchmark evaluation, data poisoning) are refused by
+:func:`check_deployable`. Personal modules and Ditto train as in simulation (their
+tensors stay in each client's state on its disk), and at the end of a run each client
+scores its personal model (after-run fine-tuning included) next to the global one.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ def check_deployable(config: ExperimentConfig) -> None:
         "attack.kind (data poisoning is a simulation experiment)": config.attack.kind != "none",
         "eval_harness.enabled (run it on the final adapter instead)": config.eval_harness.enabled,
         "eval.bias_probe": bool(config.eval.bias_probe),
-        "personal.method=finetune (it fine-tunes on every client after the run)": config.personal.method == "finetune",
     }
     bad = [name for name, on in refused.items() if on]
     if bad:
