@@ -227,14 +227,14 @@ def main(argv: list[str] | None = None) -> None:
         if r["attack"] in data_attacks and r["attackers"] == "20%" and r["defence"] != "fedavg"
         and (fedavg_asr.get(r["attack"]) or 0.0) > 0.05
         and r.get("attack_success_rate") is not None and r["attack_success_rate"] <= 0.05
-        and abs(r["clean_vs_fedavg"]) <= 0.02
+        and r["clean_vs_fedavg"] <= 0.02  # no more than 2% worse; a lower loss is no failure
     })
     summary = {
         "benchmark": "robustness",
         "cells": len(rows),
         "fedavg_asr_at_20pct": fedavg_asr,
         "defences_meeting_goal": holds,
-        "goal": "ASR <= 5% at 20% attackers, clean loss within 2% of no-attack FedAvg",
+        "goal": "ASR <= 5% at 20% attackers, clean loss at most 2% above no-attack FedAvg",
         "grid_seconds": round(time.perf_counter() - t0),
     }
     for r in rows:

@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on servers
 import matplotlib.pyplot as plt
 
+from fedlm.report.benchmarks import benchmark_section
 from fedlm.report.explain import (
     attribution_section,
     audit_section,
@@ -131,6 +132,7 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]], config
     sections.append(label_section(summary))  # per-client label histogram, when the data has labels
     sections.append(fairness_section(summary, table=_table))  # mean, std, worst 10%, Jain's index
     sections.append(personal_section(summary, table=_table, bar_plot=_bar_plot))  # global vs personal per client
+    sections.append(benchmark_section(summary, table=_table))  # eval_harness: base vs final model
 
     sections.append(contribution_section(summary, table=_table, bar_plot=_bar_plot, line_plot=_line_plot))
     sections.append(audit_section(rounds, table=_table))  # cohort, dropouts, rejections, norms, epsilon, bytes, time
