@@ -53,7 +53,7 @@ def test_theta_gradient_matches_autograd_through_the_sigmoid():
     a = dict(zip(modules, torch.sigmoid(theta), strict=True))
     loss = sum(((w[n] + a[module_of(n)] * (v[n] - w[n]) - target[n]) ** 2).sum() for n in names)
     loss.backward()
-    alpha = {m: float(x) for m, x in a.items()}
+    alpha = {m: float(x.detach()) for m, x in a.items()}
     p = mixed(w, v, alpha)
     got = theta_gradient({n: 2 * (p[n] - target[n]) for n in names}, w, v, alpha)
     assert [got[m] for m in modules] == pytest.approx(theta.grad.tolist(), rel=1e-10)
