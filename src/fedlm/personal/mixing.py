@@ -20,6 +20,7 @@ model is one plain adapter.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -27,8 +28,8 @@ import torch
 
 from fedlm.client.trainer import batches
 from fedlm.data.formatting import Example, collate
+from fedlm.stages import TensorDict
 
-TensorDict = dict[str, torch.Tensor]
 _LORA_PART = re.compile(r"\.lora_(A|B)(\.[^.]+)?\.weight$")
 
 
@@ -97,15 +98,8 @@ def learn_mixing(model, examples: Sequence[Example], w: TensorDict, v: TensorDic
 
 
 def alphas(theta: Mapping[str, float]) -> dict[str, float]:
-    """Mixing weights in (0, 1) from the logits."""
-    return {m: float(torch.sigmoid(torch.tensor(t, dtype=torch.float64))) for m, t in theta.items()}
+    """Mixing weights in (0, 1) from the logits (the logistic function)."""
+    return {m: 1.0 / (1.0 + math.exp(-t)) for m, t in theta.items()}
 
 
-def mean_alpha(theta: Mapping[str, float], modules: Sequence[str] | None = None) -> float:
-    """The mean mixing weight (a summary: how local a client's personal model is)."""
-    a = alphas(theta)
-    keys = list(modules) if modules is not None else list(a)
-    return sum(a[k] for k in keys) / max(len(keys), 1)
-
-
-__all__ = ["alphas", "learn_mixing", "mean_alpha", "mixed", "mixing_groups", "module_of", "theta_gradient"]
+__all__ = ["alphas", "learn_mixing", "mixed", "mixing_groups", "module_of", "theta_gradient"]

@@ -178,8 +178,9 @@ class ClientNode:
         """Held-out loss sums of the broadcast global state on this client's data.
 
         When the request asks for ``personal`` (the end of a run with ``personal.method``
-        set), the client also scores its own personal model, built from its state on its
-        disk exactly as the simulator builds it; only the sums leave the client.
+        set), the client scores its own personal model instead (the server already has the
+        global model's sums from the final evaluation), built from its state on its disk
+        exactly as the simulator builds it; only the sums leave the client.
         """
         from fedlm.eval.metrics import score_lm
         from fedlm.runtime.flower.model_cache import adapted_model
@@ -195,8 +196,10 @@ class ClientNode:
                              batch_size=ev.batch_size, max_batches=ev.max_batches_per_client)
             return {"loss_sum": score.loss_sum, "correct": score.correct, "tokens": score.tokens}
 
-        meta: dict[str, Any] = {"client_id": self.client_id, **sums(global_state)}
-        if asked.get("personal") and self.config.personal.method != "none":
+        if not asked.get("personal"):
+            return {"meta": json.dumps({"client_id": self.client_id, **sums(global_state)}).encode()}
+        meta: dict[str, Any] = {"client_id": self.client_id, "personal": None}
+        if self.config.personal.method != "none":
             from fedlm.runtime.flower.parts import client_simulation
 
             sim = client_simulation(self.config, model, asked["clients"], self.client_id, self.data(), asked["format"])

@@ -99,11 +99,12 @@ class DeployedRounds:
             total = total + score
         return {**total.as_dict(), "clients": per_client, "missing": missing}
 
-    def evaluate_personal(self, state: ServerState, client_ids: list[str]) -> dict[str, Any]:
-        """summary.json's ``personal``: each client scores the global and its own personal model."""
-        replies, missing = self._scores(state, client_ids, personal=True)
-        scores = {cid: (_score(m).as_dict(), _score(m["personal"]).as_dict() if m.get("personal") else None)
-                  for cid, m in replies.items()}
+    def evaluate_personal(self, state: ServerState, final: dict[str, Any]) -> dict[str, Any]:
+        """summary.json's ``personal``: ``final``'s global metrics next to each client's personal model."""
+        ids = sorted(final.get("clients", {})) or self.sim.eval_ids
+        replies, missing = self._scores(state, ids, personal=True)
+        scores = {cid: (final["clients"][cid], _score(m["personal"]).as_dict() if m.get("personal") else None)
+                  for cid, m in replies.items() if cid in final.get("clients", {})}
         return {**personal_report(self.config.personal.method, scores), "missing": missing}
 
     def _scores(self, state: ServerState, ids: list[str], *, personal: bool) -> tuple[dict[str, dict], list[str]]:
@@ -167,7 +168,7 @@ def run_federation(courier: Courier, run_config: dict[str, Any]) -> Path:
     summary["fairness"] = client_fairness(final.get("clients", {}))
     summary["personal"] = None
     if config.personal.method != "none":  # every evaluated client: global vs its own personal model
-        summary["personal"] = rounds.evaluate_personal(state, sorted(final.get("clients", {})) or rounds.sim.eval_ids)
+        summary["personal"] = rounds.evaluate_personal(state, final)
     if sim.dp is not None:
         summary["privacy"] = sim.dp.summary(state)
     write_json(run_dir / "summary.json", summary)
