@@ -11,7 +11,9 @@ they communicate differs: rounds = T / H.
   pseudo-gradient (``server_opt.name=nesterov``, lr 0.7, momentum 0.9 by default).
 
 In every setting each client keeps its AdamW state across rounds (it never leaves the
-client) and the inner lr is constant, so the lr seen at inner step t is the same for every H.
+client). The inner lr follows one schedule over the T inner steps (cosine from --inner-lr
+down to a tenth of it by default, ``federation.lr_schedule_unit=step``), so the lr at inner
+step t is the same for every H: a schedule by round would hold it for H steps at a time.
 Held-out loss is measured once, at the end, on all held-out sequences of every client.
 Bytes are the payloads actually sent (fp32 both ways, up + down over all rounds).
 Goal: at H = 50, final held-out loss within 3% of H = 1 with >= 50x less communication.
@@ -24,7 +26,8 @@ IID over 4 clients, 128-byte sequences, 10% of each client held out. T = 400 inn
 8 x 128 tokens per client (1.6M tokens in all) runs in about 2 minutes per H on 2 CPU cores.
 
     python -m benchmarks.pretraining [--quick] [--steps 400] [--hs 1,10,50,200]
-        [--inner-lr 2e-3] [--outer-lr 0.7] [--outer-momentum 0.9]
+        [--inner-lr 2e-3] [--schedule cosine] [--min-lr-ratio 0.1] [--outer-lr 0.7]
+        [--outer-momentum 0.9]
 
 ``--quick`` trains a smaller model on generated text for a few steps (seconds), a smoke check
 only: it prints the JSON line but adds no row to BENCHMARKS.md.
@@ -63,6 +66,7 @@ COLUMNS = [
     "rounds",
     "inner_steps",
     "inner_lr",
+    "schedule",
     "outer",
     "heldout_loss",
     "loss_vs_sync",
@@ -102,7 +106,9 @@ def overrides_for(h: int, *, steps: int, args: argparse.Namespace, text: Path) -
         f"federation.local_steps={h}",
         f"federation.batch_size={4 if args.quick else 8}",
         f"federation.lr={args.inner_lr}",
-        "federation.lr_schedule=constant",
+        f"federation.lr_schedule={args.schedule}",
+        "federation.lr_schedule_unit=step",
+        f"federation.min_lr_ratio={args.min_lr_ratio}",
         "federation.weight_decay=0.01",
         "federation.keep_optimizer_state=true",
         "federation.seed=0",
@@ -121,6 +127,13 @@ def overrides_for(h: int, *, steps: int, args: argparse.Namespace, text: Path) -
         f"server_opt.lr={args.outer_lr}",
         f"server_opt.momentum={args.outer_momentum}",
     ]
+
+
+def schedule_label(config: Any) -> str:
+    fed = config.federation
+    if fed.lr_schedule == "constant":
+        return "constant"
+    return f"{fed.lr_schedule} to {fed.lr * fed.min_lr_ratio:g} over T"
 
 
 def run_h(
@@ -143,6 +156,7 @@ def run_h(
         "inner_steps": steps,
         "tokens_per_client": steps * config.federation.batch_size * config.data.seq_len,
         "inner_lr": config.federation.lr,
+        "schedule": schedule_label(config),
         "outer": "fedavg (every step)" if h == 1 else f"nesterov lr {opt.lr} m {opt.momentum}",
         "initial_loss": summary["initial"]["eval_loss"],
         "heldout_loss": summary["final"]["eval_loss"],
@@ -164,7 +178,12 @@ def main() -> None:
         "--hs", default=None, help="comma-separated H values (default 1,10,50,200; quick 1,5,10)"
     )
     ap.add_argument("--clients", type=int, default=4, help="clients, all in every round")
-    ap.add_argument("--inner-lr", type=float, default=2e-3, help="client AdamW lr (constant)")
+    ap.add_argument("--inner-lr", type=float, default=2e-3, help="client AdamW lr at the first inner step")
+    ap.add_argument(
+        "--schedule", choices=["constant", "cosine", "linear"], default="cosine",
+        help="inner lr schedule over the T inner steps (the same at step t for every H)",
+    )
+    ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="final inner lr / first (cosine, linear)")
     ap.add_argument("--outer-lr", type=float, default=0.7, help="outer Nesterov lr (H > 1)")
     ap.add_argument(
         "--outer-momentum", type=float, default=0.9, help="outer Nesterov momentum (H > 1)"

@@ -4,7 +4,10 @@ Every row fine-tunes SmolLM2-135M-Instruct with the same LoRA adapter (r = 8 on 
 init) on MedQuAD answers and is scored on the medical recipe's benchmarks
 (``examples/medical.yaml``): PubMedQA test items (yes/no/maybe by log-likelihood: accuracy
 and macro F1) and MMLU-Redux medical (rows with error_type ok, letters by log-likelihood),
-both on the same evenly spaced subsets, plain-text prompts, no judge model.
+both on the same evenly spaced subsets, plain-text prompts, no judge model. Besides
+accuracy, ``gold_prob`` is the mean share of the options' softmax (over summed
+log-likelihoods) on the right option, which moves before an argmax flips; and
+``medquad_heldout_ppl`` is the perplexity of every client's held-out MedQuAD answers pooled.
 
 - ``base``: the pretrained model alone.
 - ``local_only``: each client (MedQuAD source) trains alone for rounds x local steps; the
@@ -42,12 +45,20 @@ from fedlm.runtime.simulation import Simulation, derive_seed
 
 RECIPE = "examples/medical.yaml"
 NAME = "Recipes"
-METRICS = (("pubmedqa", "accuracy"), ("pubmedqa", "macro_f1"), ("mmlu-medical", "accuracy"))
+METRICS = (
+    ("pubmedqa", "accuracy"), ("pubmedqa", "macro_f1"), ("pubmedqa", "gold_prob"),
+    ("mmlu-medical", "accuracy"), ("mmlu-medical", "gold_prob"),
+)
+HELDOUT = "medquad_heldout_ppl"  # every client's held-out answers pooled: in-domain perplexity (lower is better)
 
 
-def scores(config, model) -> dict[str, float]:
+def scores(config, model, evaluator: Simulation, ids: list[str]) -> dict[str, float]:
+    """The benchmarks and the pooled MedQuAD held-out perplexity of the state the model holds."""
+    state = model.get_state()
+    heldout = evaluator.evaluate(state, ids)["perplexity"]
+    model.set_state(state)
     out = run_benchmarks(config.eval_harness, model.model, model.tokenizer)
-    return {f"{b}_{m}": out[b][m] for b, m in METRICS}
+    return {**{f"{b}_{m}": out[b][m] for b, m in METRICS}, HELDOUT: heldout}
 
 
 def main() -> None:
@@ -77,11 +88,12 @@ def main() -> None:
         model, data = prepare(config)
     init = model.get_state()
     ids = data.ids()
+    evaluator = Simulation(config, model, data)
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
-    rows.append({"model": "base", **scores(config, model)})
+    rows.append({"model": "base", **scores(config, model, evaluator, ids)})
     seconds["base"] = time.perf_counter() - t
     print(f"base: {rows[-1]} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
@@ -91,7 +103,7 @@ def main() -> None:
         model.set_state(init)
         train_local(model, data.clients[cid].train, steps=fed.rounds * fed.local_steps, batch_size=fed.batch_size,
                     lr=fed.lr, seed=derive_seed(0, i, 11), max_grad_norm=fed.max_grad_norm)
-        local.append(scores(config, model))
+        local.append(scores(config, model, evaluator, ids))
     rows.append({"model": f"local_only (mean of {len(ids)})",
                  **{k: float(np.mean([s[k] for s in local])) for k in local[0]}})
     seconds["local_only"] = time.perf_counter() - t
@@ -105,7 +117,7 @@ def main() -> None:
         while state.round < fed.rounds:
             state, _ = sim.run_round(state)
     model.set_state(state.global_state)
-    rows.append({"model": "federated (FedAvg)", **scores(config, model)})
+    rows.append({"model": "federated (FedAvg)", **scores(config, model, evaluator, ids)})
     seconds["federated"] = time.perf_counter() - t
     print(f"federated: {rows[-1]} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
@@ -114,13 +126,14 @@ def main() -> None:
     pooled = [ex for cid in ids for ex in data.clients[cid].train]
     train_local(model, pooled, steps=fed.rounds * len(ids) * fed.local_steps, batch_size=fed.batch_size, lr=fed.lr,
                 seed=derive_seed(0, 99), max_grad_norm=fed.max_grad_norm)
-    rows.append({"model": "centralised (pooled)", **scores(config, model)})
+    rows.append({"model": "centralised (pooled)", **scores(config, model, evaluator, ids)})
     seconds["centralised"] = time.perf_counter() - t
     print(f"centralised: {rows[-1]} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
-    cols = ["model", *(f"{b}_{m}" for b, m in METRICS)]
+    cols = ["model", *(f"{b}_{m}" for b, m in METRICS), HELDOUT]
     local_row, fed_row = rows[1], rows[2]
-    goals = {"federated_beats_local_mean": {k: fed_row[k] > local_row[k] for k in cols[1:]}}
+    goals = {"federated_beats_local_mean": {k: (fed_row[k] < local_row[k]) if k == HELDOUT else (fed_row[k] > local_row[k])
+                                            for k in cols[1:]}}
     note = (f"python -m benchmarks.recipes --clients {args.clients} --rounds {args.rounds} --local-steps "
             f"{args.local_steps} --max-items {args.max_items} ({config.model.name}, MedQuAD sources {', '.join(ids)}, "
             f"seq_len {args.seq_len}, lr {args.lr})")

@@ -54,3 +54,10 @@ def test_keep_zero_masks_hold_components_at_zero():
 def test_unknown_optimizer_is_a_config_error():
     with pytest.raises(ConfigError, match="adamw"):
         train_local(FakeAdapted(Quadratic([1.0], [0.0])), EXAMPLES, steps=1, batch_size=2, lr=0.1, seed=0, optimizer="lion")
+
+
+def test_per_step_learning_rates_replace_the_rounds_lr():
+    m = FakeAdapted(Quadratic([1.0, -2.0], [0.0, 0.0]))
+    run(m, lr_steps=[0.5, 0.2])
+    # w1 = (1 - 0.5) w0 = 0.5 w0; w2 = (1 - 0.2) w1 = 0.4 w0
+    torch.testing.assert_close(m.model.w.detach(), torch.tensor([0.4, -0.8]))

@@ -108,6 +108,9 @@ def test_multiple_choice_accuracy_with_a_model_that_always_says_c() -> None:
     assert out["count"] == 5
     assert out["accuracy"] == pytest.approx(2 / 5)
     assert out["acc_norm"] == pytest.approx(2 / 5)  # single letters: same as accuracy
+    # softmax over the 4 letters: C gets e^6 / (e^6 + 3), each other 1 / (e^6 + 3); gold C twice
+    e6 = math.exp(6.0)
+    assert out["gold_prob"] == pytest.approx((2 * e6 + 3) / (5 * (e6 + 3)))
     assert out["subjects"] == {
         "anat": {"accuracy": 0.5, "count": 2},
         "viro": {"accuracy": pytest.approx(1 / 3), "count": 3},
@@ -129,6 +132,8 @@ def test_label_accuracy_sum_and_norm_disagree_as_computed_by_hand() -> None:
     assert out["accuracy"] == pytest.approx(2 / 3)
     assert out["acc_norm"] == pytest.approx(1 / 3)
     assert out["predicted"] == {"yes": 0, "no": 3, "maybe": 0}
+    z = math.exp(ll_yes) + math.exp(ll_no) + math.exp(ll_maybe)
+    assert out["gold_prob"] == pytest.approx((2 * math.exp(ll_no) + math.exp(ll_maybe)) / (3 * z))
     # F1: yes absent (left out), no 2*2/(4+1) = 0.8, maybe 0 -> 0.4
     assert out["macro_f1"] == pytest.approx(0.4)
     with pytest.raises(DataError, match="outside the label set"):

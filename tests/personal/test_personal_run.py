@@ -87,6 +87,40 @@ def test_personal_modules_persist_and_global_keeps_them_untouched(lm_data):
     assert record["accepted"] == 4
 
 
+def test_fedrep_trains_the_personal_modules_first_then_only_the_shared_ones(lm_data):
+    fedrep = {"personal.method": "modules", "personal.local_modules": f"[{LAST}]", "personal.head_steps": 3}
+    sim = _sim(lm_data, **fedrep)
+    state = sim.init_state()
+    opened = sim.begin_round(state)
+    cid = opened.plan.cohort[0]
+    own = {n for n in sim.model.names() if LAST in n}
+    # The head phase alone: only the personal modules move.
+    sim.model.set_state(opened.received)
+    sim.personal.fit_head(opened.plan, cid, sim.data.clients[cid].train)
+    head = sim.model.get_state()
+    assert all(torch.equal(head[n], opened.received[n]) for n in set(head) - own)
+    assert all(not torch.equal(head[n], opened.received[n]) for n in own if "lora_B" in n)
+    # The whole client round: the personal modules kept are exactly the head phase's (the body
+    # phase froze them), and the upload is the shared tensors' change only.
+    outcome = sim.client_round(opened.plan, cid, opened.received, None)
+    kept = outcome.state[PERSONAL_KEY]
+    assert set(kept) == own and all(torch.equal(kept[n], head[n]) for n in own)
+    _, value, _ = sim.server_pipeline.apply(state.server_states, CohortValue([outcome.update]), opened.plan,
+                                            kinds=pipelines.INTAKE_KINDS)
+    sent = value.updates[0].tensors
+    assert set(sent) == set(head) - own and any(bool(v.abs().sum() > 0) for v in sent.values())
+    # FedPer (no head_steps) trains both together, so its personal modules differ.
+    fedper = _sim(lm_data, **{k: v for k, v in fedrep.items() if k != "personal.head_steps"})
+    opened_p = fedper.begin_round(fedper.init_state())
+    joint = fedper.client_round(opened_p.plan, cid, opened_p.received, None).state[PERSONAL_KEY]
+    assert any(not torch.equal(joint[n], kept[n]) for n in own)
+
+
+def test_fedrep_settings_are_checked(lm_data):
+    with pytest.raises(ConfigError, match="head_steps"):
+        load_config(None, tiny_overrides(lm_data, **{"personal.method": "ditto", "personal.head_steps": 2}))
+
+
 def test_prox_toward_by_hand():
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     prox_toward([("w", p)], {"w": torch.tensor([3.0, 2.0])}, lr=0.1, lam=10.0)  # c = 1: midpoint

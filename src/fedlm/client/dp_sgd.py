@@ -20,12 +20,13 @@ local step it has taken in the run, from :func:`dp_sgd_epsilon` (Opacus ``RDPAcc
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedlm.client.trainer import LocalResult
+from fedlm.client.trainer import LocalResult, set_lr
 from fedlm.data.formatting import IGNORE, Example, collate
 from fedlm.errors import ConfigError
 from fedlm.models.adapters import AdaptedModel
@@ -83,8 +84,11 @@ def train_local_dp_sgd(
     noise_multiplier: float,
     max_grad_norm: float,
     weight_decay: float = 0.0,
+    lr_steps: Sequence[float] | None = None,
 ) -> LocalResult:
     """``steps`` DP-SGD (AdamW) steps on ``examples``, updating ``model`` in place.
+
+    ``lr_steps``, when given, is each step's lr (a schedule that counts local steps).
 
     The Opacus hooks are attached for this call only and removed afterwards, so the one
     shared base model is left as it was found.
@@ -111,7 +115,9 @@ def train_local_dp_sgd(
     losses, seen = [], 0
     gsm.train()
     try:
-        for _ in range(steps):
+        for step in range(steps):
+            if lr_steps is not None:
+                set_lr(opt, lr_steps[step])
             pick = np.flatnonzero(rng.random(len(examples)) < q)
             opt.zero_grad(set_to_none=True)
             if len(pick) == 0:

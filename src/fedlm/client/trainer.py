@@ -51,6 +51,11 @@ def batches(examples: Sequence[Example], *, batch_size: int, seed: int) -> Itera
             yield [examples[i] for i in idx]
 
 
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def train_local(
     model: AdaptedModel,
     examples: Sequence[Example],
@@ -59,6 +64,7 @@ def train_local(
     batch_size: int,
     lr: float,
     seed: int,
+    lr_steps: Sequence[float] | None = None,
     weight_decay: float = 0.0,
     max_grad_norm: float | None = 1.0,
     optimizer_state: dict | None = None,
@@ -72,6 +78,7 @@ def train_local(
     """Run ``steps`` optimiser steps on ``examples``, updating ``model`` in place.
 
     Args:
+        lr_steps: each step's lr, overriding ``lr`` (a schedule that counts local steps).
         optimizer_state: continues a previous round's optimiser moments (DiLoCo keeps
             the inner optimiser per worker); the result carries the new state when given.
         optimizer: "adamw" or "sgd" (no momentum).
@@ -94,15 +101,16 @@ def train_local(
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
-        for group in opt.param_groups:  # the round's lr, not the saved one
-            group["lr"] = lr
+        set_lr(opt, lr)  # the round's lr, not the saved one
     start = {n: p.detach().clone() for n, p in named} if prox_mu else {}
     pad = model.tokenizer.pad_token_id
     model.model.train()
     losses = []
     seen = 0
     stream = batches(examples, batch_size=batch_size, seed=seed)
-    for _ in range(steps):
+    for step in range(steps):
+        if lr_steps is not None:
+            set_lr(opt, lr_steps[step])
         batch = collate(next(stream), pad_id=pad)
         loss = model.model(**batch).loss
         loss.backward()

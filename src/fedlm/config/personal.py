@@ -4,7 +4,7 @@ Two sections, each a frozen pydantic model:
 
 - ``personal``: how each client gets a model of its own. ``modules`` keeps the LoRA
   tensors whose names match ``local_modules`` on the client (FedPer, Arivazhagan et al.
-  2019; FedRep, Collins et al. 2021); ``ditto`` trains a personal adapter regularised
+  2019; with ``head_steps``, FedRep's alternating schedule, Collins et al. 2021); ``ditto`` trains a personal adapter regularised
   toward the global one with weight ``lam`` (Li et al. 2021); ``finetune`` fine-tunes the
   final global adapter on each client's own data after federation. Personal state lives
   in the client's state and never reaches the server.
@@ -50,6 +50,13 @@ class PersonalConfig(_Section):
         ge=1,
     )
     lr: float | None = Field(None, description="Learning rate of personal steps; default federation.lr.", gt=0)
+    head_steps: int | None = Field(
+        None,
+        description="method=modules: FedRep's schedule (Collins et al. 2021). Each round the client first trains "
+        "its personal modules alone for this many steps (the shared ones frozen), then the shared ones for the "
+        "round's local steps (its personal ones frozen). null trains both together (FedPer).",
+        ge=1,
+    )
     mix_lr: float = Field(
         0.1, description="method=mix: Adam learning rate of the mixing logits (one per module), each round.", gt=0
     )
@@ -65,6 +72,11 @@ class PersonalConfig(_Section):
             raise ValueError(
                 f"personal.local_modules={self.local_modules} is only read by personal.method='modules', "
                 f"not {self.method!r}; remove it"
+            )
+        if self.method != "modules" and self.head_steps is not None:
+            raise ValueError(
+                f"personal.head_steps={self.head_steps} is FedRep's schedule for personal.method='modules', "
+                f"not {self.method!r}; remove it or set personal.method=modules"
             )
         return self
 
@@ -100,6 +112,11 @@ def check_personal(config: Any) -> None:
     """
     p, f = config.personal, config.fairness
     if p.method == "modules":
+        if p.head_steps is not None and config.privacy.dp_sgd.enabled:
+            raise ValueError(
+                "personal.head_steps (FedRep) freezes tensors in turn, which DP-SGD's per-example clipping "
+                "does not do; set personal.head_steps=null or privacy.dp_sgd.enabled=false"
+            )
         if config.secure_aggregation.enabled:
             raise ValueError(
                 "personal.method='modules' uploads only the shared tensors, which secure aggregation's "

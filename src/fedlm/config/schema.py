@@ -131,6 +131,12 @@ class FederationConfig(Section):
     lr_schedule: Literal["constant", "cosine", "linear"] = Field(
         "constant", description="How the client learning rate changes across rounds."
     )
+    lr_schedule_unit: Literal["round", "step"] = Field(
+        "round",
+        description="What the schedule counts: 'round' gives every local step the round's lr; 'step' advances it "
+        "at every local step over rounds x local_steps, so runs that differ in local_steps see the same lr at "
+        "the same inner step (needs local_steps).",
+    )
     min_lr_ratio: float = Field(0.1, description="Final lr / initial lr for cosine and linear.", ge=0, le=1)
     weight_decay: float = Field(0.0, description="AdamW weight decay.", ge=0)
     keep_optimizer_state: bool = Field(
@@ -157,6 +163,11 @@ class FederationConfig(Section):
             raise ValueError(
                 "set exactly one of federation.clients_per_round and federation.fraction "
                 "(use --set federation.clients_per_round=null to switch to a fraction)"
+            )
+        if self.lr_schedule_unit == "step" and self.local_steps is None:
+            raise ValueError(
+                "federation.lr_schedule_unit='step' counts rounds x local_steps, but local_epochs is set; "
+                "set federation.local_steps, or use federation.lr_schedule_unit=round"
             )
         return self
 

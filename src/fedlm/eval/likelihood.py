@@ -145,13 +145,14 @@ def multiple_choice_accuracy(
     """Letter-scored multiple-choice accuracy (see the module docstring for the prompt).
 
     Returns:
-        ``{"accuracy", "acc_norm", "count", "subjects": {subject: {"accuracy", "count"}}}``;
-        accuracies are fractions in [0, 1].
+        ``{"accuracy", "acc_norm", "gold_prob", "count", "subjects": {subject: {"accuracy",
+        "count"}}}``; accuracies are fractions in [0, 1]; ``gold_prob`` is the mean share of
+        the softmax over the options' summed log-likelihoods that falls on the right one.
     """
     items = subsample(items, max_items)
     prompts = [mc_prompt(item) for item in items]
     options = [[f" {LETTERS[i]}" for i in range(len(item.choices))] for item in items]
-    best, best_norm = _choose(
+    best, best_norm, probs = _choose(
         model, tokenizer, prompts, options, chat=chat, batch_size=batch_size, max_length=max_length
     )
     hits = [int(p == item.answer) for p, item in zip(best, items)]
@@ -162,6 +163,7 @@ def multiple_choice_accuracy(
     return {
         "accuracy": _mean(hits),
         "acc_norm": _mean(hits_norm),
+        "gold_prob": _mean([p[item.answer] for p, item in zip(probs, items)]),
         "count": len(items),
         "subjects": {
             s: {"accuracy": _mean(h), "count": len(h)} for s, h in sorted(per_subject.items())
@@ -183,8 +185,9 @@ def label_accuracy(
     """Classify each item by scoring every label as a continuation (PubMedQA's yes/no/maybe).
 
     Returns:
-        ``{"accuracy", "acc_norm", "macro_f1", "count", "predicted": {label: n}}``;
-        ``macro_f1`` uses the summed-log-likelihood predictions.
+        ``{"accuracy", "acc_norm", "macro_f1", "gold_prob", "count", "predicted": {label: n}}``;
+        ``macro_f1`` uses the summed-log-likelihood predictions; ``gold_prob`` as in
+        :func:`multiple_choice_accuracy`.
     """
     unknown = sorted({item.label for item in items} - set(labels))
     if unknown:
@@ -192,7 +195,7 @@ def label_accuracy(
     items = subsample(items, max_items)
     prompts = [label_prompt(item) for item in items]
     options = [[f" {label}" for label in labels] for _ in items]
-    best, best_norm = _choose(
+    best, best_norm, probs = _choose(
         model, tokenizer, prompts, options, chat=chat, batch_size=batch_size, max_length=max_length
     )
     gold = [item.label for item in items]
@@ -203,6 +206,7 @@ def label_accuracy(
         "accuracy": _mean([int(p == g) for p, g in zip(pred, gold)]),
         "acc_norm": _mean([int(p == g) for p, g in zip(pred_norm, gold)]),
         "macro_f1": macro_f1(gold, pred, labels=labels),
+        "gold_prob": _mean([p[list(labels).index(g)] for p, g in zip(probs, gold)]),
         "count": len(items),
         "predicted": {label: counts.get(label, 0) for label in labels},
     }
@@ -244,8 +248,13 @@ def subsample(items: Sequence, max_items: int | None) -> list:
 
 def _choose(
     model, tokenizer, prompts, options, *, chat, batch_size, max_length
-) -> tuple[list[int], list[int]]:
-    """Argmax option per prompt by summed and by char-normalised log-likelihood."""
+) -> tuple[list[int], list[int], list[list[float]]]:
+    """Argmax option per prompt by summed and by char-normalised log-likelihood.
+
+    Also each prompt's softmax over its options' summed log-likelihoods: how much of the
+    choice's probability mass the model puts on each option, a score that moves before
+    any argmax does.
+    """
     requests, spans, lengths = [], [], []
     for prompt, opts in zip(prompts, options):
         context = _context(tokenizer, prompt, chat=chat)
@@ -260,11 +269,12 @@ def _choose(
         batch_size=batch_size,
         max_length=max_length or _max_length(model),
     )
-    best, best_norm = [], []
+    best, best_norm, probs = [], [], []
     for lo, hi in spans:
         best.append(max(range(hi - lo), key=lambda i: sums[lo + i]))  # first on ties
         best_norm.append(max(range(hi - lo), key=lambda i: sums[lo + i] / lengths[lo + i]))
-    return best, best_norm
+        probs.append(torch.softmax(torch.tensor(sums[lo:hi], dtype=torch.float64), 0).tolist())
+    return best, best_norm, probs
 
 
 @torch.no_grad()

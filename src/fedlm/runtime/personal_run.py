@@ -75,6 +75,7 @@ class PersonalRun:
         self.client_ids = data.ids()
         self.own = personal_names(model.names(), self.p.local_modules) if self.method == "modules" else set()
         self.qffl = config.fairness.qffl_q is not None
+        self.fedrep = self.method == "modules" and self.p.head_steps is not None
 
     # ------------------------------------------------------------------ client
     def start(self, cid: str, state: TensorDict, client_state: dict | None) -> TensorDict:
@@ -90,6 +91,25 @@ class PersonalRun:
         s = score_lm(self.model.model, train, pad_id=self.model.tokenizer.pad_token_id, batch_size=fed.batch_size,
                      max_batches=self.config.fairness.loss_batches)
         return {LOSS_KEY: s.loss_sum / max(s.tokens, 1)}
+
+    def fit_head(self, plan: RoundPlan, cid: str, train: list) -> None:
+        """FedRep's first phase: the personal modules alone, from the start state the model holds.
+
+        ``personal.head_steps`` steps with every shared tensor frozen; a no-op unless set.
+        """
+        if not self.fedrep:
+            return
+        from fedlm.runtime.simulation import derive_seed
+
+        fed = self.config.federation
+        body = [n for n in self.model.names() if n not in self.own]
+        train_local(self.model, train, steps=self.p.head_steps, batch_size=fed.batch_size, lr=self.p.lr or plan.lr,
+                    seed=derive_seed(plan.seed, self._index(cid), _DITTO_STREAM), weight_decay=fed.weight_decay,
+                    max_grad_norm=fed.max_grad_norm, optimizer=self.config.local.optimizer, frozen=body)
+
+    def train_kwargs(self) -> dict[str, Any]:
+        """What the round's local training needs from personalisation: FedRep freezes the personal modules."""
+        return {"frozen": self.own} if self.fedrep else {}
 
     def shared(self, delta: TensorDict) -> TensorDict:
         """The upload: the delta without the personal modules."""

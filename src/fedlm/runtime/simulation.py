@@ -130,10 +130,26 @@ class Simulation:
         return RoundPlan(round=r, cohort=cohort, lr=self.lr_at(r), local_steps=steps, seed=derive_seed(fed.seed, r, 1))
 
     def lr_at(self, r: int) -> float:
+        """The client lr at the start of round ``r`` (1-based)."""
         fed = self.config.federation
-        if fed.lr_schedule == "constant" or fed.rounds == 1:
+        if fed.lr_schedule_unit == "step":
+            return self._scheduled((r - 1) * (fed.local_steps or 1), fed.rounds * (fed.local_steps or 1))
+        return self._scheduled(r - 1, fed.rounds)
+
+    def step_lrs(self, r: int, steps: int) -> list[float] | None:
+        """Each local step's lr in round ``r`` when the schedule counts steps; else None (the round's lr)."""
+        fed = self.config.federation
+        if fed.lr_schedule_unit != "step" or fed.lr_schedule == "constant":
+            return None
+        h = fed.local_steps or 1
+        return [self._scheduled((r - 1) * h + k, fed.rounds * h) for k in range(steps)]
+
+    def _scheduled(self, t: int, total: int) -> float:
+        """The schedule at position ``t`` of ``total`` (0-based): lr at 0, lr x min_lr_ratio at the end."""
+        fed = self.config.federation
+        if fed.lr_schedule == "constant" or total == 1:
             return fed.lr
-        progress = (r - 1) / (fed.rounds - 1)  # 0 at round 1, 1 at the last round
+        progress = min(t / (total - 1), 1.0)  # an attacker's extra steps stay at the final lr
         low = fed.lr * fed.min_lr_ratio
         if fed.lr_schedule == "cosine":
             return low + (fed.lr - low) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -300,6 +316,7 @@ class Simulation:
         start = self.personal.start(cid, self.hetero.client_start(cid, global_state), client_state)
         self.model.set_state(start)  # truncated to the client's rank, with its personal modules
         fair = self.personal.broadcast_loss(cid, train)  # q-FFL's F_k at the start state ({} when off)
+        self.personal.fit_head(plan, cid, train)  # FedRep: the personal modules first (no-op otherwise)
         res = self.hetero.resources(cid, len(train))  # its profile's steps and batch size
         steps = self.attacker_steps if cid in self.malicious else res.steps
         index = self.client_ids.index(cid) if cid in self.client_ids else len(self.client_ids)
@@ -308,6 +325,7 @@ class Simulation:
         if dp_sgd.enabled:  # sample-level DP inside the client (Opacus)
             result = train_local_dp_sgd(
                 self.model, train, steps=steps, batch_size=res.batch_size, lr=plan.lr, seed=seed,
+                lr_steps=self.step_lrs(plan.round, steps),
                 noise_multiplier=dp_sgd.noise_multiplier, max_grad_norm=dp_sgd.max_grad_norm,
                 weight_decay=fed.weight_decay,
             )
@@ -318,11 +336,13 @@ class Simulation:
                 steps=steps,
                 batch_size=res.batch_size,
                 lr=plan.lr,
+                lr_steps=self.step_lrs(plan.round, steps),
                 seed=seed,
                 weight_decay=fed.weight_decay,
                 max_grad_norm=fed.max_grad_norm,
                 optimizer_state=optimizer_state if fed.keep_optimizer_state else None,
                 **self.hetero.train_kwargs(cid, plan, client_state),  # FedProx, SCAFFOLD, rank masks
+                **self.personal.train_kwargs(),  # FedRep: the personal modules frozen
             )
         local = self.model.get_state()
         delta = self.personal.shared({k: local[k] - global_state[k] for k in local})  # personal modules stay local
