@@ -70,3 +70,10 @@ def test_a_step_schedule_needs_local_steps(lm_data):
     with pytest.raises(ConfigError, match="lr_schedule_unit"):
         load_config(None, tiny_overrides(lm_data, **{"federation.lr_schedule_unit": "step",
                                                      "federation.local_steps": "null", "federation.local_epochs": 1}))
+
+
+def test_scaffold_refuses_an_lr_that_changes_within_a_round(lm_data):
+    with pytest.raises(ConfigError, match="scaffold"):
+        load_config(None, tiny_overrides(lm_data, **{"local.algorithm": "scaffold", "federation.lr_schedule": "cosine",
+                                                     "federation.lr_schedule_unit": "step"}))
+    load_config(None, tiny_overrides(lm_data, **{"local.algorithm": "scaffold", "federation.lr_schedule_unit": "step"}))

@@ -152,6 +152,12 @@ def check_hetero(config: Any) -> None:
         raise ValueError("aggregation.normalize=fednova replaces the mean; it cannot combine with DP, robust or secure aggregation")
     if local.algorithm == "scaffold" and secagg:
         raise ValueError("local.algorithm=scaffold needs each client's delta; it cannot run under secure_aggregation")
+    fed = config.federation
+    if local.algorithm == "scaffold" and fed.lr_schedule_unit == "step" and fed.lr_schedule != "constant":
+        raise ValueError(
+            "local.algorithm=scaffold divides each client's change by steps x lr, one lr per round, but "
+            "federation.lr_schedule_unit=step changes the lr within a round; use federation.lr_schedule_unit=round"
+        )
     ranks = res.ranks()
     if ranks:
         if not lora_on:
