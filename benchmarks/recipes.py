@@ -54,9 +54,7 @@ HELDOUT = "medquad_heldout_ppl"  # every client's held-out answers pooled: in-do
 
 def scores(config, model, evaluator: Simulation, ids: list[str]) -> dict[str, float]:
     """The benchmarks and the pooled MedQuAD held-out perplexity of the state the model holds."""
-    state = model.get_state()
-    heldout = evaluator.evaluate(state, ids)["perplexity"]
-    model.set_state(state)
+    heldout = evaluator.evaluate(model.get_state(), ids)["perplexity"]  # leaves the model in that state
     out = run_benchmarks(config.eval_harness, model.model, model.tokenizer)
     return {**{f"{b}_{m}": out[b][m] for b, m in METRICS}, HELDOUT: heldout}
 
@@ -111,11 +109,10 @@ def main() -> None:
 
     t = time.perf_counter()
     model.set_state(init)
-    sim = Simulation(config, model, data)
-    state = sim.init_state()
+    state = evaluator.init_state()  # the evaluator is the federation's simulation too
     with contextlib.redirect_stderr(io.StringIO()):
         while state.round < fed.rounds:
-            state, _ = sim.run_round(state)
+            state, _ = evaluator.run_round(state)
     model.set_state(state.global_state)
     rows.append({"model": "federated (FedAvg)", **scores(config, model, evaluator, ids)})
     seconds["federated"] = time.perf_counter() - t

@@ -4,8 +4,9 @@ Two sections, each a frozen pydantic model:
 
 - ``personal``: how each client gets a model of its own. ``modules`` keeps the LoRA
   tensors whose names match ``local_modules`` on the client (FedPer, Arivazhagan et al.
-  2019; with ``head_steps``, FedRep's alternating schedule, Collins et al. 2021); ``ditto`` trains a personal adapter regularised
-  toward the global one with weight ``lam`` (Li et al. 2021); ``finetune`` fine-tunes the
+  2019; with ``head_steps``, FedRep's alternating schedule, Collins et al. 2021);
+  ``ditto`` trains a personal adapter regularised toward the global one with weight
+  ``lam`` (Li et al. 2021); ``finetune`` fine-tunes the
   final global adapter on each client's own data after federation. Personal state lives
   in the client's state and never reaches the server.
 - ``fairness``: q-FFL aggregation (Li et al. 2020, "Fair Resource Allocation in

@@ -18,6 +18,7 @@ module is what the simulator calls:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
 from fedlm.aggregation.fedavg import WeightedMean
@@ -33,7 +34,7 @@ from fedlm.stages import RoundPlan, TensorDict
 
 PERSONAL_KEY = "personal"  # client state: this client's personal tensors (never leaves the client)
 MIX_KEY = "mixing"  # client state (method=mix): the mixing logits by module
-_DITTO_STREAM = 3  # seed stream of the personal steps, apart from the global update's batches
+_PERSONAL_STREAM = 3  # seed stream of the personal steps, apart from the global update's batches
 
 
 def shared_shapes(config: ExperimentConfig, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -95,17 +96,16 @@ class PersonalRun:
     def fit_head(self, plan: RoundPlan, cid: str, train: list) -> None:
         """FedRep's first phase: the personal modules alone, from the start state the model holds.
 
-        ``personal.head_steps`` steps with every shared tensor frozen; a no-op unless set.
+        ``personal.head_steps`` steps on the round's examples with every shared tensor frozen;
+        a no-op unless set.
         """
         if not self.fedrep:
             return
         from fedlm.runtime.simulation import derive_seed
 
-        fed = self.config.federation
         body = [n for n in self.model.names() if n not in self.own]
-        train_local(self.model, train, steps=self.p.head_steps, batch_size=fed.batch_size, lr=self.p.lr or plan.lr,
-                    seed=derive_seed(plan.seed, self._index(cid), _DITTO_STREAM), weight_decay=fed.weight_decay,
-                    max_grad_norm=fed.max_grad_norm, optimizer=self.config.local.optimizer, frozen=body)
+        self._steps(train, steps=self.p.head_steps, seed=derive_seed(plan.seed, self._index(cid), _PERSONAL_STREAM),
+                    lr=self.p.lr or plan.lr, frozen=body)
 
     def train_kwargs(self) -> dict[str, Any]:
         """What the round's local training needs from personalisation: FedRep freezes the personal modules."""
@@ -129,7 +129,7 @@ class PersonalRun:
         from fedlm.runtime.simulation import derive_seed  # here: the simulation imports this module
 
         v = client_state.get(PERSONAL_KEY) or received
-        seed = derive_seed(plan.seed, self._index(cid), _DITTO_STREAM)
+        seed = derive_seed(plan.seed, self._index(cid), _PERSONAL_STREAM)
         center = received if self.method == "ditto" else None  # mix: the local adapter trains freely
         self._train_personal(cid, v, center=center, seed=seed, lr=self.p.lr or plan.lr)
         v = self.model.get_state()
@@ -151,14 +151,19 @@ class PersonalRun:
 
     def _train_personal(self, cid: str, start: TensorDict, *, center: TensorDict | None, seed: int, lr: float) -> None:
         """Train from ``start`` on the client's own data; Ditto's prox toward ``center`` after each step."""
-        fed = self.config.federation
         self.model.set_state(start)
         named = list(zip(self.model.names(), self.model.parameters(), strict=True))
         lam = self.p.lam
         after = (lambda: prox_toward(named, center, lr=lr, lam=lam)) if center is not None else None
-        train_local(self.model, self.data.clients[cid].train, steps=self._personal_steps(cid), batch_size=fed.batch_size, lr=lr, seed=seed,
+        self._steps(self.data.clients[cid].train, steps=self._personal_steps(cid), seed=seed, lr=lr, after_step=after)
+
+    def _steps(self, examples: list, *, steps: int, seed: int, lr: float,
+               after_step: Callable[[], None] | None = None, frozen: Collection[str] = ()) -> None:
+        """Local steps of the model as it stands, with the federation's batch size, decay and clipping."""
+        fed = self.config.federation
+        train_local(self.model, examples, steps=steps, batch_size=fed.batch_size, lr=lr, seed=seed,
                     weight_decay=fed.weight_decay, max_grad_norm=fed.max_grad_norm,
-                    optimizer=self.config.local.optimizer, after_step=after)
+                    optimizer=self.config.local.optimizer, after_step=after_step, frozen=frozen)
 
     # ------------------------------------------------------------------ eval
     def personal_state(self, cid: str, global_state: TensorDict, client_states: dict[str, dict]) -> TensorDict | None:
@@ -174,7 +179,7 @@ class PersonalRun:
         if self.method == "finetune":
             from fedlm.runtime.simulation import derive_seed
 
-            seed = derive_seed(self.config.federation.seed, self._index(cid), _DITTO_STREAM)
+            seed = derive_seed(self.config.federation.seed, self._index(cid), _PERSONAL_STREAM)
             self._train_personal(cid, global_state, center=None, seed=seed, lr=self.p.lr or self.config.federation.lr)
             return self.model.get_state()
         return None
