@@ -31,16 +31,21 @@ def finish(name: str, result: dict[str, Any], *, columns: list[str]) -> None:
     header = f"## {name}"
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# fedlm benchmarks\n"
     cols = ["date", *columns, "machine"]
+    head = "| " + " | ".join(cols) + " |"
     row = "| " + " | ".join(_fmt(result.get(c)) for c in cols) + " |"
     if header not in text:
-        text = text.rstrip() + f"\n\n{header}\n\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    # insert the row at the end of this benchmark's table
+        text = text.rstrip() + f"\n\n{header}\n"
     start = text.index(header)
     end = text.find("\n## ", start + len(header))
     section = text[start:] if end == -1 else text[start:end]
     lines = section.rstrip("\n").split("\n")
-    last_row = max(i for i, line in enumerate(lines) if line.startswith("|"))
-    lines.insert(last_row + 1, row)
+    heads = [i for i, line in enumerate(lines) if line.startswith("| ") and i + 1 < len(lines)
+             and lines[i + 1].startswith("|---")]
+    if heads and lines[heads[-1]] == head:  # the section's last table has these columns: add the row to it
+        last_row = max(i for i, line in enumerate(lines) if line.startswith("|"))
+        lines.insert(last_row + 1, row)
+    else:  # none yet, or the columns changed: a new table, so no row lands under the wrong header
+        lines += ["", head, "|" + "---|" * len(cols), row]
     new_section = "\n".join(lines) + "\n"
     text = text[:start] + new_section + ("" if end == -1 else text[end:])
     BENCHMARKS_MD.write_text(text)

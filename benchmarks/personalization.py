@@ -16,6 +16,10 @@ client is then scored on its own held-out questions (held-out perplexity of the 
 - ``mix``: FedDPA-style: a local adapter trained freely next to the global one, mixed with
   a weight per module learnt on the client's data (``personal.method=mix``).
 - ``qffl``: the q-FFL global adapter (q-FedAvg, Li et al. 2020).
+- ``finetune_select``, ``ditto_select``, ``mix_select``: the same methods with
+  ``personal.val_fraction``: each client holds a share of its training examples out of its
+  personal training and keeps, on them, the better of its personal model and the global one
+  (finetune: the best step count, 0 = the global model, then refit on all its examples).
 
 Reported per method over the 9 clients: mean held-out perplexity, std, the worst 10%
 (ceil(0.9) = the worst client), Jain's index, and each client's value.
@@ -23,6 +27,7 @@ Goals: federated (FedAvg global) beats local-only on average; the best personali
 improves the worst-10% over the FedAvg global.
 
     OMP_NUM_THREADS=1 python -m benchmarks.personalization [--quick] [--rounds 3] [--local-steps 3]
+        [--val-fraction 0.25] [--methods local_only,finetune,finetune_select,...]
 
 ``--quick`` uses tiny-llama on 3 sources for one round (a smoke check; nothing recorded).
 """
@@ -80,6 +85,25 @@ def per_client(ev: dict[str, Any], side: str | None = None) -> dict[str, float]:
     return {c: (m[side] if side else m)["perplexity"] for c, m in ev["clients"].items()}
 
 
+PERSONAL = ["finetune", "finetune_select", "ditto", "ditto_select", "modules", "fedrep", "mix", "mix_select"]
+ORDER = ["local_only", "fedavg_global", *PERSONAL, "qffl"]
+
+
+def federated_runs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each method that needs its own federated run: its overrides (``*_select``: the validation split)."""
+    split = {"personal.val_fraction": args.val_fraction}
+    ditto = {"personal.method": "ditto", "personal.lam": args.ditto_lambda}
+    modules = {"personal.method": "modules", "personal.local_modules": "[v_proj]"}
+    return {
+        "ditto_select": {**ditto, **split},
+        "modules": modules,
+        "fedrep": {**modules, "personal.head_steps": args.local_steps},
+        "mix": {"personal.method": "mix"},
+        "mix_select": {"personal.method": "mix", **split},
+        "qffl": {"fairness.qffl_q": args.q, "fairness.qffl_lipschitz": args.qffl_lipschitz},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -95,16 +119,28 @@ def main() -> None:
     ap.add_argument("--ditto-lambda", type=float, default=1.0)
     ap.add_argument("--q", type=float, default=1.0)
     ap.add_argument("--qffl-lipschitz", type=float, default=1e-3)
+    ap.add_argument("--val-fraction", type=float, default=0.25,
+                    help="*_select methods: share of each client's training examples that chooses its model")
+    ap.add_argument("--methods", default=",".join(ORDER),
+                    help=f"comma-separated subset of {','.join(ORDER)} (fedavg_global always runs)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.quick:
         args.model, args.clients, args.rounds, args.local_steps, args.seq_len, args.examples = "tiny-llama", 3, 1, 2, 256, 8
+    wanted = {m.strip() for m in args.methods.split(",") if m.strip()} | {"fedavg_global"}
+    if wanted - set(ORDER):
+        ap.error(f"--methods {sorted(wanted - set(ORDER))} unknown; choose among {','.join(ORDER)}")
+    order = [m for m in ORDER if m in wanted]
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     base = overrides(args)
 
     def cfg(**extra: Any):
         return load_config(None, [f"{k}={v}" for k, v in {**base, **extra}.items()])
+
+    def done(name: str, t: float) -> None:
+        seconds[name] = time.perf_counter() - t
+        print(f"{name} done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
     ditto_cfg = cfg(**{"personal.method": "ditto", "personal.lam": args.ditto_lambda})
     with contextlib.redirect_stderr(io.StringIO()):
@@ -113,82 +149,83 @@ def main() -> None:
     ids = data.ids()
     results: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
+    chosen: dict[str, dict[str, Any]] = {}  # *_select: what each client chose
 
     # FedAvg global, Ditto, and local fine-tuning of the FedAvg global, from one run.
     t = time.perf_counter()
     sim, state = run_rounds(ditto_cfg, model, data, init)
     final = sim.evaluate(state.global_state, ids)
     results["fedavg_global"] = per_client(final)
-    results["ditto"] = per_client(sim.personal.evaluate(sim, state.global_state, state.client_states, ids,
-                                                        global_eval=final), "personal")
-    seconds["fedavg+ditto"] = time.perf_counter() - t
-    print(f"fedavg+ditto done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    t = time.perf_counter()
-    ft = PersonalRun(cfg(**{"personal.method": "finetune"}), model, data)
-    results["finetune"] = per_client(ft.evaluate(sim, state.global_state, {}, ids, global_eval=final), "personal")
-    seconds["finetune"] = time.perf_counter() - t
-    print(f"finetune done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if "ditto" in wanted:
+        results["ditto"] = per_client(sim.personal.evaluate(sim, state.global_state, state.client_states, ids,
+                                                            global_eval=final), "personal")
+    done("fedavg+ditto", t)
+    for name, extra in (("finetune", {}), ("finetune_select", {"personal.val_fraction": args.val_fraction})):
+        if name in wanted:
+            t = time.perf_counter()
+            ft = PersonalRun(cfg(**{"personal.method": "finetune", **extra}), model, data)
+            report = ft.evaluate(sim, state.global_state, {}, ids, global_eval=final)
+            results[name] = per_client(report, "personal")
+            chosen[name] = {c: v.get("selection") for c, v in report["clients"].items() if v.get("selection")}
+            done(name, t)
 
-    t = time.perf_counter()
-    sim, state = run_rounds(cfg(**{"personal.method": "modules", "personal.local_modules": "[v_proj]"}), model, data, init)
-    results["modules"] = per_client(sim.personal.evaluate(sim, state.global_state, state.client_states, ids), "personal")
-    seconds["modules"] = time.perf_counter() - t
-    print(f"modules done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    for name, extra in federated_runs(args).items():
+        if name not in wanted:
+            continue
+        t = time.perf_counter()
+        sim, state = run_rounds(cfg(**extra), model, data, init)
+        if name == "qffl":
+            results[name] = per_client(sim.evaluate(state.global_state, ids))
+        else:
+            report = sim.personal.evaluate(sim, state.global_state, state.client_states, ids)
+            results[name] = per_client(report, "personal")
+            chosen[name] = {c: v.get("selection") for c, v in report["clients"].items() if v.get("selection")}
+        done(name, t)
 
-    t = time.perf_counter()
-    fedrep = {"personal.method": "modules", "personal.local_modules": "[v_proj]", "personal.head_steps": args.local_steps}
-    sim, state = run_rounds(cfg(**fedrep), model, data, init)
-    results["fedrep"] = per_client(sim.personal.evaluate(sim, state.global_state, state.client_states, ids), "personal")
-    seconds["fedrep"] = time.perf_counter() - t
-    print(f"fedrep done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if "local_only" in wanted:  # each client alone, the same total steps in one AdamW run
+        t = time.perf_counter()
+        local: dict[str, float] = {}
+        for i, cid in enumerate(ids):
+            model.set_state(init)
+            train_local(model, data.clients[cid].train, steps=args.rounds * args.local_steps,
+                        batch_size=args.batch_size, lr=args.lr, seed=derive_seed(0, i, 11))
+            local[cid] = sim.evaluate(model.get_state(), [cid])["clients"][cid]["perplexity"]
+        results["local_only"] = local
+        done("local_only", t)
 
-    t = time.perf_counter()
-    sim, state = run_rounds(cfg(**{"personal.method": "mix"}), model, data, init)
-    results["mix"] = per_client(sim.personal.evaluate(sim, state.global_state, state.client_states, ids), "personal")
-    seconds["mix"] = time.perf_counter() - t
-    print(f"mix done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-
-    t = time.perf_counter()
-    sim, state = run_rounds(cfg(**{"fairness.qffl_q": args.q, "fairness.qffl_lipschitz": args.qffl_lipschitz}),
-                            model, data, init)
-    results["qffl"] = per_client(sim.evaluate(state.global_state, ids))
-    seconds["qffl"] = time.perf_counter() - t
-    print(f"qffl done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-
-    # Local-only: each client alone, the same total steps in one AdamW run.
-    t = time.perf_counter()
-    local: dict[str, float] = {}
-    for i, cid in enumerate(ids):
-        model.set_state(init)
-        train_local(model, data.clients[cid].train, steps=args.rounds * args.local_steps, batch_size=args.batch_size,
-                    lr=args.lr, seed=derive_seed(0, i, 11))
-        local[cid] = sim.evaluate(model.get_state(), [cid])["clients"][cid]["perplexity"]
-    results["local_only"] = local
-    seconds["local_only"] = time.perf_counter() - t
-    print(f"local_only done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-
-    order = ["local_only", "fedavg_global", "finetune", "ditto", "modules", "fedrep", "mix", "qffl"]
     stats = {m: fairness_stats(results[m]) for m in order}
     rows = [{"method": m, "mean_ppl": stats[m]["mean"], "std": stats[m]["std"], "worst_10pct": stats[m]["worst_10pct"],
-             "jain": stats[m]["jain"], "worst_client": ", ".join(stats[m]["worst_clients"])} for m in order]
+             "jain": stats[m]["jain"], "worst_client": ", ".join(stats[m]["worst_clients"]),
+             "chose_global": _chose_global(chosen.get(m))} for m in order]
     client_rows = [{"client": c, **{m: results[m][c] for m in order}} for c in ids]
-    personal = ["finetune", "ditto", "modules", "fedrep", "mix"]
-    best = min(personal, key=lambda m: stats[m]["worst_10pct"])
-    goals = {
-        "federated_beats_local_mean": stats["fedavg_global"]["mean"] < stats["local_only"]["mean"],
-        "best_personal_worst10": best,
-        "best_personal_improves_worst10": stats[best]["worst_10pct"] < stats["fedavg_global"]["worst_10pct"],
-    }
+    goals: dict[str, Any] = {}
+    if "local_only" in results:
+        goals["federated_beats_local_mean"] = stats["fedavg_global"]["mean"] < stats["local_only"]["mean"]
+    personal = [m for m in PERSONAL if m in results]
+    if personal:
+        best = min(personal, key=lambda m: stats[m]["worst_10pct"])
+        goals["best_personal_worst10"] = best
+        goals["best_personal_improves_worst10"] = stats[best]["worst_10pct"] < stats["fedavg_global"]["worst_10pct"]
     note = (f"python -m benchmarks.personalization --rounds {args.rounds} --local-steps {args.local_steps} "
             f"(model {args.model}, {len(ids)} clients, seq_len {args.seq_len}, {args.examples} train examples/client, "
-            f"lr {args.lr}, Ditto lambda {args.ditto_lambda}, q {args.q}, L {args.qffl_lipschitz})")
-    append_table(NAME, rows, columns=["method", "mean_ppl", "std", "worst_10pct", "jain", "worst_client"],
-                 record=not args.quick, note=note)
+            f"lr {args.lr}, Ditto lambda {args.ditto_lambda}, q {args.q}, L {args.qffl_lipschitz}, "
+            f"val_fraction {args.val_fraction} for *_select)")
+    append_table(NAME, rows, columns=["method", "mean_ppl", "std", "worst_10pct", "jain", "worst_client",
+                                      "chose_global"], record=not args.quick, note=note)
     append_table(NAME, client_rows, columns=["client", *order], record=not args.quick,
                  note="per-client held-out perplexity of the same run")
-    out = {"benchmark": "personalization", "stats": stats, "clients": results, "goals": goals, "seconds": seconds,
-           "wall_seconds": time.perf_counter() - t0}
+    out = {"benchmark": "personalization", "stats": stats, "clients": results, "goals": goals, "chosen": chosen,
+           "seconds": seconds, "wall_seconds": time.perf_counter() - t0}
     sys.stdout.write(json.dumps(out) + "\n")
+
+
+def _chose_global(choices: dict[str, dict] | None) -> str:
+    """``*_select``: how many clients kept the global model (finetune: and the step counts chosen)."""
+    if not choices:
+        return ""
+    kept = sum(c["chosen"] == "global" for c in choices.values())
+    steps = [c["steps"] for c in choices.values() if "steps" in c]
+    return f"{kept}/{len(choices)}" + (f" (steps {','.join(map(str, steps))})" if steps else "")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ Held-out loss is measured once, at the end, on all held-out sequences of every c
 Bytes are the payloads actually sent (fp32 both ways, up + down over all rounds).
 Goal: at H = 50, final held-out loss within 3% of H = 1 with >= 50x less communication.
 
-Model: byte-level ``tiny-llama`` re-initialised with hidden 128, 4 layers, 4 heads (2 KV
-heads), intermediate 384: 0.72M parameters. SmolLM2's tokenizer would put a 49k-row
+Model (``--size base``): byte-level ``tiny-llama`` re-initialised with hidden 128, 4 layers,
+4 heads (2 KV heads), intermediate 384: 0.72M parameters; ``--size small`` halves the width
+and the depth, so more tokens per parameter fit in a CPU hour. SmolLM2's tokenizer would put a 49k-row
 embedding and head (6.3M parameters) on top of this body, which multiplies the step time and
 the bytes while adding nothing to the comparison. Data: tinyshakespeare, paragraphs split
 IID over 4 clients, 128-byte sequences, 10% of each client held out. T = 400 inner steps of
@@ -27,7 +28,7 @@ IID over 4 clients, 128-byte sequences, 10% of each client held out. T = 400 inn
 
     python -m benchmarks.pretraining [--quick] [--steps 400] [--hs 1,10,50,200]
         [--inner-lr 2e-3] [--schedule cosine] [--min-lr-ratio 0.1] [--outer-lr 0.7]
-        [--outer-momentum 0.9]
+        [--outer-momentum 0.9] [--size base|small] [--warmup 0] [--jobs 1] [--threads 1]
 
 ``--quick`` trains a smaller model on generated text for a few steps (seconds), a smoke check
 only: it prints the JSON line but adds no row to BENCHMARKS.md.
@@ -37,12 +38,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from benchmarks._record import finish
 from fedlm.config import load_config
@@ -51,11 +57,13 @@ from fedlm.runtime.experiment import run_experiment
 TINYSHAKESPEARE = (
     Path(__file__).resolve().parents[2] / "shared/datasets/shakespeare/tinyshakespeare.txt"
 )
-# model.architecture overrides (a YAML mapping); 4 query heads share 2 key/value heads.
-ARCHITECTURE = (
-    "{hidden_size: 128, num_hidden_layers: 4, intermediate_size: 384,"
-    " num_attention_heads: 4, num_key_value_heads: 2}"
-)
+# model.architecture overrides (a YAML mapping) by --size; 4 query heads share 2 key/value heads.
+ARCHITECTURES = {
+    "base": "{hidden_size: 128, num_hidden_layers: 4, intermediate_size: 384,"
+    " num_attention_heads: 4, num_key_value_heads: 2}",
+    "small": "{hidden_size: 64, num_hidden_layers: 2, intermediate_size: 192,"
+    " num_attention_heads: 4, num_key_value_heads: 2}",
+}
 QUICK_ARCHITECTURE = (
     "{hidden_size: 64, num_hidden_layers: 2, intermediate_size: 128,"
     " num_attention_heads: 4, num_key_value_heads: 2}"
@@ -92,7 +100,7 @@ def overrides_for(h: int, *, steps: int, args: argparse.Namespace, text: Path) -
     ov = [
         "model.name=tiny-llama",
         "model.init=random",
-        f"model.architecture={QUICK_ARCHITECTURE if args.quick else ARCHITECTURE}",
+        f"model.architecture={QUICK_ARCHITECTURE if args.quick else ARCHITECTURES[args.size]}",
         "lora.enabled=false",
         "data.source=text",
         f"data.path={text}",
@@ -109,6 +117,7 @@ def overrides_for(h: int, *, steps: int, args: argparse.Namespace, text: Path) -
         f"federation.lr_schedule={args.schedule}",
         "federation.lr_schedule_unit=step",
         f"federation.min_lr_ratio={args.min_lr_ratio}",
+        f"federation.warmup={args.warmup}",
         "federation.weight_decay=0.01",
         "federation.keep_optimizer_state=true",
         "federation.seed=0",
@@ -131,15 +140,17 @@ def overrides_for(h: int, *, steps: int, args: argparse.Namespace, text: Path) -
 
 def schedule_label(config: Any) -> str:
     fed = config.federation
+    warmup = f"warm-up {fed.warmup}, " if fed.warmup else ""
     if fed.lr_schedule == "constant":
-        return "constant"
-    return f"{fed.lr_schedule} to {fed.lr * fed.min_lr_ratio:g} over T"
+        return f"{warmup}constant"
+    return f"{warmup}{fed.lr_schedule} to {fed.lr * fed.min_lr_ratio:g} over T"
 
 
 def run_h(
     h: int, *, steps: int, args: argparse.Namespace, text: Path, work: Path
 ) -> dict[str, Any]:
     """One setting, end to end; returns its loss and bytes."""
+    torch.set_num_threads(args.threads)
     config = load_config(None, overrides_for(h, steps=steps, args=args, text=text))
     out = work / f"h{h}"
     t0 = time.perf_counter()
@@ -178,17 +189,25 @@ def main() -> None:
         "--hs", default=None, help="comma-separated H values (default 1,10,50,200; quick 1,5,10)"
     )
     ap.add_argument("--clients", type=int, default=4, help="clients, all in every round")
+    ap.add_argument(
+        "--size", choices=sorted(ARCHITECTURES), default="base",
+        help="model: base (0.72M parameters) or small (hidden 64, 2 layers), for longer runs per CPU hour",
+    )
     ap.add_argument("--inner-lr", type=float, default=2e-3, help="client AdamW lr at the first inner step")
     ap.add_argument(
         "--schedule", choices=["constant", "cosine", "linear"], default="cosine",
         help="inner lr schedule over the T inner steps (the same at step t for every H)",
     )
     ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="final inner lr / first (cosine, linear)")
+    ap.add_argument("--jobs", type=int, default=1, help="settings trained at once, one process each")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per setting")
+    ap.add_argument("--warmup", type=int, default=0, help="inner steps of linear lr warm-up (counted in T)")
     ap.add_argument("--outer-lr", type=float, default=0.7, help="outer Nesterov lr (H > 1)")
     ap.add_argument(
         "--outer-momentum", type=float, default=0.9, help="outer Nesterov momentum (H > 1)"
     )
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)  # the settings run here (--jobs 1) or each sets it in its process
     steps = args.steps or (20 if args.quick else 400)
     hs = sorted(
         {int(x) for x in (args.hs or ("1,5,10" if args.quick else "1,10,50,200")).split(",")} | {1}
@@ -204,7 +223,12 @@ def main() -> None:
             quick_text(text)
         else:
             text = TINYSHAKESPEARE
-        results = [run_h(h, steps=steps, args=args, text=text, work=work) for h in hs]
+        one = partial(run_h, steps=steps, args=args, text=text, work=work)
+        if args.jobs > 1:  # independent settings: each in its own process (spawned: no forked torch state)
+            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                results = list(pool.map(one, hs))
+        else:
+            results = [one(h) for h in hs]
 
     sync = results[0]
     for r in results:

@@ -77,3 +77,29 @@ def test_scaffold_refuses_an_lr_that_changes_within_a_round(lm_data):
         load_config(None, tiny_overrides(lm_data, **{"local.algorithm": "scaffold", "federation.lr_schedule": "cosine",
                                                      "federation.lr_schedule_unit": "step"}))
     load_config(None, tiny_overrides(lm_data, **{"local.algorithm": "scaffold", "federation.lr_schedule_unit": "step"}))
+
+
+def test_warmup_rises_linearly_then_the_cosine_decays_over_the_rest(lm_data):
+    sim = simulation(lm_data, **{"federation.lr_schedule": "cosine", "federation.lr_schedule_unit": "step",
+                                 "federation.rounds": 3, "federation.local_steps": 2, "federation.warmup": 2})
+    by_step = [lr for r in range(1, 4) for lr in sim.step_lrs(r, 2)]
+    # 0.1 x 1/2, 0.1 x 2/2, then 0.01 + 0.045 (1 + cos(pi t / 3)) over the 4 steps left
+    assert by_step == pytest.approx([0.05, 0.1, 0.1, 0.0775, 0.0325, 0.01])
+
+
+def test_warmup_with_a_constant_lr_by_round_and_by_step(lm_data):
+    by_round = simulation(lm_data, **{"federation.rounds": 4, "federation.warmup": 2})
+    assert [by_round.lr_at(r) for r in range(1, 5)] == pytest.approx([0.05, 0.1, 0.1, 0.1])
+    assert by_round.step_lrs(1, 2) is None  # by round: every step takes the round's lr
+    by_step = simulation(lm_data, **{"federation.rounds": 2, "federation.local_steps": 2, "federation.warmup": 3,
+                                     "federation.lr_schedule_unit": "step"})
+    assert by_step.step_lrs(1, 2) + by_step.step_lrs(2, 2) == pytest.approx([0.1 / 3, 0.2 / 3, 0.1, 0.1])
+
+
+def test_warmup_must_leave_part_of_the_schedule_and_scaffold_refuses_it_by_step(lm_data):
+    with pytest.raises(ConfigError, match=r"federation\.warmup=4 leaves no step.*below 4"):
+        load_config(None, tiny_overrides(lm_data, **{"federation.warmup": 4, "federation.lr_schedule_unit": "step"}))
+    with pytest.raises(ConfigError, match="scaffold"):
+        load_config(None, tiny_overrides(lm_data, **{"local.algorithm": "scaffold", "federation.warmup": 1,
+                                                     "federation.lr_schedule_unit": "step"}))
+    load_config(None, tiny_overrides(lm_data, **{"local.algorithm": "scaffold", "federation.warmup": 1}))

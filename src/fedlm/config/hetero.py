@@ -153,7 +153,8 @@ def check_hetero(config: Any) -> None:
     if local.algorithm == "scaffold" and secagg:
         raise ValueError("local.algorithm=scaffold needs each client's delta; it cannot run under secure_aggregation")
     fed = config.federation
-    if local.algorithm == "scaffold" and fed.lr_schedule_unit == "step" and fed.lr_schedule != "constant":
+    varies = fed.lr_schedule != "constant" or fed.warmup
+    if local.algorithm == "scaffold" and fed.lr_schedule_unit == "step" and varies:
         raise ValueError(
             "local.algorithm=scaffold divides each client's change by steps x lr, one lr per round, but "
             "federation.lr_schedule_unit=step changes the lr within a round; use federation.lr_schedule_unit=round"

@@ -7,8 +7,10 @@ Two sections, each a frozen pydantic model:
   2019; with ``head_steps``, FedRep's alternating schedule, Collins et al. 2021);
   ``ditto`` trains a personal adapter regularised toward the global one with weight
   ``lam`` (Li et al. 2021); ``finetune`` fine-tunes the
-  final global adapter on each client's own data after federation. Personal state lives
-  in the client's state and never reaches the server.
+  final global adapter on each client's own data after federation. With ``val_fraction``
+  each client chooses its personal model (or the global one) on examples held out of its
+  personal training (:mod:`fedlm.personal.selection`). Personal state lives in the
+  client's state and never reaches the server.
 - ``fairness``: q-FFL aggregation (Li et al. 2020, "Fair Resource Allocation in
   Federated Learning"), which weights clients by their loss to the power ``q``.
 
@@ -58,6 +60,14 @@ class PersonalConfig(_Section):
         "round's local steps (its personal ones frozen). null trains both together (FedPer).",
         ge=1,
     )
+    val_fraction: float = Field(
+        0.0,
+        description="Share of each client's training examples held out of its personal training to choose its "
+        "personal model on (finetune: the step count, 0 = the global model; ditto, mix: personal or global). "
+        "0 (default) keeps the personal model as trained.",
+        ge=0,
+        lt=1,
+    )
     mix_lr: float = Field(
         0.1, description="method=mix: Adam learning rate of the mixing logits (one per module), each round.", gt=0
     )
@@ -78,6 +88,15 @@ class PersonalConfig(_Section):
             raise ValueError(
                 f"personal.head_steps={self.head_steps} is FedRep's schedule for personal.method='modules', "
                 f"not {self.method!r}; remove it or set personal.method=modules"
+            )
+        if self.val_fraction and self.method not in ("finetune", "ditto", "mix"):
+            reason = ("no personal model to choose" if self.method == "none" else
+                      "its personal modules train in the round's local steps on all the client's examples, so none "
+                      "is held out of them")
+            raise ValueError(
+                f"personal.val_fraction={self.val_fraction} chooses between personal and global models with "
+                f"personal.method finetune, ditto or mix; with {self.method!r} {reason}. "
+                "Set personal.val_fraction=0"
             )
         return self
 

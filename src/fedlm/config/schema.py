@@ -138,6 +138,13 @@ class FederationConfig(Section):
         "the same inner step (needs local_steps).",
     )
     min_lr_ratio: float = Field(0.1, description="Final lr / initial lr for cosine and linear.", ge=0, le=1)
+    warmup: int = Field(
+        0,
+        description="Linear warm-up of the client lr over the first this-many schedule positions (rounds, or "
+        "local steps with lr_schedule_unit=step): lr x (t + 1) / warmup at position t, then the schedule over "
+        "the rest. 0 (default) starts at lr.",
+        ge=0,
+    )
     weight_decay: float = Field(0.0, description="AdamW weight decay.", ge=0)
     keep_optimizer_state: bool = Field(
         False, description="Keep each client's AdamW state across rounds (DiLoCo inner optimiser); it never leaves the client."
@@ -163,6 +170,12 @@ class FederationConfig(Section):
             raise ValueError(
                 "set exactly one of federation.clients_per_round and federation.fraction "
                 "(use --set federation.clients_per_round=null to switch to a fraction)"
+            )
+        total = self.rounds * (self.local_steps or 1) if self.lr_schedule_unit == "step" else self.rounds
+        if self.warmup >= total:
+            raise ValueError(
+                f"federation.warmup={self.warmup} leaves no {self.lr_schedule_unit} after the warm-up: the "
+                f"schedule has {total}; set federation.warmup below {total}"
             )
         if self.lr_schedule_unit == "step" and self.local_steps is None:
             raise ValueError(

@@ -30,6 +30,17 @@ def fairness_section(summary: dict[str, Any], *, table: Callable) -> str:
             + table(["metric", "mean", "std", "worst 10%", "Jain", "worst clients"], rows))
 
 
+def _which(client: dict[str, Any]) -> str:
+    """The table's 'personal model' cell: has one, and what its validation split chose."""
+    if not client["has_personal"]:
+        return "no (global)"
+    choice = client.get("selection")
+    if not choice:
+        return "yes"
+    steps = f", {choice['steps']} fine-tuning steps" if "steps" in choice else ""
+    return f"{choice['chosen']}, chosen on validation{steps}"
+
+
 def personal_section(summary: dict[str, Any], *, table: Callable, bar_plot: Callable) -> str:
     """Per-client held-out perplexity, global vs personal, as bars and a table; '' without personalisation."""
     p = summary.get("personal")
@@ -40,8 +51,7 @@ def personal_section(summary: dict[str, Any], *, table: Callable, bar_plot: Call
     own = [p["clients"][c]["personal"]["perplexity"] for c in ids]
     bars = bar_plot(f"Held-out perplexity per client ({p['method']})", "perplexity", ids,
                     {"global": glob, "personal": own})
-    rows = [[c, g, o, o - g, "yes" if p["clients"][c]["has_personal"] else "no (global)"]
-            for c, g, o in zip(ids, glob, own)]
+    rows = [[c, g, o, o - g, _which(p["clients"][c])] for c, g, o in zip(ids, glob, own)]
     fair = p["fairness"]
     stats = [_row("global", fair["global"].get("perplexity")), _row("personal", fair["personal"].get("perplexity"))]
     return (f"<h2>Personalisation</h2><p class='muted'>method {html.escape(str(p['method']))}: each client scored on "

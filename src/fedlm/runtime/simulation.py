@@ -139,14 +139,21 @@ class Simulation:
     def step_lrs(self, r: int, steps: int) -> list[float] | None:
         """Each local step's lr in round ``r`` when the schedule counts steps; else None (the round's lr)."""
         fed = self.config.federation
-        if fed.lr_schedule_unit != "step" or fed.lr_schedule == "constant":
+        if fed.lr_schedule_unit != "step" or (fed.lr_schedule == "constant" and not fed.warmup):
             return None
         h = fed.local_steps or 1
         return [self._scheduled((r - 1) * h + k, fed.rounds * h) for k in range(steps)]
 
     def _scheduled(self, t: int, total: int) -> float:
-        """The schedule at position ``t`` of ``total`` (0-based): lr at 0, lr x min_lr_ratio at the end."""
+        """The schedule at position ``t`` of ``total`` (0-based).
+
+        A linear warm-up over the first ``warmup`` positions (lr x (t + 1) / warmup), then lr
+        decaying to lr x min_lr_ratio at the last position (cosine, linear) or held (constant).
+        """
         fed = self.config.federation
+        if t < fed.warmup:
+            return fed.lr * (t + 1) / fed.warmup
+        t, total = t - fed.warmup, total - fed.warmup
         if fed.lr_schedule == "constant" or total == 1:
             return fed.lr
         progress = min(t / (total - 1), 1.0)  # an attacker's extra steps stay at the final lr

@@ -150,12 +150,14 @@ def test_a_round_rerun_after_resume_starts_from_each_clients_earlier_state(tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["ditto", "finetune"])
-def test_deployed_personal_models_score_as_in_the_simulator(tmp_path, method):
+@pytest.mark.parametrize(("method", "val_fraction"), [("ditto", 0), ("finetune", 0.3)])
+def test_deployed_personal_models_score_as_in_the_simulator(tmp_path, method, val_fraction):
     # Each client builds and scores its personal model on its own machine, from its own
-    # state; the server sees sums only, and the report equals the simulator's.
+    # state (choosing it on its own validation split); the server sees sums only, and the
+    # report equals the simulator's.
     data = write_lm_jsonl(tmp_path / "rows.jsonl", clients=3, rows=10)
-    config = load_config(None, deploy_overrides(data, **{"personal.method": method, "personal.steps": 2}))
+    config = load_config(None, deploy_overrides(data, **{"personal.method": method, "personal.steps": 2,
+                                                         "personal.val_fraction": val_fraction}))
     sim = run_experiment(config, out_dir=tmp_path / "sim")
     run_dir, _ = _deploy(config, tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -163,6 +165,8 @@ def test_deployed_personal_models_score_as_in_the_simulator(tmp_path, method):
     assert got["method"] == method and got["clients"].keys() == want["clients"].keys()
     for cid, w in want["clients"].items():
         assert got["clients"][cid]["has_personal"] == w["has_personal"]
+        assert got["clients"][cid].get("selection") == w.get("selection")
+        assert ("selection" in w) == bool(val_fraction)
         for model in ("global", "personal"):
             assert got["clients"][cid][model]["eval_loss"] == pytest.approx(w[model]["eval_loss"], rel=1e-5)
     for key in ("mean", "worst_10pct", "jain"):

@@ -206,6 +206,7 @@ class ClientNode:
             kept = {self.client_id: self.load_state(before_round=sys.maxsize)}
             own = sim.personal.personal_state(self.client_id, global_state, kept)
             meta["personal"] = sums(own) if own is not None else None
+            meta["selection"] = sim.personal.choices.get(self.client_id)  # val_fraction: what it chose, and why
         return {"meta": json.dumps(meta).encode()}
 
 

@@ -105,7 +105,8 @@ class DeployedRounds:
         replies, missing = self._scores(state, ids, personal=True)
         scores = {cid: (final["clients"][cid], _score(m["personal"]).as_dict() if m.get("personal") else None)
                   for cid, m in replies.items() if cid in final.get("clients", {})}
-        return {**personal_report(self.config.personal.method, scores), "missing": missing}
+        choices = {cid: m["selection"] for cid, m in replies.items() if m.get("selection")}
+        return {**personal_report(self.config.personal.method, scores, choices), "missing": missing}
 
     def _scores(self, state: ServerState, ids: list[str], *, personal: bool) -> tuple[dict[str, dict], list[str]]:
         asked = {"personal": True, "clients": self.sizes, "format": self.format} if personal else {}
