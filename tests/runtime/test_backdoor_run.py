@@ -62,8 +62,9 @@ def test_backdoor_lands_under_fedavg_and_flame_stops_it(tmp_path: Path) -> None:
     flame = run_attacked(tmp_path, data, "flame")
     assert fedavg["malicious_clients"] == ["c0", "c1"]
     # Measured (seed 0, 20 triggered held-out prompts of c2..c4): FedAvg ASR 1.0 with the
-    # target on 0.0 of the same prompts without the trigger; FLAME ASR 0.0. Median, trimmed mean (beta 0.4) and FLTrust all let it
-    # through (ASR 1.0): two of five attackers sit inside the honest spread coordinate-wise.
+    # target on 0.0 of the same prompts without the trigger; FLAME ASR 0.0. Median, trimmed
+    # mean (beta 0.4) and FLTrust all let it through (ASR 1.0): two of five attackers sit
+    # inside the honest spread coordinate-wise.
     assert fedavg["attack_success_rate"] >= 0.8
     assert fedavg["target_on_clean_prompts"] <= 0.1  # a backdoor, not a new default answer
     assert flame["attack_success_rate"] <= 0.1
