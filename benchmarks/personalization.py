@@ -85,6 +85,11 @@ def per_client(ev: dict[str, Any], side: str | None = None) -> dict[str, float]:
     return {c: (m[side] if side else m)["perplexity"] for c, m in ev["clients"].items()}
 
 
+def selections(report: dict[str, Any]) -> dict[str, dict]:
+    """What each client chose on its validation split (``personal.val_fraction``; empty without it)."""
+    return {c: m["selection"] for c, m in report["clients"].items() if m.get("selection")}
+
+
 PERSONAL = ["finetune", "finetune_select", "ditto", "ditto_select", "modules", "fedrep", "mix", "mix_select"]
 ORDER = ["local_only", "fedavg_global", *PERSONAL, "qffl"]
 
@@ -165,8 +170,7 @@ def main() -> None:
             t = time.perf_counter()
             ft = PersonalRun(cfg(**{"personal.method": "finetune", **extra}), model, data)
             report = ft.evaluate(sim, state.global_state, {}, ids, global_eval=final)
-            results[name] = per_client(report, "personal")
-            chosen[name] = {c: v.get("selection") for c, v in report["clients"].items() if v.get("selection")}
+            results[name], chosen[name] = per_client(report, "personal"), selections(report)
             done(name, t)
 
     for name, extra in federated_runs(args).items():
@@ -178,8 +182,7 @@ def main() -> None:
             results[name] = per_client(sim.evaluate(state.global_state, ids))
         else:
             report = sim.personal.evaluate(sim, state.global_state, state.client_states, ids)
-            results[name] = per_client(report, "personal")
-            chosen[name] = {c: v.get("selection") for c, v in report["clients"].items() if v.get("selection")}
+            results[name], chosen[name] = per_client(report, "personal"), selections(report)
         done(name, t)
 
     if "local_only" in wanted:  # each client alone, the same total steps in one AdamW run

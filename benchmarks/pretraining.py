@@ -20,11 +20,12 @@ Goal: at H = 50, final held-out loss within 3% of H = 1 with >= 50x less communi
 
 Model (``--size base``): byte-level ``tiny-llama`` re-initialised with hidden 128, 4 layers,
 4 heads (2 KV heads), intermediate 384: 0.72M parameters; ``--size small`` halves the width
-and the depth, so more tokens per parameter fit in a CPU hour. SmolLM2's tokenizer would put a 49k-row
-embedding and head (6.3M parameters) on top of this body, which multiplies the step time and
-the bytes while adding nothing to the comparison. Data: tinyshakespeare, paragraphs split
-IID over 4 clients, 128-byte sequences, 10% of each client held out. T = 400 inner steps of
-8 x 128 tokens per client (1.6M tokens in all) runs in about 2 minutes per H on 2 CPU cores.
+and the depth, so more tokens per parameter fit in a CPU hour. SmolLM2's tokenizer would put
+a 49k-row embedding and head (6.3M parameters) on top of this body, which multiplies the
+step time and the bytes while adding nothing to the comparison. Data: tinyshakespeare,
+paragraphs split IID over 4 clients, 128-byte sequences, 10% of each client held out. T =
+400 inner steps of 8 x 128 tokens per client (1.6M tokens in all) runs in about 2 minutes
+per H on 2 CPU cores.
 
     python -m benchmarks.pretraining [--quick] [--steps 400] [--hs 1,10,50,200]
         [--inner-lr 2e-3] [--schedule cosine] [--min-lr-ratio 0.1] [--outer-lr 0.7]

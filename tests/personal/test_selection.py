@@ -27,8 +27,7 @@ def _sim(lm_data, **extra):
 
 
 def _val_loss(sim, examples) -> float:
-    with torch.no_grad():
-        s = score_lm(sim.model.model, examples, pad_id=sim.model.tokenizer.pad_token_id, batch_size=4)
+    s = score_lm(sim.model.model, examples, pad_id=sim.model.tokenizer.pad_token_id, batch_size=4)
     return s.loss_sum / s.tokens
 
 

@@ -11,9 +11,11 @@ personal training, scores the candidates on them and keeps the best:
 - ``ditto`` and ``mix``: the personal model or the global one.
 
 The split is the client's own and never leaves it, like the rest of its data. The global
-model did train on the held-out examples (the federation used them), which can only make it
-look better than it is on them, so the choice leans toward the global model, never toward
-an over-fitted personal one.
+model did train on the held-out examples (the federation used them), which makes it look
+better than it is on them: that bias leans the choice toward the global model. The split is
+drawn from the client's training rows, so it predicts the client's held-out data only as far
+as the two look alike; a client whose training rows cover one topic and whose later data
+covers others can still pick a personal model that serves it worse.
 """
 
 from __future__ import annotations

@@ -23,8 +23,6 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any
 
-import torch
-
 from fedlm.aggregation.fedavg import WeightedMean
 from fedlm.aggregation.qffl import LOSS_KEY, QFFLMean
 from fedlm.client.trainer import steps_for, train_local
@@ -100,10 +98,8 @@ class PersonalRun:
         """q-FFL's ``F_k``: mean loss on the first training batches at the start state ({} when off)."""
         if not self.qffl or cid not in self.client_ids:
             return {}
-        fed = self.config.federation
-        s = score_lm(self.model.model, train, pad_id=self.model.tokenizer.pad_token_id, batch_size=fed.batch_size,
-                     max_batches=self.config.fairness.loss_batches)
-        return {LOSS_KEY: s.loss_sum / max(s.tokens, 1)}
+        return {LOSS_KEY: self._mean_loss(train, batch_size=self.config.federation.batch_size,
+                                          max_batches=self.config.fairness.loss_batches)}
 
     def fit_head(self, plan: RoundPlan, cid: str, train: list) -> None:
         """FedRep's first phase: the personal modules alone, from the start state the model holds.
@@ -179,9 +175,12 @@ class PersonalRun:
 
     def _val_loss(self, cid: str) -> float:
         """Mean next-token loss (nats) of the model as it stands on the client's validation split."""
-        with torch.no_grad():
-            s = score_lm(self.model.model, self._split(cid)[1], pad_id=self.model.tokenizer.pad_token_id,
-                         batch_size=self.config.eval.batch_size)
+        return self._mean_loss(self._split(cid)[1], batch_size=self.config.eval.batch_size)
+
+    def _mean_loss(self, examples: list, *, batch_size: int, max_batches: int | None = None) -> float:
+        """Mean next-token loss (nats per labelled token) of the model as it stands on ``examples``."""
+        s = score_lm(self.model.model, examples, pad_id=self.model.tokenizer.pad_token_id, batch_size=batch_size,
+                     max_batches=max_batches)
         return s.loss_sum / max(s.tokens, 1)
 
     def _train_personal(self, cid: str, start: TensorDict, *, center: TensorDict | None, seed: int, lr: float) -> None:
