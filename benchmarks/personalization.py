@@ -20,6 +20,8 @@ client is then scored on its own held-out questions (held-out perplexity of the 
   ``personal.val_fraction``: each client holds a share of its training examples out of its
   personal training and keeps, on them, the better of its personal model and the global one
   (finetune: the best step count, 0 = the global model, then refit on all its examples).
+- ``qffl_finetune_select``: finetune_select on top of the q-FFL global adapter: a fairer
+  federation, then each client's own choice.
 
 Reported per method over the 9 clients: mean held-out perplexity, std, the worst 10%
 (ceil(0.9) = the worst client), Jain's index, and each client's value.
@@ -90,7 +92,8 @@ def selections(report: dict[str, Any]) -> dict[str, dict]:
     return {c: m["selection"] for c, m in report["clients"].items() if m.get("selection")}
 
 
-PERSONAL = ["finetune", "finetune_select", "ditto", "ditto_select", "modules", "fedrep", "mix", "mix_select"]
+PERSONAL = ["finetune", "finetune_select", "ditto", "ditto_select", "modules", "fedrep", "mix", "mix_select",
+            "qffl_finetune_select"]
 ORDER = ["local_only", "fedavg_global", *PERSONAL, "qffl"]
 
 
@@ -99,13 +102,15 @@ def federated_runs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     split = {"personal.val_fraction": args.val_fraction}
     ditto = {"personal.method": "ditto", "personal.lam": args.ditto_lambda}
     modules = {"personal.method": "modules", "personal.local_modules": "[v_proj]"}
+    qffl = {"fairness.qffl_q": args.q, "fairness.qffl_lipschitz": args.qffl_lipschitz}
     return {
         "ditto_select": {**ditto, **split},
         "modules": modules,
         "fedrep": {**modules, "personal.head_steps": args.local_steps},
         "mix": {"personal.method": "mix"},
         "mix_select": {"personal.method": "mix", **split},
-        "qffl": {"fairness.qffl_q": args.q, "fairness.qffl_lipschitz": args.qffl_lipschitz},
+        "qffl": qffl,
+        "qffl_finetune_select": {**qffl, "personal.method": "finetune", **split},
     }
 
 

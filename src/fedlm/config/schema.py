@@ -97,7 +97,7 @@ class DataConfig(Section):
     heldout_fraction: float = Field(0.1, description="Share of each client's examples held out.", gt=0, lt=1)
     seq_len: int = Field(128, description="Tokens per training sequence.", ge=8, le=8192)
     max_examples_per_client: int | None = Field(
-        None, description="Cap on each client's training examples (keeps runs small).", ge=1
+        None, description="Cap on each client's training examples: a seeded sample of them (keeps runs small).", ge=1
     )
     skip_malformed: bool = Field(
         False, description="Skip malformed rows with a warning (listing file and line) instead of stopping."

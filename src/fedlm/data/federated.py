@@ -108,9 +108,10 @@ def build_client_data(
     order = rng.permutation(len(pairs))
     n_held = max(1, round(len(pairs) * cfg.heldout_fraction))
     held = [pairs[i] for i in sorted(order[:n_held])]
-    train = [pairs[i][1] for i in sorted(order[n_held:])]
-    if cfg.max_examples_per_client:
-        train = train[: cfg.max_examples_per_client]
+    # The cap keeps a seeded sample of the client's rows, not its first ones: sources such
+    # as MedQuAD's are ordered by topic, and the held-out share is drawn from every topic.
+    kept = order[n_held:][: cfg.max_examples_per_client or None]
+    train = [pairs[i][1] for i in sorted(kept)]
     labels = Counter(r.get(cfg.label_field, "") for r in rows) if cfg.label_field else Counter()
     return ClientData(
         train, [ex for _, ex in held], labels, _chars(rows, cfg, fmt), [r for r, _ in held if r is not None]
