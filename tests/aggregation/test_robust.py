@@ -199,8 +199,8 @@ def test_fltrust_all_untrusted_gives_zero() -> None:
 
 
 # FLAME example: honest along e1 with norms 1..4; two attackers along e2 and e3 (cosine
-# distance 1 from everyone). The medoid is honest, the median distance to it is 0, so
-# only the honest four are kept. Median norm of all six (1..6) is 3.5, so 4 -> 3.5.
+# distance 1 from everyone). The honest four are linked at distance 0, a majority of six
+# (4 >= 6 // 2 + 1), so only they are kept. Median norm of all six (1..6) is 3.5, so 4 -> 3.5.
 FLAME = [[1, 0, 0], [2, 0, 0], [3, 0, 0], [4, 0, 0], [0, 5, 0], [0, 0, 6]]
 
 
@@ -228,11 +228,6 @@ def test_flame_noise_is_seeded_with_std_lambda_times_median_norm() -> None:
     assert (a["w"] - ref["w"]).std().item() == pytest.approx(expected_std, rel=0.05)
 
 
-def test_flame_rejects_radius_factor_below_one() -> None:
-    with pytest.raises(ConfigError, match="radius_factor"):
-        robust.flame([split(v) for v in FLAME], radius_factor=0.5)
-
-
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -258,16 +253,65 @@ def test_aggregates_keep_dtype_and_device() -> None:
     assert torch.equal(agg["w"], torch.full((2, 2), 2.0, dtype=torch.float16))
 
 
-def test_flame_raises_link_threshold_until_medoid_group_is_a_majority() -> None:
-    # A1, A2 along e1; B at 30 degrees; C1, C2 along -e1. Nearest-neighbour distances
-    # are 0, 0, 1 - cos 30, 0, 0, so tau starts near 0. The medoid is B (total 4.0
-    # against 4.134 for A), alone at that level; the first level giving B a majority is
-    # 1 - cos 30 = 0.134, which links A1, A2, B. Norms 1..5: median 3, nothing kept is
-    # clipped; mean = ((1,0,0) + (2,0,0) + 3 (cos 30, sin 30, 0)) / 3.
+def test_flame_keeps_the_first_group_to_reach_a_majority() -> None:
+    # A1, A2 along e1; B at 30 degrees; C1, C2 along -e1. In order of length the links are
+    # A1-A2 and C1-C2 (0: two groups of 2), then A-B (1 - cos 30 = 0.134: A1, A2, B, 3 of
+    # 5, a majority), so C1, C2 are dropped although they are as tight as A1, A2.
+    # Norms 1..5: median 3, nothing kept is clipped; mean = ((1,0,0) + (2,0,0) + 3 (cos 30, sin 30, 0)) / 3.
     c, s = math.cos(math.pi / 6), 0.5
     ups = [split(v) for v in [[1, 0, 0], [2, 0, 0], [3 * c, 3 * s, 0], [-4, 0, 0], [-5, 0, 0]]]
     agg, diag = robust.flame(ups, noise_lambda=0.0)
-    assert diag["medoid"] == 2
     assert diag["link_threshold"] == pytest.approx(1 - c, abs=1e-5)
     assert diag["flagged"] == [3, 4]
     assert close(agg, [(3 + 3 * c) / 3, s, 0])
+    # C1 and C2 are 2 from A1, A2 and 1 + cos 30 from B; B is 1 - cos 30 from A1.
+    assert diag["cosine_to_cluster"] == pytest.approx([0, 0, 1 - c, 1 + c, 1 + c], abs=1e-5)
+
+
+def test_flame_drops_a_tight_minority_even_when_it_is_the_medoid() -> None:
+    # The shape measured in tests/runtime/test_backdoor_run.py: the two backdoor clients
+    # send nearly the same update, the three honest ones are spread out. Honest h_i =
+    # e0 + e_i (pairwise cos 1/2, distance 0.5); attackers a = e0 + 2 e4, both the same
+    # (distance 0 to each other, 1 - 1/sqrt(10) = 0.684 to every honest one). The attackers
+    # have the least total distance (2.05 against 2.37), so a rule grown from the medoid
+    # admits them; HDBSCAN with min cluster size 3 never makes a pair a cluster, and the
+    # honest three become one at 0.5. Norms: sqrt 5 (attackers), sqrt 2 (honest): the
+    # median sqrt 2 clips nothing kept, so the aggregate is the honest mean.
+    attacker = [1.0, 0, 0, 0, 2]
+    honest = [[1.0, 1, 0, 0, 0], [1.0, 0, 1, 0, 0], [1.0, 0, 0, 1, 0]]
+    ups = [{"w": torch.tensor(v)} for v in [attacker, attacker, *honest]]
+    agg, diag = robust.flame(ups, noise_lambda=0.0)
+    assert diag["flagged"] == [0, 1]
+    assert diag["link_threshold"] == pytest.approx(0.5, abs=1e-6)
+    assert diag["clip_bound"] == pytest.approx(math.sqrt(2))
+    assert torch.allclose(agg["w"], torch.tensor([1.0, 1 / 3, 1 / 3, 1 / 3, 0]))
+    far = 1 - 1 / math.sqrt(10)
+    assert diag["cosine_to_cluster"] == pytest.approx([far, far, 0.5, 0.5, 0.5], abs=1e-6)
+
+
+def test_flame_does_not_link_a_minority_that_is_farther_than_the_honest_spacing() -> None:
+    # Cosine distances: honest 0, 1, 2 are 0.3 apart, attackers 3, 4 are 0.2 apart and
+    # 0.55 from every honest one; unit norms. Here the medoid is honest (total 1.7 against
+    # 1.85), but twice the median nearest-neighbour distance (0.6) would still reach the
+    # attackers. Single linkage: 0.2 links the pair (2 of 5), 0.3 the honest three (a
+    # majority), which is the cluster; 0.55 is never used.
+    dist = torch.full((5, 5), 0.55, dtype=torch.float64)
+    dist[:3, :3], dist[3:, 3:] = 0.3, 0.2
+    dist.fill_diagonal_(0.0)
+    # Unit vectors with exactly these cosine distances: rows of the Cholesky factor of
+    # their Gram matrix 1 - dist (positive definite here).
+    vectors = torch.linalg.cholesky(1.0 - dist).to(torch.float32)
+    agg, diag = robust.flame([{"w": v} for v in vectors], noise_lambda=0.0)
+    assert diag["flagged"] == [3, 4]
+    assert diag["link_threshold"] == pytest.approx(0.3, abs=1e-5)
+    assert torch.allclose(agg["w"], vectors[:3].mean(dim=0), atol=1e-6)
+
+
+def test_flame_keeps_everything_for_one_or_two_updates() -> None:
+    # n // 2 + 1 is 1 and 2: a lone update, and a pair linked at its own distance (1; the
+    # median norm 1.5 clips (0, 2, 0) to (0, 1.5, 0)).
+    agg, diag = robust.flame([split([1, 2, 3])], noise_lambda=0.0)
+    assert diag["flagged"] == [] and close(agg, [1, 2, 3])
+    agg, diag = robust.flame([split([1, 0, 0]), split([0, 2, 0])], noise_lambda=0.0)
+    assert diag["flagged"] == [] and diag["link_threshold"] == pytest.approx(1.0)
+    assert close(agg, [0.5, 0.75, 0])

@@ -107,6 +107,11 @@ def test_stages_flag_attacker_ids(name: str, kwargs: dict[str, Any]) -> None:
     attackers = {u.client_id for u in value.updates if abs(u.tensors["w"][0].item()) > 10}
     if name == "bulyan":  # Bulyan always leaves out 2f updates: the attacker and one more
         assert attackers < set(metrics["flagged"]) and metrics["num_flagged"] == 2
+    elif name == "flame":
+        # FLAME keeps HDBSCAN's cluster: the first 6 of 10 that single linkage joins. Two
+        # honest updates join only later, over longer links, and are HDBSCAN's noise too
+        # (sklearn's HDBSCAN flags the same four: c4, c5, c8, c9).
+        assert attackers <= set(metrics["flagged"]) and metrics["num_flagged"] <= 10 - 6
     else:
         assert attackers == set(metrics["flagged"])
     assert torch.allclose(out.aggregate["w"], torch.ones(5), atol=0.1)

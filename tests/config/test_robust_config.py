@@ -44,7 +44,6 @@ def test_frozen_and_extra_forbidden() -> None:
         ({"multi_krum_m": 0}, "multi_krum_m"),
         ({"norm_bound": 0.0}, "norm_bound"),
         ({"geomed_tol": 0.0}, "geomed_tol"),
-        ({"flame_radius_factor": 0.5}, "flame_radius_factor"),
         ({"fltrust_root_fraction": 0.0}, "fltrust_root_fraction"),
     ],
 )

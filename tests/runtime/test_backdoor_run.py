@@ -67,12 +67,20 @@ def test_backdoor_lands_under_fedavg_and_flame_stops_it(tmp_path: Path) -> None:
     # inside the honest spread coordinate-wise.
     assert fedavg["attack_success_rate"] >= 0.8
     assert fedavg["target_on_clean_prompts"] <= 0.1  # a backdoor, not a new default answer
-    if flame["attack_success_rate"] > 0.1:
-        # Open defect: with the packages installed on 2026-12-02 FLAME lets this backdoor
-        # through (ASR 1.0), on the code of 2a47919 as well; it stopped it (ASR 0.0) before.
-        pytest.xfail(f"FLAME ASR {flame['attack_success_rate']} > 0.1: known regression, under investigation")
+    assert flame["attack_success_rate"] <= 0.1
+    # ...and because FLAME's clustering kept the attackers out, not by luck. The two
+    # attackers send nearly the same update (cosine distance 0.05-0.45 to each other,
+    # 0.42-0.94 to any honest one; honest pairs 0.08-0.93), so HDBSCAN's majority cluster
+    # (min size 3 of 5) is the honest three. Measured with federation.seed 0..4: attackers
+    # flagged in 28-30 of 30 rounds, an honest client in at most 2. A rule that grew the
+    # cluster from the medoid (often an attacker: the tight pair has the least total
+    # distance) flagged them in only 11-15 rounds and gave ASR 0.0 to 1.0 by seed.
+    flagged = flame["flagged"]
+    assert min(flagged.get("c0", 0), flagged.get("c1", 0)) >= 25, flagged
+    assert max(flagged.get(c, 0) for c in ("c2", "c3", "c4")) <= 5, flagged
     # FLAME keeps the model useful: it learns at least 90% of FedAvg's drop from the initial
-    # loss (measured with transformers 5.24: 5.556 -> 0.429 under FedAvg, -> 0.557 under FLAME,
-    # 97.5%; the end losses move with library versions, the share of the drop much less).
+    # loss (measured with transformers 5.25: 5.556 -> 0.429 under FedAvg, -> 0.322 under FLAME,
+    # 102%; 96-102% over federation.seed 0..4; the end losses move with library versions,
+    # the share of the drop much less).
     learned = {name: r["initial_loss"] - r["clean"]["eval_loss"] for name, r in (("fedavg", fedavg), ("flame", flame))}
     assert learned["flame"] >= 0.9 * learned["fedavg"] > 0

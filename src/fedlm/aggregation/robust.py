@@ -40,7 +40,7 @@ from fedlm.aggregation.robust_coordinate import (
     unstack,
 )
 from fedlm.config.robust import check_assumptions
-from fedlm.errors import ConfigError, ProtocolError
+from fedlm.errors import ProtocolError
 from fedlm.stages import TensorDict
 
 
@@ -215,30 +215,47 @@ def fltrust(
     return _finish(x, agg, layout, diag)
 
 
-def _linked_component(adjacent: torch.Tensor, start: int) -> torch.Tensor:
-    """Boolean mask (n,) of the nodes reachable from ``start`` in an (n, n) adjacency."""
-    reach = torch.zeros(adjacent.shape[0], dtype=torch.bool, device=adjacent.device)
-    reach[start] = True
-    for _ in range(adjacent.shape[0]):  # at most n hops; each hop is one matrix op
-        grown = reach | adjacent[reach].any(dim=0)
-        if torch.equal(grown, reach):
-            break
-        reach = grown
-    return reach
+def _majority_cluster(cos_dist: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """FLAME's admitted set: the first single-linkage group of n // 2 + 1 updates.
 
-
-def _majority_level(cos_dist: torch.Tensor, start: int) -> float:
-    """Smallest pairwise distance at which ``start``'s component holds n // 2 + 1 nodes."""
+    Links pairs in order of increasing cosine distance (Kruskal's order) and stops at the
+    first length at which a connected group holds a majority; every link of that same
+    length still counts, so ties join together. Returns the group as a boolean mask (n,)
+    and that length. This is the one cluster HDBSCAN labels with min_cluster_size
+    n // 2 + 1, min_samples 1 and allow_single_cluster (FLAME's setting): no smaller group
+    can be a cluster, so a minority stays out however tight it is, and updates that reach
+    the majority only over a longer link are HDBSCAN's noise. At most one group can hold
+    a majority, so the result does not depend on the order of the updates.
+    """
     n = cos_dist.shape[0]
-    levels = torch.unique(cos_dist)  # sorted ascending
-    lo, hi = 0, len(levels) - 1  # the largest level links everything
-    while lo < hi:  # component size grows with the level: binary search
-        mid = (lo + hi) // 2
-        if int(_linked_component(cos_dist <= levels[mid], start).sum()) >= n // 2 + 1:
-            hi = mid
-        else:
-            lo = mid + 1
-    return float(levels[lo])
+    need = n // 2 + 1
+    if need <= 1:  # one update is its own majority
+        return torch.ones(n, dtype=torch.bool, device=cos_dist.device), 0.0
+    parent = list(range(n))
+    size = [1] * n
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]  # path halving keeps the trees shallow
+            i = parent[i]
+        return i
+
+    rows, cols = torch.triu_indices(n, n, offset=1).tolist()
+    lengths = cos_dist[rows, cols].tolist()  # upper triangle: rounding can break symmetry
+    level: float | None = None
+    for k in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if level is not None and lengths[k] > level:
+            break
+        a, b = root(rows[k]), root(cols[k])
+        if a != b:
+            parent[b] = a
+            size[a] += size[b]
+            if level is None and size[a] >= need:
+                level = lengths[k]
+    # Every update is linked by the longest pair, so some group holds a majority by now.
+    winner = next(i for i in range(n) if root(i) == i and size[i] >= need)
+    keep = torch.tensor([root(i) == winner for i in range(n)], device=cos_dist.device)
+    return keep, float(level if level is not None else 0.0)
 
 
 def flame(
@@ -247,20 +264,16 @@ def flame(
     *,
     f: int = 0,
     noise_lambda: float = 0.001,
-    radius_factor: float = 2.0,
     generator: torch.Generator | None = None,
 ) -> tuple[TensorDict, Diagnostics]:
     """FLAME (Nguyen et al. 2022, "FLAME: Taming Backdoors in Federated Learning").
 
-    1. Filter: FLAME clusters the pairwise cosine distances with HDBSCAN (min cluster
-       size n/2 + 1) and keeps the majority cluster. Here a small single-linkage rule in
-       that spirit (no hdbscan dependency): link two updates when their cosine distance
-       is at most tau = ``radius_factor`` x the median nearest-neighbour distance (+1e-6
-       for rounding); keep the connected component of the medoid (least total cosine
-       distance). If that component is not a majority (n // 2 + 1), tau is raised to
-       the smallest pairwise distance at which it is. A far-away group, even a tight
-       one, is linked to the honest group only by a long edge and is dropped. Zero
-       updates count as cosine distance 1 from everything.
+    1. Filter: cluster the pairwise cosine distances of the updates as FLAME's HDBSCAN
+       does (min cluster size n // 2 + 1, min samples 1) and keep that one cluster: the
+       first group that single linkage makes a majority (see ``_majority_cluster``; no
+       hdbscan dependency). A minority group is never kept, even a tight one; an update
+       that joins the majority only over a longer link is dropped. Zero updates count as
+       cosine distance 1 from everything.
     2. Clip: S = median L2 norm of all n updates; kept updates are scaled by
        min(1, S / ||x_i||).
     3. Average the kept updates (weighted by ``weights`` when given) and add Gaussian
@@ -268,10 +281,10 @@ def flame(
 
     Assumes an honest majority whose updates point in similar directions (n >= 2f + 1);
     an attacker parallel to the honest updates is not filtered, only clipped.
-    Filtered-out updates are flagged.
+    Filtered-out updates are flagged. ``link_threshold`` is the cosine distance at which
+    the kept cluster formed; ``cosine_to_cluster`` is each update's distance to the
+    nearest other kept update, so a flagged update shows how far outside it was.
     """
-    if radius_factor < 1:
-        raise ConfigError(f"flame radius_factor must be >= 1, got {radius_factor}")
     x, w, layout = stack_updates(updates, weights)
     n = x.shape[0]
     check_assumptions("flame", n, f=f)
@@ -279,15 +292,10 @@ def flame(
     unit = x / norms.clamp_min(1e-30)[:, None]  # zero rows stay zero
     cos_dist = (1.0 - unit @ unit.T).clamp(0.0, 2.0)  # (n, n)
     cos_dist.fill_diagonal_(0.0)
-    medoid = int(torch.argmin(cos_dist.sum(dim=1)))
-    tau = 0.0
-    if n > 1:
-        off = cos_dist + torch.diag(torch.full((n,), float("inf"), device=x.device))
-        tau = radius_factor * _median_scalar(off.min(dim=1).values) + 1e-6
-    keep = _linked_component(cos_dist <= tau, medoid)
-    if int(keep.sum()) < n // 2 + 1:
-        tau = _majority_level(cos_dist, medoid)
-        keep = _linked_component(cos_dist <= tau, medoid)
+    keep, level = _majority_cluster(cos_dist)
+    to_kept = cos_dist.masked_fill(~keep[None, :], float("inf"))
+    to_kept.fill_diagonal_(float("inf"))
+    nearest_kept = to_kept.min(dim=1).values  # inf only when a lone update is kept
     bound = _median_scalar(norms)
     scale = torch.where(norms > bound, bound / norms.clamp_min(1e-30), torch.ones_like(norms))
     agg = _weighted_mean((x * scale[:, None])[keep], w[keep])
@@ -295,9 +303,8 @@ def flame(
         noise = torch.randn(agg.shape, generator=generator, dtype=torch.float32)
         agg = agg + noise_lambda * bound * noise.to(agg.device)
     diag = {
-        "medoid": medoid,
-        "cosine_to_medoid": cos_dist[medoid].tolist(),
-        "link_threshold": tau,
+        "link_threshold": level,
+        "cosine_to_cluster": [v if v != float("inf") else 0.0 for v in nearest_kept.tolist()],
         "clip_bound": bound,
         "noise_std": noise_lambda * bound,
         "flagged": [i for i in range(n) if not keep[i]],

@@ -257,7 +257,6 @@ class FlameStage(_RobustStage):
     name: ClassVar[str] = "flame"
     f: int = 0
     noise_lambda: float = 0.001
-    radius_factor: float = 2.0
     seed_offset: int = 0x464C414D  # "FLAM": keeps this stream apart from others seeded by plan.seed
 
     def _aggregate(
@@ -269,7 +268,6 @@ class FlameStage(_RobustStage):
             weights,
             f=self.f,
             noise_lambda=self.noise_lambda,
-            radius_factor=self.radius_factor,
             generator=gen,
         )
 
@@ -311,11 +309,7 @@ def build_robust_stage(cfg: RobustConfig) -> Stage | None:
         },
         "norm_bound": {"bound": cfg.norm_bound, "client_side": cfg.norm_bound_client_side},
         "fltrust": {},
-        "flame": {
-            "f": f,
-            "noise_lambda": cfg.flame_noise_lambda,
-            "radius_factor": cfg.flame_radius_factor,
-        },
+        "flame": {"f": f, "noise_lambda": cfg.flame_noise_lambda},
     }
     if cfg.aggregator == "fedavg":
         return None

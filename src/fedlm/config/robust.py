@@ -184,14 +184,6 @@ class RobustConfig(BaseModel):
     flame_noise_lambda: float = Field(
         0.001, ge=0.0, description="flame: noise std as a multiple of the median update norm."
     )
-    flame_radius_factor: float = Field(
-        2.0,
-        ge=1.0,
-        description=(
-            "flame: link updates closer (cosine) than this multiple of the median "
-            "nearest-neighbour distance; keep the medoid's linked group."
-        ),
-    )
 
     @model_validator(mode="after")
     def _check_client_side(self) -> RobustConfig:
