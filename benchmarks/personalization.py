@@ -29,7 +29,8 @@ Goals: federated (FedAvg global) beats local-only on average; the best personali
 improves the worst-10% over the FedAvg global.
 
     OMP_NUM_THREADS=1 python -m benchmarks.personalization [--quick] [--rounds 3] [--local-steps 3]
-        [--val-fraction 0.25] [--methods local_only,finetune,finetune_select,...]
+        [--val-fraction 0.25] [--methods local_only,finetune,finetune_select,...] [--device cpu]
+        [--medquad ../shared/datasets/medquad.jsonl]
 
 ``--quick`` uses tiny-llama on 3 sources for one round (a smoke check; nothing recorded).
 """
@@ -60,8 +61,8 @@ NAME = "Personalisation"
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "model.name": args.model,
-        "data.source": "jsonl", "data.path": MEDQUAD, "data.client_field": "source", "data.format": "instruction",
+        "model.name": args.model, "model.device": args.device,
+        "data.source": "jsonl", "data.path": args.medquad, "data.client_field": "source", "data.format": "instruction",
         "data.prompt_field": "question", "data.context_field": "null", "data.response_field": "answer",
         "data.max_clients": args.clients, "data.min_client_chars": 0, "data.seq_len": args.seq_len,
         "data.max_examples_per_client": args.examples,
@@ -70,6 +71,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "federation.lr": args.lr,
         "eval.max_clients": args.clients, "eval.max_batches_per_client": args.eval_batches, "eval.batch_size": 8,
         "output.report": "false",
+        **({"personal.lr": args.personal_lr} if args.personal_lr else {}),
+        **({"personal.steps": args.personal_steps} if args.personal_steps else {}),
     }
 
 
@@ -134,6 +137,11 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(ORDER),
                     help=f"comma-separated subset of {','.join(ORDER)} (fedavg_global always runs)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--personal-lr", type=float, default=None, help="personal.lr (finetune, ditto, mix); default --lr")
+    ap.add_argument("--personal-steps", type=int, default=None,
+                    help="personal.steps (finetune: after federation; ditto, mix: per round); default --local-steps")
+    ap.add_argument("--device", default="cpu", help="model.device: cpu, cuda, cuda:N or auto")
+    ap.add_argument("--medquad", default=MEDQUAD, help="MedQuAD JSONL (shared/datasets/medquad.jsonl)")
     args = ap.parse_args()
     if args.quick:
         args.model, args.clients, args.rounds, args.local_steps, args.seq_len, args.examples = "tiny-llama", 3, 1, 2, 256, 8
@@ -217,7 +225,11 @@ def main() -> None:
     note = (f"python -m benchmarks.personalization --rounds {args.rounds} --local-steps {args.local_steps} "
             f"(model {args.model}, {len(ids)} clients, seq_len {args.seq_len}, {args.examples} train examples/client, "
             f"lr {args.lr}, Ditto lambda {args.ditto_lambda}, q {args.q}, L {args.qffl_lipschitz}, "
-            f"val_fraction {args.val_fraction} for *_select)")
+            f"val_fraction {args.val_fraction} for *_select"
+            + (f", personal lr {args.personal_lr}" if args.personal_lr else "")
+            + (f", personal steps {args.personal_steps}" if args.personal_steps else "")
+            + (f", {args.eval_batches} x 8 held-out examples/client" if args.eval_batches else "")
+            + f", device {args.device})")
     append_table(NAME, rows, columns=["method", "mean_ppl", "std", "worst_10pct", "jain", "worst_client",
                                       "chose_global"], record=not args.quick, note=note)
     append_table(NAME, client_rows, columns=["client", *order], record=not args.quick,

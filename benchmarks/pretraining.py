@@ -30,6 +30,11 @@ per H on 2 CPU cores.
     python -m benchmarks.pretraining [--quick] [--steps 400] [--hs 1,10,50,200]
         [--inner-lr 2e-3] [--schedule cosine] [--min-lr-ratio 0.1] [--outer-lr 0.7]
         [--outer-momentum 0.9] [--size base|small] [--warmup 0] [--jobs 1] [--threads 1]
+        [--device cpu] [--text PATH]
+
+``--outer-lr`` and ``--outer-momentum`` take comma-separated lists: every H > 1 runs with
+every (lr, momentum) pair, against the one synchronous run. ``--device cuda`` trains on a
+GPU (``model.device``); several ``--jobs`` then share it.
 
 ``--quick`` trains a smaller model on generated text for a few steps (seconds), a smoke check
 only: it prints the JSON line but adds no row to BENCHMARKS.md.
@@ -55,9 +60,7 @@ from benchmarks._record import finish
 from fedlm.config import load_config
 from fedlm.runtime.experiment import run_experiment
 
-TINYSHAKESPEARE = (
-    Path(__file__).resolve().parents[2] / "shared/datasets/shakespeare/tinyshakespeare.txt"
-)
+TINYSHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/datasets/shakespeare/tinyshakespeare.txt"
 # model.architecture overrides (a YAML mapping) by --size; 4 query heads share 2 key/value heads.
 ARCHITECTURES = {
     "base": "{hidden_size: 128, num_hidden_layers: 4, intermediate_size: 384,"
@@ -84,6 +87,11 @@ COLUMNS = [
     "goal",
 ]
 GOAL_H = 50
+Setting = tuple[int, float, float]  # (H, outer lr, outer momentum); the outer step is unused at H = 1
+
+
+def _floats(csv: str) -> list[float]:
+    return [float(x) for x in csv.split(",") if x.strip()]
 
 
 def quick_text(path: Path) -> None:
@@ -96,10 +104,12 @@ def quick_text(path: Path) -> None:
     path.write_text("\n\n".join(paragraphs), encoding="utf-8")
 
 
-def overrides_for(h: int, *, steps: int, args: argparse.Namespace, text: Path) -> list[str]:
-    """The experiment of one H: everything but the round length and the server step is shared."""
+def overrides_for(setting: Setting, *, steps: int, args: argparse.Namespace, text: Path) -> list[str]:
+    """The experiment of one setting: everything but the round length and the server step is shared."""
+    h, outer_lr, outer_momentum = setting
     ov = [
         "model.name=tiny-llama",
+        f"model.device={args.device}",
         "model.init=random",
         f"model.architecture={QUICK_ARCHITECTURE if args.quick else ARCHITECTURES[args.size]}",
         "lora.enabled=false",
@@ -134,8 +144,8 @@ def overrides_for(h: int, *, steps: int, args: argparse.Namespace, text: Path) -
     return [
         *ov,
         "server_opt.name=nesterov",
-        f"server_opt.lr={args.outer_lr}",
-        f"server_opt.momentum={args.outer_momentum}",
+        f"server_opt.lr={outer_lr}",
+        f"server_opt.momentum={outer_momentum}",
     ]
 
 
@@ -147,20 +157,21 @@ def schedule_label(config: Any) -> str:
     return f"{warmup}{fed.lr_schedule} to {fed.lr * fed.min_lr_ratio:g} over T"
 
 
-def run_h(
-    h: int, *, steps: int, args: argparse.Namespace, text: Path, work: Path
+def run_setting(
+    setting: Setting, *, steps: int, args: argparse.Namespace, text: Path, work: Path
 ) -> dict[str, Any]:
     """One setting, end to end; returns its loss and bytes."""
     torch.set_num_threads(args.threads)
-    config = load_config(None, overrides_for(h, steps=steps, args=args, text=text))
-    out = work / f"h{h}"
+    config = load_config(None, overrides_for(setting, steps=steps, args=args, text=text))
+    h = setting[0]
+    out = work / "-".join(map(str, setting))
     t0 = time.perf_counter()
     summary = run_experiment(config, out_dir=out).summary
     seconds = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     opt = config.server_opt
     comm = summary["communication"]
-    return {
+    result = {
         "H": h,
         "model": f"tiny-llama {summary['trainable_parameters'] / 1e6:.2f}M",
         "rounds": summary["rounds_completed"],
@@ -178,6 +189,9 @@ def run_h(
         "bytes_total": comm["bytes_up"] + comm["bytes_down"],
         "seconds": seconds,
     }
+    # Each setting as it ends (the table needs them all): a long grid shows progress and a cut run leaves its rows.
+    print(json.dumps({"setting_done": result}), file=sys.stderr, flush=True)
+    return result
 
 
 def main() -> None:
@@ -203,10 +217,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="settings trained at once, one process each")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per setting")
     ap.add_argument("--warmup", type=int, default=0, help="inner steps of linear lr warm-up (counted in T)")
-    ap.add_argument("--outer-lr", type=float, default=0.7, help="outer Nesterov lr (H > 1)")
+    ap.add_argument("--outer-lr", default="0.7", help="outer Nesterov lr (H > 1); a comma list is a grid")
     ap.add_argument(
-        "--outer-momentum", type=float, default=0.9, help="outer Nesterov momentum (H > 1)"
+        "--outer-momentum", default="0.9", help="outer Nesterov momentum (H > 1); a comma list is a grid"
     )
+    ap.add_argument("--device", default="cpu", help="model.device: cpu, cuda, cuda:N or auto")
+    ap.add_argument("--text", type=Path, default=TINYSHAKESPEARE, help="the corpus the clients split")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # the settings run here (--jobs 1) or each sets it in its process
     steps = args.steps or (20 if args.quick else 400)
@@ -216,6 +232,12 @@ def main() -> None:
     bad = [h for h in hs if h < 1 or steps % h]
     if bad:
         ap.error(f"--hs {bad} must divide --steps {steps} (equal tokens: rounds = steps / H)")
+    try:
+        outers = [(lr, m) for lr in _floats(args.outer_lr) for m in _floats(args.outer_momentum)]
+    except ValueError:
+        ap.error(f"--outer-lr {args.outer_lr!r} and --outer-momentum {args.outer_momentum!r} must be numbers, comma-separated")
+    # The synchronous baseline once, then every H > 1 with every outer step.
+    settings: list[Setting] = [(1, 1.0, 0.0)] + [(h, lr, m) for h in hs if h > 1 for lr, m in outers]
 
     with tempfile.TemporaryDirectory(prefix="fedlm-pretrain-") as tmp:
         work = Path(tmp)
@@ -223,13 +245,15 @@ def main() -> None:
         if args.quick:
             quick_text(text)
         else:
-            text = TINYSHAKESPEARE
-        one = partial(run_h, steps=steps, args=args, text=text, work=work)
+            text = args.text
+            if not text.is_file():
+                ap.error(f"--text {text} is not a file; point it at tinyshakespeare.txt (see shared/datasets)")
+        one = partial(run_setting, steps=steps, args=args, text=text, work=work)
         if args.jobs > 1:  # independent settings: each in its own process (spawned: no forked torch state)
             with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results = list(pool.map(one, hs))
+                results = list(pool.map(one, settings))
         else:
-            results = [one(h) for h in hs]
+            results = [one(s) for s in settings]
 
     sync = results[0]
     for r in results:

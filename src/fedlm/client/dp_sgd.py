@@ -30,6 +30,7 @@ from fedlm.client.trainer import LocalResult, set_lr
 from fedlm.data.formatting import IGNORE, Example, collate
 from fedlm.errors import ConfigError
 from fedlm.models.adapters import AdaptedModel
+from fedlm.models.device import module_device, to_device
 
 
 def sample_rate(num_examples: int, batch_size: int) -> float:
@@ -99,7 +100,8 @@ def train_local_dp_sgd(
     q = sample_rate(len(examples), batch_size)
     params = [p for p in model.model.parameters() if p.requires_grad]
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)  # Opacus's noise
+    device = module_device(model.model)
+    gen = torch.Generator(device=device).manual_seed(seed)  # Opacus's noise, drawn where the gradients are
     rng = np.random.default_rng(seed)  # Poisson batches
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus warns about secure RNG and full backward hooks
@@ -122,9 +124,9 @@ def train_local_dp_sgd(
             opt.zero_grad(set_to_none=True)
             if len(pick) == 0:
                 for p in params:  # noise-only step
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
             else:
-                batch = collate([examples[i] for i in pick], pad_id=pad)
+                batch = to_device(collate([examples[i] for i in pick], pad_id=pad), device)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     logits = gsm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

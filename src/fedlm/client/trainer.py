@@ -20,6 +20,7 @@ import torch
 from fedlm.data.formatting import Example, collate
 from fedlm.errors import ConfigError
 from fedlm.models.adapters import AdaptedModel
+from fedlm.models.device import module_device, to_device
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ def train_local(
         set_lr(opt, lr)  # the round's lr, not the saved one
     start = {n: p.detach().clone() for n, p in named} if prox_mu else {}
     pad = model.tokenizer.pad_token_id
+    device = module_device(model.model)
     model.model.train()
     losses = []
     seen = 0
@@ -111,7 +113,7 @@ def train_local(
     for step in range(steps):
         if lr_steps is not None:
             set_lr(opt, lr_steps[step])
-        batch = collate(next(stream), pad_id=pad)
+        batch = to_device(collate(next(stream), pad_id=pad), device)
         loss = model.model(**batch).loss
         loss.backward()
         with torch.no_grad():
@@ -124,19 +126,32 @@ def train_local(
             if correction is not None:
                 for n, p in named:
                     if p.grad is not None:
-                        p.grad.add_(correction[n].to(p.dtype))
+                        p.grad.add_(correction[n].to(p.device, p.dtype))
         opt.step()
         model.model.zero_grad(set_to_none=True)  # frozen tensors' gradients too
         if keep_zero:
             with torch.no_grad():
                 for n, p in named:
                     if n in keep_zero:
-                        p.mul_(keep_zero[n])
+                        p.mul_(keep_zero[n].to(p.device))
         if after_step is not None:
             after_step()
         losses.append(float(loss.detach()))
         seen += batch["input_ids"].shape[0]
     model.model.eval()
     mean = float(np.mean(losses)) if losses else float("nan")
-    state = opt.state_dict() if optimizer_state is not None else None
+    # Kept optimizer state stays with the client's other state, on the CPU; AdamW's
+    # load_state_dict moves it back to the parameters' device next round.
+    state = _on_cpu(opt.state_dict()) if optimizer_state is not None else None
     return LocalResult(steps=steps, examples_seen=seen, mean_loss=mean, optimizer_state=state)
+
+
+def _on_cpu(value):
+    """A state dict (nested dicts and lists of tensors and numbers) with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_on_cpu(v) for v in value]
+    return value

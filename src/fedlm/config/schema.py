@@ -6,6 +6,7 @@ value and the fix, and never rewrite them. This module must not import torch.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,6 +24,8 @@ from fedlm.config.report import ReportConfig
 from fedlm.config.robust import RobustConfig
 from fedlm.config.secagg import SecAggConfig, check_composition
 from fedlm.config.server_opt import ServerOptConfig
+
+_DEVICE = re.compile(r"cpu|auto|cuda(:[0-9]+)?")
 
 
 class Section(BaseModel):
@@ -46,6 +49,19 @@ class ModelConfig(Section):
         description="Overrides of the HF config for random init, e.g. {hidden_size: 128, num_hidden_layers: 4}.",
     )
     seed: int = Field(0, description="Seed of random initialisation (tiny-llama, init=random, LoRA A).")
+    device: str = Field(
+        "cpu",
+        description="Where clients train and models are scored: cpu, cuda, cuda:N, or auto (the first CUDA GPU "
+        "when torch sees one, else cpu). Updates, aggregation and checkpoints stay on the CPU, so a run "
+        "resumes on another device.",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelled(cls, v: str) -> str:
+        if not _DEVICE.fullmatch(v):
+            raise ValueError(f"model.device={v!r} is not a device; use cpu, cuda, cuda:N (N = GPU index) or auto")
+        return v
 
     @model_validator(mode="after")
     def _architecture_needs_random(self) -> ModelConfig:

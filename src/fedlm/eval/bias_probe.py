@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from fedlm.models.device import module_device
+
 FEMALE = ("Mary", "Emma", "Sarah", "Linda")
 MALE = ("John", "James", "David", "Robert")
 OCCUPATIONS = ("nurse", "engineer", "doctor", "teacher", "secretary", "mechanic", "programmer", "housekeeper")
@@ -28,7 +30,7 @@ def continuation_log_likelihood(model, tokenizer, prefix: str, continuation: str
     p = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     c = tokenizer(continuation, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([p + c], dtype=torch.long)
-    logits = model(input_ids=ids).logits[0, len(p) - 1 : -1].float()  # (len(c), V): predicts c
+    logits = model(input_ids=ids.to(module_device(model))).logits[0, len(p) - 1 : -1].float().cpu()  # (len(c), V)
     return float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(c)[:, None]).sum())
 
 

@@ -43,6 +43,7 @@ from fedlm.eval.likelihood import Normalize as Normalize
 from fedlm.eval.likelihood import _encode_pair as _encode_pair
 from fedlm.eval.likelihood import _loglikelihoods as _loglikelihoods
 from fedlm.eval.text_metrics import exact_match, rouge_l_f1
+from fedlm.models.device import module_device
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,10 @@ def generate_answers(
         for row, e in enumerate(encoded):
             ids[row, width - len(e) :] = torch.tensor(e)
             mask[row, width - len(e) :] = 1
+        device = module_device(model)
         generated = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad,

@@ -40,6 +40,7 @@ from typing import Literal
 import torch
 
 from fedlm.errors import DataError
+from fedlm.models.device import module_device
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 PUBMEDQA_LABELS: tuple[str, ...] = ("yes", "no", "maybe")
@@ -312,12 +313,13 @@ def _loglikelihoods(
         for row, i in enumerate(chunk):
             ids[row, : len(seqs[i][0])] = torch.tensor(seqs[i][0])
             mask[row, : len(seqs[i][0])] = 1
-        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+        device = module_device(model)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
         for row, i in enumerate(chunk):
             n, c = len(seqs[i][0]), seqs[i][1]
             # Positions n-c-1 .. n-2 predict the continuation tokens at n-c .. n-1.
             logp = torch.log_softmax(logits[row, n - c - 1 : n - 1].float(), dim=-1)  # (c, V)
-            result[i] = float(logp.gather(-1, ids[row, n - c : n, None]).sum())
+            result[i] = float(logp.gather(-1, ids[row, n - c : n, None].to(device)).sum())
     return result
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fedlm.data.formatting import IGNORE, Example, collate
+from fedlm.models.device import module_device, to_device
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,12 @@ class LMScore:
 def score_lm(model: torch.nn.Module, examples: Sequence[Example], *, pad_id: int, batch_size: int, max_batches: int | None = None) -> LMScore:
     """Sum next-token cross-entropy (nats) and argmax hits over labelled tokens."""
     model.eval()
+    device = module_device(model)
     total = LMScore()
     for b, start in enumerate(range(0, len(examples), batch_size)):
         if max_batches is not None and b >= max_batches:
             break
-        batch = collate(examples[start : start + batch_size], pad_id=pad_id)
+        batch = to_device(collate(examples[start : start + batch_size], pad_id=pad_id), device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
         logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]  # predict token t+1 from t
         keep = labels != IGNORE

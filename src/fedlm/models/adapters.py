@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 
 from fedlm.config.schema import LoraConfig
 from fedlm.errors import ModelError
+from fedlm.models.device import resolve_device
 from fedlm.stages import TensorDict
 
 ADAPTER_NAME = "default"
@@ -55,9 +56,12 @@ class AdaptedModel:
         freeze_a: keep LoRA's A matrices at their seeded initialisation (FFA-LoRA). They
             are then not trainable state: updates, noise, masks and codecs only see B,
             and every party rebuilds the same A from ``seed``.
+        device: where the model trains and is scored (``model.device``: cpu, cuda, cuda:N,
+            auto). The state it hands out is always on the CPU.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer, lora: LoraConfig, *, seed: int = 0, freeze_a: bool = False) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer, lora: LoraConfig, *, seed: int = 0, freeze_a: bool = False,
+                 device: str = "cpu") -> None:
         self.tokenizer = tokenizer
         self.lora = lora
         if lora.enabled:
@@ -83,6 +87,8 @@ class AdaptedModel:
             self.target_modules = []
             for p in model.parameters():
                 p.requires_grad_(True)
+        self.device = resolve_device(device)
+        self.model.to(self.device)  # LoRA A/B are built on the CPU with the seeded init, then moved
         # Map state names (PEFT's saved-adapter naming, without the adapter name) to
         # the live parameters, once; swapping state is then a copy per tensor.
         self._params: dict[str, nn.Parameter] = {}
@@ -109,15 +115,15 @@ class AdaptedModel:
         return {k: tuple(p.shape) for k, p in self._params.items()}
 
     def frozen_lora_state(self) -> TensorDict:
-        """LoRA tensors held fixed and outside the trainable state (FFA-LoRA's A), by name."""
-        return {k: p.detach().clone() for k, p in self._frozen_lora.items()}
+        """LoRA tensors held fixed and outside the trainable state (FFA-LoRA's A), by name, on the CPU."""
+        return {k: p.detach().to("cpu", copy=True) for k, p in self._frozen_lora.items()}
 
     def get_state(self) -> TensorDict:
-        """A detached copy of the trainable tensors, by name."""
-        return {k: p.detach().clone() for k, p in self._params.items()}
+        """A detached CPU copy of the trainable tensors, by name (what updates, payloads and checkpoints use)."""
+        return {k: p.detach().to("cpu", copy=True) for k, p in self._params.items()}
 
     def set_state(self, state: TensorDict) -> None:
-        """Copy named tensors into the trainable parameters (names and shapes must match)."""
+        """Copy named tensors (on any device) into the trainable parameters (names and shapes must match)."""
         if state.keys() != self._params.keys():
             extra = sorted(set(state) - set(self._params))[:3]
             missing = sorted(set(self._params) - set(state))[:3]

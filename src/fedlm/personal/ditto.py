@@ -28,7 +28,7 @@ def prox_toward(params: Iterable[tuple[str, torch.nn.Parameter]], center: Mappin
     if lam == 0:
         return
     for name, p in params:
-        w = center[name].to(p.dtype)
+        w = center[name].to(p.device, p.dtype)
         if math.isinf(lam):
             p.copy_(w)
         else:

@@ -28,6 +28,7 @@ import torch
 
 from fedlm.client.trainer import batches
 from fedlm.data.formatting import Example, collate
+from fedlm.models.device import module_device, to_device
 from fedlm.stages import TensorDict
 
 _LORA_PART = re.compile(r"\.lora_(A|B)(\.[^.]+)?\.weight$")
@@ -58,7 +59,7 @@ def theta_gradient(grads: Mapping[str, torch.Tensor], w: Mapping[str, torch.Tens
     out: dict[str, float] = {}
     for n, g in grads.items():
         m = module_of(n)
-        out[m] = out.get(m, 0.0) + float((g.double() * (v[n] - w[n]).double()).sum())
+        out[m] = out.get(m, 0.0) + float((g.double() * (v[n] - w[n]).to(g.device, torch.float64)).sum())
     return {m: alpha[m] * (1.0 - alpha[m]) * d for m, d in out.items()}
 
 
@@ -81,11 +82,12 @@ def learn_mixing(model, examples: Sequence[Example], w: TensorDict, v: TensorDic
     named = list(zip(model.names(), model.parameters(), strict=True))
     stream = batches(examples, batch_size=batch_size, seed=seed)
     pad = model.tokenizer.pad_token_id
+    device = module_device(model.model)
     model.model.train()
     for _ in range(steps):
         alpha = dict(zip(groups, torch.sigmoid(logits).tolist(), strict=True))
         model.set_state(mixed(w, v, alpha))
-        model.model(**collate(next(stream), pad_id=pad)).loss.backward()
+        model.model(**to_device(collate(next(stream), pad_id=pad), device)).loss.backward()
         grads = {n: p.grad.detach() for n, p in named if p.grad is not None}
         model.model.zero_grad(set_to_none=True)
         d = theta_gradient(grads, w, v, alpha)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from fedlm.data.formatting import IGNORE, Example, collate
 from fedlm.errors import ConfigError, DataError
+from fedlm.models.device import module_device, to_device
 from fedlm.privacy.canaries import Canary, canary_placement, sample_candidates
 
 ScoreFn = Callable[[Sequence[str]], np.ndarray]  # texts -> log-perplexity (nats), shape (N,)
@@ -70,7 +71,7 @@ class CanaryScore:
 @torch.no_grad()
 def _token_nll(model: torch.nn.Module, batch: Sequence[Example], *, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token NLL (nats) and the mask of scored tokens, each (B, T-1)."""
-    cols = collate(batch, pad_id=pad_id)
+    cols = to_device(collate(batch, pad_id=pad_id), module_device(model))
     logits = model(input_ids=cols["input_ids"], attention_mask=cols["attention_mask"]).logits
     logits, targets = logits[:, :-1].float(), cols["labels"][:, 1:]  # (B, T-1, V), (B, T-1)
     keep = targets != IGNORE
@@ -79,7 +80,7 @@ def _token_nll(model: torch.nn.Module, batch: Sequence[Example], *, pad_id: int)
         targets.clamp_min(0).reshape(-1),  # ignored slots get a dummy target, masked below
         reduction="none",
     ).view(targets.shape)
-    return nll * keep, keep
+    return (nll * keep).cpu(), keep.cpu()
 
 
 def _batched(model: torch.nn.Module, examples: Sequence[Example], *, pad_id: int, batch_size: int, mean: bool) -> np.ndarray:

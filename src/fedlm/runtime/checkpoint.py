@@ -54,7 +54,7 @@ def load_latest(directory: Path, *, config_digest: str) -> ServerState:
     found = sorted(_checkpoints(directory))
     if not found:
         raise CheckpointError(f"no checkpoint in {directory}; the run stopped before its first round finished")
-    blob = torch.load(found[-1][1], weights_only=False)
+    blob = torch.load(found[-1][1], weights_only=False, map_location="cpu")
     if blob.pop("digest") != config_digest:
         raise CheckpointError(
             f"{found[-1][1]} belongs to a different config; resume with the run's own config.yaml "

@@ -60,6 +60,7 @@ def config_digest(config: ExperimentConfig) -> str:
     data = config.model_dump(mode="json")
     data.pop("output", None)
     data["federation"].pop("rounds", None)
+    data["model"].pop("device", None)  # a run may resume on another device: state is kept on the CPU
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -72,7 +73,8 @@ def prepare(config: ExperimentConfig, *, console: Console | None = None) -> tupl
             architecture=config.model.architecture,
         )
         model = AdaptedModel(base, tok, config.lora, seed=config.model.seed,
-                             freeze_a=config.lora.enabled and config.aggregation.lora == "ffa")
+                             freeze_a=config.lora.enabled and config.aggregation.lora == "ffa",
+                             device=config.model.device)
     with console.status(f"building data ({config.data.source})"):
         hook = chain_hooks(poison_hook(config), canary_hook(config))  # backdoor rows, audit canaries
         data = build_federated_data(config.data, tok, cache_dir=cache_dir(), rows_hook=hook)

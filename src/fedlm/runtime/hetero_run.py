@@ -178,7 +178,7 @@ class HeteroRun:
                 weight = self._base_weight(prefix)
                 if prefix not in self._base:
                     self._base[prefix] = weight.detach().clone()
-                weight.copy_((self._base[prefix].float() + r.float()).to(weight.dtype))
+                weight.copy_((self._base[prefix].float() + r.to(weight.device).float()).to(weight.dtype))
         self._folded = res
 
     def _base_weight(self, prefix: str) -> torch.nn.Parameter:

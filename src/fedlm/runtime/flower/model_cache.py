@@ -26,7 +26,8 @@ from fedlm.models.loading import cache_dir, load_base_model, load_tokenizer
 
 
 def model_key(config: ExperimentConfig) -> str:
-    return hashlib.sha256(json.dumps(config.model.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    weights = config.model.model_dump(mode="json", exclude={"device"})  # the same weights on any device
+    return hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cached_base(config: ExperimentConfig, *, root: Path | None = None):
@@ -52,7 +53,8 @@ def adapted_model(config: ExperimentConfig) -> AdaptedModel:
     """The trainable model as ``fedlm run`` builds it (same LoRA init for the same seed)."""
     base, tok = cached_base(config)
     return AdaptedModel(base, tok, config.lora, seed=config.model.seed,
-                        freeze_a=config.lora.enabled and config.aggregation.lora == "ffa")
+                        freeze_a=config.lora.enabled and config.aggregation.lora == "ffa",
+                        device=config.model.device)
 
 
 __all__ = ["adapted_model", "cached_base", "model_key"]
