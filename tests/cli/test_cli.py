@@ -67,6 +67,20 @@ def test_eval_generate_and_report_commands(finished_run, capsys):
     assert main(["generate", "--run", str(finished_run), "--prompt", "the quick", "--max-new-tokens", "5"]) == 0
     assert isinstance(capsys.readouterr().out, str)
     assert main(["report", str(finished_run)]) == 0
+    capsys.readouterr()
+    # --device picks where the command computes, whatever the run trained on
+    assert main(["eval", "--run", str(finished_run), "--device", "cpu"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["eval_loss"] == pytest.approx(ev["eval_loss"], rel=1e-6)
+
+
+def test_a_device_this_machine_lacks_is_a_one_line_error(finished_run, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["eval", "--run", str(finished_run), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "sees no CUDA GPU" in err and "model.device=cpu" in err
 
 
 def test_data_inspect_prints_clients_and_skew(tmp_path, capsys):

@@ -106,3 +106,8 @@ def test_training_on_cuda_matches_cpu_closely():
     cpu, gpu = run("cpu"), run("cuda")
     assert all(gpu[k].device.type == "cpu" for k in gpu)
     assert all(torch.allclose(cpu[k], gpu[k], atol=1e-4) for k in cpu)
+
+
+def test_a_misspelt_device_is_a_model_error_not_a_torch_one():
+    with pytest.raises(ModelError, match=r"'gpu' is not a device; use cpu, cuda, cuda:N"):
+        resolve_device("gpu")

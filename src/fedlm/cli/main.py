@@ -18,6 +18,7 @@ from rich.table import Table
 from fedlm.errors import FedlmError
 
 console = Console(stderr=True)
+DEVICE_HELP = "where the model computes: cpu, cuda, cuda:N, or auto (a GPU where torch sees one)"
 
 
 def _add_config_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    gen.add_argument("--device", default="cpu", help=DEVICE_HELP)
 
     ev = sub.add_parser("eval", help="re-evaluate a run's final adapter on held-out data, or score benchmarks")
     ev.add_argument("--run", help="run directory")
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--path", help="dataset folder of the one --benchmark (default from the run's eval_harness)")
     ev.add_argument("--max-items", type=int, help="score an evenly spaced subset of this many items")
     ev.add_argument("--chat", action="store_true", default=None, help="wrap prompts in the chat template")
+    ev.add_argument("--device", default="cpu", help=DEVICE_HELP)
 
     aud = sub.add_parser("audit", help="privacy audit of a finished run: canary exposure and MIA AUC")
     aud.add_argument("run_dir")
@@ -110,7 +113,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "generate":
         from fedlm.runtime.commands import generate
 
-        print(generate(args.run, args.prompt, max_new_tokens=args.max_new_tokens, chat=args.chat))
+        print(generate(args.run, args.prompt, max_new_tokens=args.max_new_tokens, chat=args.chat, device=args.device))
         return 0
     if args.command == "audit":
         from fedlm.runtime.privacy_audit import audit_run
@@ -130,12 +133,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.benchmark or args.model:  # offline benchmarks of a run or of a base model alone
             result = benchmark_scores(run_dir=args.run, model_name=args.model, benchmarks=args.benchmark,
-                                      path=args.path, max_items=args.max_items, chat=args.chat)
+                                      path=args.path, max_items=args.max_items, chat=args.chat, device=args.device)
             print(json.dumps(result, indent=2))
             return 0
         if not args.run:
             raise FedlmError("fedlm eval needs --run RUN_DIR (held-out data), or --benchmark NAME with --run or --model")
-        print(json.dumps(evaluate_run(args.run), indent=2))
+        print(json.dumps(evaluate_run(args.run, device=args.device), indent=2))
         return 0
     raise FedlmError(f"unknown command {args.command!r}")  # argparse rejects these first
 

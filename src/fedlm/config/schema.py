@@ -25,7 +25,7 @@ from fedlm.config.robust import RobustConfig
 from fedlm.config.secagg import SecAggConfig, check_composition
 from fedlm.config.server_opt import ServerOptConfig
 
-_DEVICE = re.compile(r"cpu|auto|cuda(:[0-9]+)?")
+DEVICE_PATTERN = re.compile(r"cpu|auto|cuda(:[0-9]+)?")  # model.device, and the commands' --device
 
 
 class Section(BaseModel):
@@ -59,7 +59,7 @@ class ModelConfig(Section):
     @field_validator("device")
     @classmethod
     def _device_spelled(cls, v: str) -> str:
-        if not _DEVICE.fullmatch(v):
+        if not DEVICE_PATTERN.fullmatch(v):
             raise ValueError(f"model.device={v!r} is not a device; use cpu, cuda, cuda:N (N = GPU index) or auto")
         return v
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from fedlm.config.schema import DEVICE_PATTERN
 from fedlm.errors import ModelError
 
 
@@ -20,8 +21,10 @@ def resolve_device(spec: str) -> torch.device:
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` -> a device torch can use here.
 
     Raises:
-        ModelError: a CUDA device is asked for and torch sees none, or not that index.
+        ModelError: a misspelt device, or a CUDA device torch does not see here.
     """
+    if not DEVICE_PATTERN.fullmatch(spec):
+        raise ModelError(f"device {spec!r} is not a device; use cpu, cuda, cuda:N (N = GPU index) or auto")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)

@@ -14,6 +14,7 @@ from fedlm.config.schema import ExperimentConfig
 from fedlm.data.federated import FederatedData, build_federated_data
 from fedlm.errors import ModelError
 from fedlm.eval.metrics import LMScore, score_lm
+from fedlm.models.device import module_device, resolve_device, to_device
 from fedlm.models.loading import cache_dir, load_base_model, load_tokenizer
 from fedlm.runtime.experiment import final_model_dir
 from fedlm.runtime.hetero_run import fold_saved_residuals
@@ -61,8 +62,13 @@ def token_divergence(data: FederatedData) -> float:
     return float(np.mean(out)) if out else 0.0
 
 
-def load_run_model(run_dir: str | Path):
-    """Base model + the run's final adapter (PEFT), or the fully fine-tuned model."""
+def load_run_model(run_dir: str | Path, *, device: str = "cpu"):
+    """Base model + the run's final adapter (PEFT), or the fully fine-tuned model, on ``device``.
+
+    ``device`` is this command's, not the run's ``model.device``: a run trained on a GPU is
+    scored wherever it is read.
+    """
+    where = resolve_device(device)
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
     adapter = run_dir / final_model_dir(config)
@@ -71,7 +77,7 @@ def load_run_model(run_dir: str | Path):
     if not config.lora.enabled:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(adapter)
+        model = AutoModelForCausalLM.from_pretrained(adapter).to(where)
         model.eval()
         return config, model, AutoTokenizer.from_pretrained(adapter)
     base, tok = load_base_model(
@@ -82,23 +88,25 @@ def load_run_model(run_dir: str | Path):
 
     model = PeftModel.from_pretrained(base, adapter)
     fold_saved_residuals(model, adapter)  # FedEx-LoRA: residuals the base weights need
+    model.to(where)
     model.eval()
     return config, model, tok
 
 
 @torch.no_grad()
-def generate(run_dir: str | Path, prompt: str, *, max_new_tokens: int = 64, chat: bool = False) -> str:
+def generate(run_dir: str | Path, prompt: str, *, max_new_tokens: int = 64, chat: bool = False,
+             device: str = "cpu") -> str:
     """Greedy continuation of ``prompt`` by base + adapter."""
-    _, model, tok = load_run_model(run_dir)
+    _, model, tok = load_run_model(run_dir, device=device)
     text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True) if chat else prompt
-    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    enc = to_device(tok(text, return_tensors="pt", add_special_tokens=False), module_device(model))
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, *, device: str = "cpu") -> dict[str, Any]:
     """Re-evaluate a run's final adapter on every client's held-out data."""
-    config, model, tok = load_run_model(run_dir)
+    config, model, tok = load_run_model(run_dir, device=device)
     data = build_federated_data(config.data, tok, cache_dir=cache_dir())
     total, per_client = LMScore(), {}
     for cid, c in data.clients.items():
@@ -118,8 +126,9 @@ def benchmark_scores(
     max_items: int | None = None,
     chat: bool | None = None,
     batch_size: int | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Offline benchmark scores of a run's final model, or of a base model alone.
+    """Offline benchmark scores of a run's final model, or of a base model alone, on ``device``.
 
     Settings come from the run's ``eval_harness`` section (defaults for a base model);
     the arguments given override them. ``path`` is the dataset folder of the one
@@ -141,10 +150,11 @@ def benchmark_scores(
     if (run_dir is None) == (model_name is None):
         raise ConfigError("give exactly one of --run RUN_DIR and --model NAME (a preset, HF directory or hub id)")
     if run_dir is not None:
-        config, model, tok = load_run_model(run_dir)
+        config, model, tok = load_run_model(run_dir, device=device)
         cfg, name = config.eval_harness, config.model.name
     else:
         model, tok = load_base_model(model_name)
+        model.to(resolve_device(device))
         model.eval()
         cfg, name = EvalHarnessConfig(), model_name
     changes: dict[str, Any] = {k: v for k, v in
