@@ -180,9 +180,15 @@ def smollm2_dir() -> Path:
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        # Never delete a finished copy: another process (a parallel benchmark, a second
+        # SuperNode) may be reading it. A half-written one (no weights) is replaced.
+        if target.exists() and not (target / "model.safetensors").is_file():
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first; its copy is the same conversion
+            if not (target / "model.safetensors").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
