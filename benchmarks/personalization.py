@@ -25,8 +25,9 @@ client is then scored on its own held-out questions (held-out perplexity of the 
 
 Reported per method over the 9 clients: mean held-out perplexity, std, the worst 10%
 (ceil(0.9) = the worst client), Jain's index, and each client's value.
-Goals: federated (FedAvg global) beats local-only on average; the best personalised method
-improves the worst-10% over the FedAvg global.
+Goals: federated beats local-only on average (checked twice: the FedAvg global alone, and
+the best federated method, personal steps included); the best personalised method improves
+the worst-10% over the FedAvg global. ``--seed`` repeats a run on new LoRA A, rows and splits.
 
     OMP_NUM_THREADS=1 python -m benchmarks.personalization [--quick] [--rounds 3] [--local-steps 3]
         [--val-fraction 0.25] [--methods local_only,finetune,finetune_select,...] [--device cpu]
@@ -62,6 +63,7 @@ NAME = "Personalisation"
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model.name": args.model, "model.device": args.device,
+        "model.seed": args.seed, "data.seed": args.seed, "federation.seed": args.seed,
         "data.source": "jsonl", "data.path": args.medquad, "data.client_field": "source", "data.format": "instruction",
         "data.prompt_field": "question", "data.context_field": "null", "data.response_field": "answer",
         "data.max_clients": args.clients, "data.min_client_chars": 0, "data.seq_len": args.seq_len,
@@ -140,6 +142,8 @@ def main() -> None:
     ap.add_argument("--personal-lr", type=float, default=None, help="personal.lr (finetune, ditto, mix); default --lr")
     ap.add_argument("--personal-steps", type=int, default=None,
                     help="personal.steps (finetune: after federation; ditto, mix: per round); default --local-steps")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="model.seed, data.seed and federation.seed: a replicate draws new LoRA A, rows and splits")
     ap.add_argument("--device", default="cpu", help="model.device: cpu, cuda, cuda:N or auto")
     ap.add_argument("--medquad", default=MEDQUAD, help="MedQuAD JSONL (shared/datasets/medquad.jsonl)")
     args = ap.parse_args()
@@ -205,7 +209,7 @@ def main() -> None:
         for i, cid in enumerate(ids):
             model.set_state(init)
             train_local(model, data.clients[cid].train, steps=args.rounds * args.local_steps,
-                        batch_size=args.batch_size, lr=args.lr, seed=derive_seed(0, i, 11))
+                        batch_size=args.batch_size, lr=args.lr, seed=derive_seed(args.seed, i, 11))
             local[cid] = sim.evaluate(model.get_state(), [cid])["clients"][cid]["perplexity"]
         results["local_only"] = local
         done("local_only", t)
@@ -218,6 +222,10 @@ def main() -> None:
     goals: dict[str, Any] = {}
     if "local_only" in results:
         goals["federated_beats_local_mean"] = stats["fedavg_global"]["mean"] < stats["local_only"]["mean"]
+        # Federation followed by a personal step is still federated learning; it is reported apart from FedAvg.
+        federated = [m for m in ORDER if m in results and m != "local_only"]
+        goals["best_federated_mean"] = min(federated, key=lambda m: stats[m]["mean"])
+        goals["best_federated_beats_local_mean"] = stats[goals["best_federated_mean"]]["mean"] < stats["local_only"]["mean"]
     personal = [m for m in PERSONAL if m in results]
     if personal:
         best = min(personal, key=lambda m: stats[m]["worst_10pct"])
@@ -230,6 +238,7 @@ def main() -> None:
             + (f", personal lr {args.personal_lr}" if args.personal_lr else "")
             + (f", personal steps {args.personal_steps}" if args.personal_steps else "")
             + (f", {args.eval_batches} x 8 held-out examples/client" if args.eval_batches else "")
+            + (f", seed {args.seed}" if args.seed else "")
             + f", device {args.device})")
     append_table(NAME, rows, columns=["method", "mean_ppl", "std", "worst_10pct", "jain", "worst_client",
                                       "chose_global"], record=not args.quick, note=note)
