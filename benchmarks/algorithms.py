@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 from benchmarks._record import finish
+from fedlm.capabilities import build_engine
+from fedlm.commands.experiment import prepare
 from fedlm.config import load_config
-from fedlm.runtime.experiment import prepare
-from fedlm.runtime.simulation import Simulation
 
 ALPHAS = (0.1, 1.0, 100.0)
 # name -> config overrides (on top of local SGD with lr --lr)
@@ -101,7 +101,7 @@ def base_overrides(args: argparse.Namespace, data: Path, alpha: float) -> dict[s
 def run(overrides: dict[str, Any]) -> dict[str, Any]:
     config = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
     model, data = prepare(config)
-    sim = Simulation(config, model, data)
+    sim = build_engine(config, model, data)
     state = sim.init_state()
     losses, errors, worst, down = [], [], 0.0, 0
     while state.round < config.federation.rounds:

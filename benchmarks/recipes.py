@@ -37,11 +37,13 @@ import numpy as np
 import torch
 
 from benchmarks._record import append_table
+from fedlm.capabilities import build_engine
 from fedlm.client.trainer import train_local
+from fedlm.commands.experiment import prepare
 from fedlm.config import load_config
+from fedlm.engine.simulation import Simulation
 from fedlm.eval.benchmarks import run_benchmarks
-from fedlm.runtime.experiment import prepare
-from fedlm.runtime.simulation import Simulation, derive_seed
+from fedlm.seeds import derive_seed
 
 RECIPE = "examples/medical.yaml"
 NAME = "Recipes"
@@ -86,7 +88,7 @@ def main() -> None:
         model, data = prepare(config)
     init = model.get_state()
     ids = data.ids()
-    evaluator = Simulation(config, model, data)
+    evaluator = build_engine(config, model, data)
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
 

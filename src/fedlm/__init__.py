@@ -24,10 +24,10 @@ from fedlm.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "RunResult": "fedlm.runtime.experiment",
-    "resume_experiment": "fedlm.runtime.experiment",
-    "run_experiment": "fedlm.runtime.experiment",
-    "Simulation": "fedlm.runtime.simulation",
+    "RunResult": "fedlm.commands.experiment",
+    "resume_experiment": "fedlm.commands.experiment",
+    "run_experiment": "fedlm.commands.experiment",
+    "Simulation": "fedlm.engine.simulation",
     "ClientUpdate": "fedlm.stages",
     "CohortValue": "fedlm.stages",
     "Pipeline": "fedlm.stages",

@@ -14,9 +14,9 @@ metrics nest under each stage's name.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -30,6 +30,22 @@ CLIENT_ORDER: tuple[str, ...] = ("transform", "clip", "noise", "encode", "mask")
 SERVER_ORDER: tuple[str, ...] = ("unmask", "decode", "validate", "aggregate", "noise", "optimize")
 
 
+class PlanField:
+    """Base of the typed values a capability adds to a round plan.
+
+    A subclass is a frozen dataclass whose fields are numbers, strings, booleans or
+    ``TensorDict``s (what the deployment wire can carry), or, for values that never leave
+    the server, anything. ``broadcast`` says whether clients receive it: a deployed round
+    sends exactly the broadcast fields to each client. A plan holds at most one value of
+    each type, and stages look it up by type (``plan.get(DpRound)``), never by a string.
+    """
+
+    broadcast: ClassVar[bool] = True
+
+
+F = TypeVar("F", bound=PlanField)
+
+
 @dataclass(frozen=True)
 class RoundPlan:
     """What the server decides for one round; travels to every sampled client.
@@ -40,7 +56,7 @@ class RoundPlan:
         lr: client learning rate for this round (after the schedule).
         local_steps: optimiser steps each client runs.
         seed: per-round seed; clients derive theirs from it and their id.
-        extra: typed values that later stages add (e.g. a clipping norm).
+        fields: typed values capabilities add (see ``PlanField``), by their type.
     """
 
     round: int
@@ -48,7 +64,43 @@ class RoundPlan:
     lr: float
     local_steps: int
     seed: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    fields: Mapping[type[PlanField], PlanField] = field(default_factory=dict)
+
+    def get(self, kind: type[F]) -> F | None:
+        """The plan's value of type ``kind``, or None when no capability set one."""
+        return self.fields.get(kind)  # type: ignore[return-value]
+
+    def require(self, kind: type[F], *, by: str) -> F:
+        """The plan's value of type ``kind``; a ``PipelineError`` naming ``by`` when absent."""
+        found = self.fields.get(kind)
+        if found is None:
+            raise PipelineError(
+                f"{by} needs the round plan's {kind.__name__}; enable the capability that sets it "
+                "or build the plan with plan.with_fields(...)"
+            )
+        return found  # type: ignore[return-value]
+
+    def with_fields(self, *values: PlanField) -> RoundPlan:
+        """A copy with ``values`` set (replacing any value of the same type)."""
+        return replace(self, fields={**self.fields, **{type(v): v for v in values}})
+
+    def without(self, *kinds: type[PlanField]) -> RoundPlan:
+        """A copy without the values of ``kinds``."""
+        return replace(self, fields={k: v for k, v in self.fields.items() if k not in kinds})
+
+
+@dataclass(frozen=True)
+class GlobalAtStart(PlanField):
+    """The global trainable tensors the round starts from, and the federation's size.
+
+    Set by the engine on every plan for server stages that rebuild client models (the
+    LoRA-aware mean) or scale by the population (SCAFFOLD's ``1/N``). Clients have the
+    broadcast itself, so it is not sent to them.
+    """
+
+    broadcast: ClassVar[bool] = False
+    tensors: TensorDict
+    population: int
 
 
 @dataclass
@@ -78,6 +130,17 @@ class CohortValue:
     updates: list[ClientUpdate]
     aggregate: TensorDict | None = None
     rejected: list[dict[str, str]] = field(default_factory=list)
+    skipped: str | None = None  # a stage gave up on the round on purpose (e.g. a SecAgg+ abort): skip, never fail
+
+
+# Update metric: how many clients one update stands for (a secure sum stands for its
+# survivors); an update without it stands for one.
+CONTRIBUTORS_METRIC = "contributors"
+
+
+def contributors(value: CohortValue) -> int:
+    """Clients behind the cohort's valid updates."""
+    return sum(int(u.metrics.get(CONTRIBUTORS_METRIC, 1)) for u in value.updates)
 
 
 @runtime_checkable

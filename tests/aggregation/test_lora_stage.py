@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fedlm.aggregation.lora import lora_scaling
-from fedlm.aggregation.lora_stage import GLOBAL_KEY, LoraAggregateStage
+from fedlm.aggregation.lora_stage import LoraAggregateStage
 from fedlm.client.profiles import rank_masks, truncate_to_rank
 from fedlm.errors import ConfigError, PipelineError, UpdateRejected
-from fedlm.stages import ClientUpdate, CohortValue, RoundPlan
+from fedlm.stages import ClientUpdate, CohortValue, GlobalAtStart, RoundPlan
 
 PREFIX = "base_model.model.model.layers.0.self_attn"
 DIMS = {f"{PREFIX}.q_proj": (6, 5), f"{PREFIX}.v_proj": (4, 5)}
@@ -27,7 +27,7 @@ def adapter(gen: torch.Generator, rank: int = R) -> dict[str, torch.Tensor]:
 
 def round_value(glob, locals_, weights=(1, 2, 3)):
     ups = [ClientUpdate(f"c{i}", 1, w, tensors={k: loc[k] - glob[k] for k in glob}) for i, (loc, w) in enumerate(zip(locals_, weights, strict=True))]
-    plan = RoundPlan(round=1, cohort=tuple(u.client_id for u in ups), lr=0.1, local_steps=1, seed=0, extra={GLOBAL_KEY: glob})
+    plan = RoundPlan(round=1, cohort=tuple(u.client_id for u in ups), lr=0.1, local_steps=1, seed=0).with_fields(GlobalAtStart(glob, population=len(ups)))
     return CohortValue(updates=ups), plan
 
 
@@ -114,7 +114,7 @@ def test_ffa_is_exact_on_b_alone_and_rejects_an_update_that_carries_a(setup):
 def test_needs_the_global_adapter_and_a_known_method(setup):
     glob, locals_ = setup
     value, _ = round_value(glob, locals_)
-    with pytest.raises(PipelineError, match=GLOBAL_KEY):
+    with pytest.raises(PipelineError, match="GlobalAtStart"):
         LoraAggregateStage("naive", scaling=S, rank=R).apply({"residual": {}}, value, RoundPlan(1, (), 0.1, 1, 0))
     with pytest.raises(ConfigError, match="unknown"):
         LoraAggregateStage("mean", scaling=S, rank=R)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from quadratic_support import EXAMPLES, FakeAdapted, Quadratic
 
-from fedlm.aggregation.lora_stage import POPULATION_KEY
 from fedlm.aggregation.scaffold_stage import ScaffoldControl
 from fedlm.client.scaffold import (
     client_control_update,
@@ -14,7 +13,7 @@ from fedlm.client.scaffold import (
     server_control_update,
 )
 from fedlm.client.trainer import train_local
-from fedlm.stages import ClientUpdate, CohortValue, RoundPlan
+from fedlm.stages import ClientUpdate, CohortValue, GlobalAtStart, RoundPlan
 
 
 def t(*xs: float) -> torch.Tensor:
@@ -43,7 +42,7 @@ def test_server_stage_derives_the_clients_control_deltas():
     c = {"w": t(0.5, -0.5)}
     deltas = [t(-0.2, 0.4), t(0.6, 0.0)]
     steps = [2, 4]
-    plan = RoundPlan(round=1, cohort=("a", "b"), lr=0.1, local_steps=2, seed=0, extra={POPULATION_KEY: 5})
+    plan = RoundPlan(round=1, cohort=("a", "b"), lr=0.1, local_steps=2, seed=0).with_fields(GlobalAtStart({}, population=5))
     ups = [ClientUpdate("a", 1, 1, tensors={"w": deltas[0]}, metrics={"local_steps": 2}),
            ClientUpdate("b", 1, 1, tensors={"w": deltas[1]}, metrics={"local_steps": 4})]
     state, value, metrics = ScaffoldControl().apply({"c": c}, CohortValue(updates=ups), plan)

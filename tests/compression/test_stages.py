@@ -16,7 +16,7 @@ from fedlm.compression.stages import (
     encode_with_feedback,
 )
 from fedlm.config.compression import CompressionConfig
-from fedlm.errors import PipelineError, ProtocolError
+from fedlm.errors import ConfigError, PipelineError, ProtocolError
 from fedlm.stages import (
     CLIENT_ORDER,
     SERVER_ORDER,
@@ -170,6 +170,58 @@ def test_decode_stage_caps_declared_size() -> None:
         None, CohortValue([ClientUpdate("a", 1, 1, payload=payload)]), plan()
     )
     assert out.rejected[0]["reason"] == "too_large"
+
+
+def test_decode_stage_enforces_max_bytes_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The review's case: limit 1,000 bytes, a 15,640-byte update was accepted.
+    codec = CODECS.create("fp32")
+    big = codec.encode({"w": torch.ones(3864)})
+    assert len(big) == 15_640
+    small = codec.encode({"w": torch.ones(3)})
+    calls: list[int] = []
+    real = type(codec).decode
+    monkeypatch.setattr(type(codec), "decode", lambda self, p, **kw: calls.append(len(p)) or real(self, p, **kw))
+    stage = DecodeStage(codec, max_bytes=1_000)
+    value = CohortValue([ClientUpdate("a", 1, 1, payload=big), ClientUpdate("b", 1, 1, payload=small)])
+    _, out, metrics = stage.apply(stage.init(), value, plan())
+    assert [u.client_id for u in out.updates] == ["b"]
+    assert out.rejected == [{
+        "client_id": "a",
+        "reason": "too_large",
+        "detail": "payload of 15640 bytes exceeds federation.max_update_bytes=1000",
+    }]
+    assert calls == [len(small)]  # the large payload was never handed to the decoder
+    assert metrics == {"bytes": 15_640 + len(small), "decoded": 1, "rejected": 1}
+
+
+def test_decode_stage_checks_the_expected_shapes() -> None:
+    codec = CODECS.create("topk", fraction=0.5)
+    shapes = {"w": (2, 2), "b": (3,)}
+    ok = codec.encode({"b": torch.tensor([1.0, 0.0, -2.0]), "w": torch.ones(2, 2)})
+    wrong_shape = codec.encode({"w": torch.ones(4), "b": torch.ones(3)})
+    missing = codec.encode({"w": torch.ones(2, 2)})
+    extra = codec.encode({"w": torch.ones(2, 2), "b": torch.ones(3), "c": torch.ones(1)})
+    updates = [ClientUpdate(c, 1, 1, payload=p) for c, p in zip("abcd", [ok, wrong_shape, missing, extra])]
+    stage = DecodeStage(codec, shapes={"w": [2, 2], "b": [3]})
+    _, out, _ = stage.apply(stage.init(), CohortValue(updates), plan())
+    assert [(r["client_id"], r["reason"]) for r in out.rejected] == [("b", "shape"), ("c", "names"), ("d", "names")]
+    (decoded,) = out.updates
+    assert list(decoded.tensors) == list(shapes)  # the model's order, not the sender's
+    assert decoded.tensors["b"].tolist() == [1.0, 0.0, -2.0] and decoded.tensors["w"].dtype == torch.float32
+    assert stage.shapes == shapes
+
+
+@pytest.mark.parametrize("payload", ["text", 12, [b"x"]])
+def test_decode_stage_rejects_payloads_that_are_not_bytes(payload: object) -> None:
+    stage = DecodeStage(CODECS.create("fp32"), shapes={"w": (1,)}, max_bytes=100)
+    _, out, metrics = stage.apply(None, CohortValue([ClientUpdate("a", 1, 1, payload=payload)]), plan())  # type: ignore[arg-type]
+    assert out.rejected[0]["reason"] == "malformed" and metrics["bytes"] == 0
+
+
+@pytest.mark.parametrize("max_bytes", [0, -5, 1.5, True])
+def test_decode_stage_checks_its_limit(max_bytes: object) -> None:
+    with pytest.raises(ConfigError, match="max_bytes"):
+        DecodeStage(CODECS.create("fp32"), max_bytes=max_bytes)  # type: ignore[arg-type]
 
 
 def test_broadcast_round_trip_with_and_without_feedback() -> None:

@@ -10,8 +10,7 @@ from pydantic import ValidationError
 
 from fedlm.config import robust as robust_config
 from fedlm.config.robust import (
-    NEEDS_INDIVIDUAL_UPDATES,
-    ROBUST_AGGREGATORS,
+    AGGREGATORS,
     RobustConfig,
     check_assumptions,
     needs_individual_updates,
@@ -62,7 +61,7 @@ def test_client_side_norm_bound_needs_norm_bound_aggregator_and_fixed_bound() ->
     cfg.check_secure_aggregation(True)
 
 
-@pytest.mark.parametrize("name", ROBUST_AGGREGATORS)
+@pytest.mark.parametrize("name", AGGREGATORS.names())
 def test_robust_aggregators_are_rejected_with_secure_aggregation(name: str) -> None:
     cfg = RobustConfig(aggregator=name)
     cfg.check_secure_aggregation(False)
@@ -71,7 +70,7 @@ def test_robust_aggregators_are_rejected_with_secure_aggregation(name: str) -> N
 
 
 def test_needs_individual_updates_rule() -> None:
-    assert frozenset(ROBUST_AGGREGATORS) == NEEDS_INDIVIDUAL_UPDATES
+    assert all(needs_individual_updates(name) for name in AGGREGATORS.names())
     assert needs_individual_updates("norm_bound")
     assert not needs_individual_updates("norm_bound", client_side_norm_bound=True)
     assert needs_individual_updates("krum", client_side_norm_bound=True)

@@ -41,3 +41,57 @@ def test_the_cap_keeps_a_seeded_sample_of_the_training_rows_not_the_first_ones()
 
 def test_a_cap_above_the_client_size_keeps_every_training_row():
     assert _client(1000).train == _client(None).train
+
+
+def test_row_formats_keep_small_clients_and_lm_drops_them_by_name(tmp_path, caplog):
+    import json
+    import logging
+
+    from fedlm.data.federated import build_federated_data
+
+    f = tmp_path / "qa.jsonl"
+    with f.open("w") as fh:
+        for client, n in (("big", 30), ("small", 3)):
+            for i in range(n):
+                fh.write(json.dumps({"client": client, "instruction": f"q{i}?", "response": "yes", "text": "word " * 20}) + "\n")
+    base = ["data.source=jsonl", f"data.path={f}", "data.client_field=client", "data.seq_len=64"]
+    tok = byte_tokenizer()
+    rows = build_federated_data(load_config(None, base).data, tok, cache_dir=tmp_path)
+    assert rows.format == "instruction" and rows.ids() == ["big", "small"] and not rows.dropped
+
+    with caplog.at_level(logging.WARNING, logger="fedlm.data.federated"):
+        lm = build_federated_data(load_config(None, [*base, "data.format=lm"]).data, tok, cache_dir=tmp_path)
+    assert lm.ids() == ["big"]  # 30 x 100 characters; small has 3 x 100
+    assert lm.dropped == {"small": "300 characters, below data.min_client_chars=2000 (unset: the lm default)"}
+    assert "dropped" in caplog.text and "small (" in caplog.text and "lower data.min_client_chars" in caplog.text
+
+
+def test_clients_with_fewer_than_two_examples_are_logged_with_the_reason(tmp_path, caplog):
+    import json
+    import logging
+
+    from fedlm.data.federated import build_federated_data
+
+    f = tmp_path / "qa.jsonl"
+    with f.open("w") as fh:
+        for client, n in (("big", 6), ("lonely", 1)):
+            for i in range(n):
+                fh.write(json.dumps({"client": client, "instruction": f"q{i}?", "response": "yes"}) + "\n")
+    cfg = load_config(None, ["data.source=jsonl", f"data.path={f}", "data.client_field=client"]).data
+    with caplog.at_level(logging.WARNING, logger="fedlm.data.federated"):
+        data = build_federated_data(cfg, byte_tokenizer(), cache_dir=tmp_path)
+    assert data.ids() == ["big"] and data.summary()["dropped_clients"] == 1
+    assert data.dropped == {"lonely": "fewer than 2 examples from 1 row(s) at data.seq_len=128"}
+    assert "dropped 1 of 2 clients: lonely (fewer than 2 examples" in caplog.text
+
+
+def test_a_deployed_clients_malformed_row_is_a_clear_error():
+    import pytest
+
+    from fedlm.errors import DataError
+
+    cfg = load_config(None, ["data.format=messages"]).data
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+            {"messages": [{"role": "user", "content": "hi"}]}]
+    with pytest.raises(DataError, match="row 1 of the client's data: 'messages' has no assistant turn"):
+        build_client_data(cfg, rows, byte_tokenizer(), index=0)

@@ -8,11 +8,11 @@ import pytest
 import torch
 from tests_support import tiny_overrides, write_lm_jsonl
 
+from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.eval.bias_probe import bias_probe, continuation_log_likelihood
 from fedlm.models.loading import load_base_model
 from fedlm.report.html import write_report
-from fedlm.runtime.experiment import run_experiment
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 from tests_support import tiny_overrides
 
 from fedlm.cli.main import main
+from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
-from fedlm.runtime.experiment import run_experiment
 
 CSV = (
     "question,choices,answer,error_type,source,correct_answer,potential_reason\n"

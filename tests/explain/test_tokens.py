@@ -9,10 +9,10 @@ import torch
 from tests_support import tiny_overrides, write_lm_jsonl
 
 from fedlm.cli.main import main
+from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.explain.tokens import attribute, heatmap_fragment, load_attribution
 from fedlm.models.loading import load_base_model
-from fedlm.runtime.experiment import run_experiment
 
 
 @pytest.fixture(scope="module")

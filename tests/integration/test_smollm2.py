@@ -5,8 +5,8 @@ import importlib.util
 import pytest
 from tests_support import SHARED, tiny_overrides, write_lm_jsonl
 
+from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
-from fedlm.runtime.experiment import run_experiment
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,12 @@ import torch
 from tests_support import tiny_overrides, write_lm_jsonl
 
 from fedlm.client.trainer import train_local
+from fedlm.commands.experiment import config_digest
 from fedlm.config import load_config
 from fedlm.config.schema import LoraConfig
+from fedlm.deploy.model_cache import model_key
 from fedlm.errors import ConfigError, ModelError
 from fedlm.models import AdaptedModel, load_base_model, module_device, resolve_device, to_device
-from fedlm.runtime.experiment import config_digest
-from fedlm.runtime.flower.model_cache import model_key
 
 
 def test_cpu_and_auto_without_a_gpu_resolve_to_cpu(monkeypatch):

@@ -6,6 +6,9 @@ import pytest
 import torch
 from tests_support import tiny_overrides
 
+from fedlm.capabilities import build_engine
+from fedlm.capabilities.personal import MIX_KEY, PERSONAL_KEY
+from fedlm.commands.experiment import prepare, run_experiment
 from fedlm.config import load_config
 from fedlm.eval.metrics import score_lm
 from fedlm.personal.mixing import (
@@ -16,9 +19,6 @@ from fedlm.personal.mixing import (
     module_of,
     theta_gradient,
 )
-from fedlm.runtime.experiment import prepare, run_experiment
-from fedlm.runtime.personal_run import MIX_KEY, PERSONAL_KEY
-from fedlm.runtime.simulation import Simulation
 
 Q = "model.layers.0.self_attn.q_proj"
 
@@ -86,7 +86,7 @@ def test_mix_keeps_a_local_adapter_and_its_weights_on_the_client(lm_data, tmp_pa
     config = load_config(None, tiny_overrides(lm_data, **{"personal.method": "mix", "personal.steps": 2,
                                                           "federation.clients_per_round": 4, "eval.max_clients": 4}))
     model, data = prepare(config)
-    sim = Simulation(config, model, data)
+    sim = build_engine(config, model, data)
     state = sim.init_state()
     opened = sim.begin_round(state)
     cid = opened.plan.cohort[0]

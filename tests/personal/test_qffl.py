@@ -8,10 +8,10 @@ from tests_support import tiny_overrides
 
 from fedlm.aggregation.fedavg import WeightedMean
 from fedlm.aggregation.qffl import LOSS_KEY, QFFLMean, qffl_step
+from fedlm.capabilities import build_engine
+from fedlm.commands.experiment import prepare
 from fedlm.config import load_config
 from fedlm.errors import ConfigError, FedlmError
-from fedlm.runtime.experiment import prepare
-from fedlm.runtime.simulation import Simulation
 from fedlm.stages import ClientUpdate, CohortValue, RoundPlan
 
 PLAN = RoundPlan(round=1, cohort=("a", "b"), lr=0.5, local_steps=1, seed=0)
@@ -66,7 +66,7 @@ def test_qffl_in_a_run_sends_the_loss_and_q_zero_matches_fedavg(lm_data):
     def run(**extra):
         config = load_config(None, tiny_overrides(lm_data, **{"federation.weighting": "uniform", **extra}))
         model, data = prepare(config)
-        sim = Simulation(config, model, data)
+        sim = build_engine(config, model, data)
         state, record = sim.run_round(sim.init_state())
         return state, record
 

@@ -8,22 +8,25 @@ import pytest
 import torch
 from tests_support import tiny_overrides
 
+from fedlm.capabilities import build_engine
+from fedlm.capabilities import personal as personal_run
+from fedlm.capabilities.personal import Personalization
+from fedlm.capabilities.personal import base as personal_base
 from fedlm.client.trainer import train_local
+from fedlm.commands.experiment import prepare, run_experiment
 from fedlm.config import load_config
 from fedlm.data.federated import ClientData, FederatedData
+from fedlm.engine.capability import EngineContext
 from fedlm.errors import ConfigError
 from fedlm.eval.metrics import score_lm
 from fedlm.personal.selection import best_index, split_validation, validation_size
-from fedlm.runtime import personal_run
-from fedlm.runtime.experiment import prepare, run_experiment
-from fedlm.runtime.personal_run import PersonalRun
-from fedlm.runtime.simulation import Simulation, derive_seed
+from fedlm.seeds import derive_seed
 
 
 def _sim(lm_data, **extra):
     config = load_config(None, tiny_overrides(lm_data, **extra))
     model, data = prepare(config)
-    return Simulation(config, model, data)
+    return build_engine(config, model, data)
 
 
 def _val_loss(sim, examples) -> float:
@@ -82,14 +85,14 @@ def test_a_client_too_small_to_split_is_refused_when_the_run_is_built(lm_data):
     first = sim.data.clients[sim.data.ids()[0]]
     small = FederatedData({"solo": ClientData(train=first.train[:1], heldout=first.heldout)}, sim.data.format)
     with pytest.raises(ConfigError, match="client 'solo' has 1 training example"):
-        PersonalRun(sim.config, sim.model, small)
+        Personalization(EngineContext(sim.config, sim.model, small))
 
 
 # ---------------------------------------------------------------------- finetune: the step count
 def test_finetune_scores_each_step_as_a_plain_run_would_and_refits_on_all_examples_for_the_best_count(lm_data):
     steps = 4
     sim = _sim(lm_data, **{"personal.method": "finetune", "personal.steps": steps, "personal.val_fraction": 0.25})
-    run, cid = sim.personal, "beta"
+    run, cid = sim.capability(Personalization), "beta"
     g = sim.init_state().global_state
     own = run.personal_state(cid, g, {})
     choice = run.choices[cid]
@@ -116,8 +119,8 @@ def test_finetune_that_only_hurts_keeps_the_global_model(lm_data):
                            "personal.val_fraction": 0.3})
     g = sim.init_state().global_state
     g = {k: v + 0.01 * torch.randn_like(v) for k, v in g.items()}  # a trained-looking adapter (B != 0)
-    own = sim.personal.personal_state("alpha", g, {})
-    assert sim.personal.choices["alpha"]["steps"] == 0 and sim.personal.choices["alpha"]["chosen"] == "global"
+    own = sim.capability(Personalization).personal_state("alpha", g, {})
+    assert sim.capability(Personalization).choices["alpha"]["steps"] == 0 and sim.capability(Personalization).choices["alpha"]["chosen"] == "global"
     assert _same(own, g)
 
 
@@ -127,16 +130,16 @@ def test_personal_training_never_sees_the_validation_split(lm_data, monkeypatch,
     sim = _sim(lm_data, **{"personal.method": method, "personal.val_fraction": 0.3,
                            "federation.clients_per_round": 4})
     seen: list = []
-    real = personal_run.train_local
+    real = personal_base.train_local
 
     def spy(model, examples, **kw):
         seen.extend(id(e) for e in examples)
         return real(model, examples, **kw)
 
-    monkeypatch.setattr(personal_run, "train_local", spy)
+    monkeypatch.setattr(personal_base, "train_local", spy)
     sim.run_round(sim.init_state())
     for cid in sim.data.ids():
-        fit, val = sim.personal._split(cid)
+        fit, val = sim.capability(Personalization).method.split(cid)
         assert val and not {id(e) for e in val} & set(seen)
         assert {id(e) for e in fit} <= set(seen)
 
@@ -145,10 +148,10 @@ def test_ditto_keeps_whichever_model_scores_lower_on_the_split(lm_data):
     sim = _sim(lm_data, **{"personal.method": "ditto", "personal.lam": 0.01, "personal.val_fraction": 0.3,
                            "federation.clients_per_round": 4})
     state, _ = sim.run_round(sim.init_state())
-    out = sim.personal.evaluate(sim, state.global_state, state.client_states)
+    out = sim.capability(Personalization).evaluate(sim, state.global_state, state.client_states)
     for cid, c in out["clients"].items():
         choice = c["selection"]
-        _, val = sim.personal._split(cid)
+        _, val = sim.capability(Personalization).method.split(cid)
         for side in ("global", "personal"):  # the recorded losses are the models' losses on the split
             model = state.global_state if side == "global" else state.client_states[cid][personal_run.PERSONAL_KEY]
             sim.model.set_state(model)
@@ -165,8 +168,8 @@ def test_a_personal_model_equal_to_the_global_one_ties_and_the_global_one_is_kep
     state, _ = sim.run_round(sim.init_state())
     # lam = inf pins v to the broadcast it trained toward; scored against that same broadcast.
     v = state.client_states["gamma"][personal_run.PERSONAL_KEY]
-    own = sim.personal.personal_state("gamma", v, state.client_states)
-    choice = sim.personal.choices["gamma"]
+    own = sim.capability(Personalization).personal_state("gamma", v, state.client_states)
+    choice = sim.capability(Personalization).choices["gamma"]
     assert choice["val_loss"]["global"] == pytest.approx(choice["val_loss"]["personal"], abs=1e-6)
     assert choice["chosen"] == "global" and own is v
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedlm.aggregation.fedavg import FixedDenominator
 from fedlm.config.privacy import PrivacyConfig
 from fedlm.errors import PipelineError
 from fedlm.privacy.clipping import global_l2_norm, split_noise_multiplier
@@ -14,6 +15,7 @@ from fedlm.privacy.stages import (
     CentralNoiseStage,
     ClipStage,
     DistributedNoiseStage,
+    DpRound,
     dp_fedavg_stages,
 )
 from fedlm.stages import (
@@ -27,10 +29,13 @@ from fedlm.stages import (
 )
 
 
-def _plan(cohort=("a", "b"), seed=11, **extra) -> RoundPlan:
-    return RoundPlan(
-        round=1, cohort=tuple(cohort), lr=0.1, local_steps=1, seed=seed, extra=dict(extra)
-    )
+def _plan(cohort=("a", "b"), seed=11, *, clip_norm=None, dp_denominator=None) -> RoundPlan:
+    plan = RoundPlan(round=1, cohort=tuple(cohort), lr=0.1, local_steps=1, seed=seed)
+    if clip_norm is not None:
+        plan = plan.with_fields(DpRound(clip_norm=clip_norm, expected_cohort_size=float(len(cohort))))
+    if dp_denominator is not None:
+        plan = plan.with_fields(FixedDenominator(dp_denominator))
+    return plan
 
 
 def _update(client="a", tensors=None, metrics=None) -> ClientUpdate:
@@ -237,8 +242,7 @@ def test_clip_and_adaptive_stages_track_the_median_with_noise():
             lr=0.1,
             local_steps=1,
             seed=r,
-            extra={"clip_norm": c},
-        )
+        ).with_fields(DpRound(clip_norm=c, expected_cohort_size=float(m)))
         updates = []
         for cid, norm in zip(plan.cohort, rng.lognormal(0.0, 1.0, size=m), strict=True):
             _, up, _ = clip.apply(None, _update(cid, {"w": torch.tensor([float(norm), 0.0])}), plan)

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from tests_support import tiny_overrides, write_lm_jsonl
 
+from fedlm.commands.experiment import run_experiment
+from fedlm.commands.explain import explain_tokens
 from fedlm.config import load_config
-from fedlm.explain.tokens import explain_tokens
-from fedlm.runtime.experiment import run_experiment
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("FEDLM_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "runs" / "test-artifacts"))

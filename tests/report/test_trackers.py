@@ -8,10 +8,10 @@ import sys
 import pytest
 from tests_support import tiny_overrides, write_lm_jsonl
 
+from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.errors import ConfigError
 from fedlm.report.trackers import Trackers, scalars
-from fedlm.runtime.experiment import run_experiment
 
 
 def test_scalars_by_hand() -> None:

@@ -16,8 +16,8 @@ import pytest
 import torch
 from tests_support import tiny_overrides, write_lm_jsonl
 
+from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
-from fedlm.runtime.experiment import run_experiment
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

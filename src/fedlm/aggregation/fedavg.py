@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from fedlm.errors import ConfigError, FedlmError
-from fedlm.stages import ClientUpdate, CohortValue, RoundPlan, TensorDict
+from fedlm.stages import ClientUpdate, CohortValue, PlanField, RoundPlan, TensorDict
+
+
+@dataclass(frozen=True)
+class FixedDenominator(PlanField):
+    """A public number the round's mean divides the weighted sum by, instead of the
+    realised total weight (client-level DP's expected cohort size or total weight: the
+    realised one would depend on who took part)."""
+
+    broadcast: ClassVar[bool] = False
+    value: float
 
 
 def weighted_mean(deltas: list[TensorDict], weights: list[float]) -> TensorDict:

@@ -3,8 +3,8 @@
 The server pipeline carries deltas (local - global). LoRA's update is a product, so
 this stage rebuilds each client's full adapter ``global + delta_i``, aggregates the
 adapters with :mod:`fedlm.aggregation.lora` and hands on ``new_global - global`` as the
-aggregate, like any mean. The round plan brings the broadcast global adapter under
-:data:`GLOBAL_KEY` and the population under :data:`POPULATION_KEY`.
+aggregate, like any mean. The round plan's :class:`~fedlm.stages.GlobalAtStart` brings the
+broadcast global adapter.
 
 - ``naive``: the weighted mean of the deltas (identical to FedAvg's mean), i.e. A and B
   averaged separately; inexact.
@@ -40,10 +40,7 @@ from fedlm.aggregation.lora import (
     pair_lora_tensors,
 )
 from fedlm.errors import ConfigError, PipelineError, UpdateRejected
-from fedlm.stages import CohortValue, RoundPlan, TensorDict
-
-GLOBAL_KEY = "global_state"  # RoundPlan.extra: the broadcast global trainable tensors
-POPULATION_KEY = "population"  # RoundPlan.extra: clients in the federation (SCAFFOLD's N)
+from fedlm.stages import CohortValue, GlobalAtStart, RoundPlan, TensorDict
 
 METHODS = ("naive", "fedex", "svd", "ffa")
 
@@ -57,10 +54,7 @@ def short_name(prefix: str) -> str:
 
 
 def global_of(plan: RoundPlan, stage: str) -> TensorDict:
-    glob = plan.extra.get(GLOBAL_KEY)
-    if glob is None:
-        raise PipelineError(f"server stage {stage!r} needs the broadcast global adapter in plan.extra[{GLOBAL_KEY!r}]")
-    return glob
+    return plan.require(GlobalAtStart, by=f"server stage {stage!r}").tensors
 
 
 class LoraAggregateStage:
@@ -138,4 +132,4 @@ class LoraAggregateStage:
         return new_state, dataclasses.replace(value, aggregate=step), metrics
 
 
-__all__ = ["GLOBAL_KEY", "POPULATION_KEY", "LoraAggregateStage", "global_of", "short_name"]
+__all__ = ["LoraAggregateStage", "global_of", "short_name"]

@@ -6,8 +6,9 @@ Each stage is a frozen dataclass of hyper-parameters wrapping one pure function 
 reports the client ids it flagged. Its state counts, per client id, the rounds in which
 that client was flagged, so repeat offenders show up in the audit and resume is exact.
 
-``AGGREGATORS.create(name, **kwargs)`` builds a stage by name; ``build_robust_stage``
-builds one from a ``RobustConfig``.
+Each stage reads its hyper-parameters from a ``RobustConfig`` in ``from_config``;
+``build_robust_stage`` looks the class up by name in ``fedlm.config.robust.AGGREGATORS``
+(the single source of aggregator names) and calls it.
 """
 
 from __future__ import annotations
@@ -19,22 +20,14 @@ from typing import Any, ClassVar
 import torch
 
 from fedlm.aggregation import robust
-from fedlm.config.robust import (
-    NEEDS_INDIVIDUAL_UPDATES,
-    ROBUST_AGGREGATORS,
-    RobustConfig,
-    needs_individual_updates,
-)
+from fedlm.config.robust import AGGREGATORS, RobustConfig, needs_individual_updates
 from fedlm.errors import PipelineError
-from fedlm.registry import Registry
-from fedlm.stages import CohortValue, RoundPlan, Stage, TensorDict
+from fedlm.stages import CohortValue, PlanField, RoundPlan, Stage, TensorDict
 
 __all__ = [
     "AGGREGATORS",
-    "FLTRUST_ROOT_KEY",
-    "NEEDS_INDIVIDUAL_UPDATES",
-    "ROBUST_AGGREGATORS",
     "BulyanStage",
+    "FLTrustRoot",
     "FLTrustStage",
     "FlameStage",
     "GeomedStage",
@@ -47,9 +40,14 @@ __all__ = [
     "needs_individual_updates",
 ]
 
-# Key in RoundPlan.extra under which the server puts FLTrust's root update (a TensorDict
-# computed on its root dataset before aggregation).
-FLTRUST_ROOT_KEY = "fltrust_root_update"
+
+
+@dataclass(frozen=True)
+class FLTrustRoot(PlanField):
+    """FLTrust's root update: the server's own delta on its clean root data this round."""
+
+    broadcast: ClassVar[bool] = False
+    update: TensorDict
 
 _Result = tuple[TensorDict, dict[str, Any]]
 
@@ -63,6 +61,12 @@ class _RobustStage:
 
     kind: ClassVar[str] = "aggregate"
     name: ClassVar[str] = "robust"
+
+    @classmethod
+    def from_config(cls, cfg: RobustConfig) -> _RobustStage:
+        """The stage ``cfg`` describes (the base passes ``f`` when the stage has one)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**({"f": cfg.num_byzantine} if "f" in names else {}))
 
     def init(self) -> dict[str, Any]:
         """State: ``{"flag_counts": {client_id: rounds flagged}}``."""
@@ -127,6 +131,10 @@ class TrimmedMeanStage(_RobustStage):
     trim_fraction: float = 0.1
     f: int = 0
 
+    @classmethod
+    def from_config(cls, cfg: RobustConfig) -> TrimmedMeanStage:
+        return cls(trim_fraction=cfg.trim_fraction, f=cfg.num_byzantine)
+
     def _aggregate(
         self, tensors: list[TensorDict], weights: list[float], plan: RoundPlan
     ) -> _Result:
@@ -157,6 +165,10 @@ class MultiKrumStage(_RobustStage):
     f: int = 0
     m: int | None = None
 
+    @classmethod
+    def from_config(cls, cfg: RobustConfig) -> MultiKrumStage:
+        return cls(f=cfg.num_byzantine, m=cfg.multi_krum_m)
+
     def _aggregate(
         self, tensors: list[TensorDict], weights: list[float], plan: RoundPlan
     ) -> _Result:
@@ -186,6 +198,11 @@ class GeomedStage(_RobustStage):
     tol: float = 1e-6
     smoothing: float = 1e-6
 
+    @classmethod
+    def from_config(cls, cfg: RobustConfig) -> GeomedStage:
+        return cls(f=cfg.num_byzantine, max_iter=cfg.geomed_max_iter, tol=cfg.geomed_tol,
+                   smoothing=cfg.geomed_smoothing)
+
     def _aggregate(
         self, tensors: list[TensorDict], weights: list[float], plan: RoundPlan
     ) -> _Result:
@@ -212,6 +229,10 @@ class NormBoundStage(_RobustStage):
     bound: float | None = None
     client_side: bool = False
 
+    @classmethod
+    def from_config(cls, cfg: RobustConfig) -> NormBoundStage:
+        return cls(bound=cfg.norm_bound, client_side=cfg.norm_bound_client_side)
+
     def __post_init__(self) -> None:
         if self.client_side and self.bound is None:
             raise PipelineError(
@@ -230,20 +251,15 @@ class NormBoundStage(_RobustStage):
 
 @dataclass(frozen=True)
 class FLTrustStage(_RobustStage):
-    """FLTrust (Cao et al. 2021); reads the root update from ``plan.extra[FLTRUST_ROOT_KEY]``."""
+    """FLTrust (Cao et al. 2021); reads the root update from the plan's :class:`FLTrustRoot`."""
 
     name: ClassVar[str] = "fltrust"
 
     def _aggregate(
         self, tensors: list[TensorDict], weights: list[float], plan: RoundPlan
     ) -> _Result:
-        root = plan.extra.get(FLTRUST_ROOT_KEY)
-        if root is None:
-            raise PipelineError(
-                f"fltrust needs the server's root update in plan.extra[{FLTRUST_ROOT_KEY!r}]; "
-                "compute it on the root dataset before the aggregate stage"
-            )
-        return robust.fltrust(tensors, root)
+        root = plan.require(FLTrustRoot, by="fltrust (compute the root update before the aggregate stage)")
+        return robust.fltrust(tensors, root.update)
 
 
 @dataclass(frozen=True)
@@ -257,6 +273,10 @@ class FlameStage(_RobustStage):
     name: ClassVar[str] = "flame"
     f: int = 0
     noise_lambda: float = 0.001
+
+    @classmethod
+    def from_config(cls, cfg: RobustConfig) -> FlameStage:
+        return cls(f=cfg.num_byzantine, noise_lambda=cfg.flame_noise_lambda)
     seed_offset: int = 0x464C414D  # "FLAM": keeps this stream apart from others seeded by plan.seed
 
     def _aggregate(
@@ -272,45 +292,8 @@ class FlameStage(_RobustStage):
         )
 
 
-def _default_registry() -> Registry[Stage]:
-    reg: Registry[Stage] = Registry("aggregator")
-    for cls in (
-        MedianStage,
-        TrimmedMeanStage,
-        KrumStage,
-        MultiKrumStage,
-        BulyanStage,
-        GeomedStage,
-        NormBoundStage,
-        FLTrustStage,
-        FlameStage,
-    ):
-        reg.register(cls.name, cls)
-    return reg
-
-
-AGGREGATORS: Registry[Stage] = _default_registry()
-
-
 def build_robust_stage(cfg: RobustConfig) -> Stage | None:
     """The aggregate stage that ``cfg`` describes; None for "fedavg" (not a robust stage)."""
-    f = cfg.num_byzantine
-    kwargs: dict[str, dict[str, Any]] = {
-        "median": {"f": f},
-        "trimmed_mean": {"trim_fraction": cfg.trim_fraction, "f": f},
-        "krum": {"f": f},
-        "multi_krum": {"f": f, "m": cfg.multi_krum_m},
-        "bulyan": {"f": f},
-        "geomed": {
-            "f": f,
-            "max_iter": cfg.geomed_max_iter,
-            "tol": cfg.geomed_tol,
-            "smoothing": cfg.geomed_smoothing,
-        },
-        "norm_bound": {"bound": cfg.norm_bound, "client_side": cfg.norm_bound_client_side},
-        "fltrust": {},
-        "flame": {"f": f, "noise_lambda": cfg.flame_noise_lambda},
-    }
     if cfg.aggregator == "fedavg":
         return None
-    return AGGREGATORS.create(cfg.aggregator, **kwargs[cfg.aggregator])
+    return AGGREGATORS.factory(cfg.aggregator).from_config(cfg)

@@ -10,13 +10,19 @@ with the global adapter (and counts its bytes).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from fedlm.aggregation.fednova import local_steps_of
-from fedlm.aggregation.lora_stage import POPULATION_KEY
 from fedlm.client.scaffold import control_delta, server_control_update
-from fedlm.errors import PipelineError
-from fedlm.stages import CohortValue, RoundPlan
+from fedlm.stages import CohortValue, GlobalAtStart, PlanField, RoundPlan, TensorDict
+
+
+@dataclass(frozen=True)
+class ScaffoldRound(PlanField):
+    """SCAFFOLD's server variate ``c`` (empty = zeros), broadcast with the global adapter."""
+
+    c: TensorDict
 
 
 class ScaffoldControl:
@@ -29,9 +35,7 @@ class ScaffoldControl:
         return {"c": {}}
 
     def apply(self, state: dict[str, Any], value: CohortValue, plan: RoundPlan) -> tuple[dict[str, Any], CohortValue, dict[str, Any]]:
-        population = plan.extra.get(POPULATION_KEY)
-        if not population:
-            raise PipelineError(f"the scaffold stage needs the population in plan.extra[{POPULATION_KEY!r}]")
+        population = plan.require(GlobalAtStart, by="the scaffold stage").population
         c = state.get("c", {})
         updates = [u for u in value.updates if u.tensors is not None]
         deltas_c = [control_delta(c, u.tensors, steps=local_steps_of(u, plan), lr=plan.lr) for u in updates]  # type: ignore[arg-type]
@@ -40,4 +44,4 @@ class ScaffoldControl:
         return {"c": new_c}, value, {"clients": len(updates), "c_norm": norm}
 
 
-__all__ = ["ScaffoldControl"]
+__all__ = ["ScaffoldControl", "ScaffoldRound"]

@@ -31,9 +31,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedlm.config.server_opt import ServerOptConfig
+from fedlm.config.server_opt import SERVER_OPTIMIZERS, ServerOptConfig
 from fedlm.errors import ConfigError, PipelineError, ProtocolError
-from fedlm.registry import Registry
 from fedlm.stages import CohortValue, RoundPlan, TensorDict
 
 ADAPTIVE_VARIANTS: tuple[str, ...] = ("adagrad", "adam", "yogi")
@@ -329,20 +328,6 @@ class OuterNesterov(ServerOptimizer):
     def _step(self, state: dict[str, Any], delta: TensorDict) -> tuple[dict[str, Any], TensorDict]:
         m, step = nesterov_step(state["m"], delta, lr=self.lr, momentum=self.momentum)
         return {"m": m, "v": {}}, step
-
-
-def _register_builtins() -> Registry[ServerOptimizer]:
-    registry: Registry[ServerOptimizer] = Registry("server optimizer")
-    registry.register("fedavg", FedAvg)
-    registry.register("fedavgm", FedAvgM)
-    registry.register("fedadagrad", FedAdagrad)
-    registry.register("fedadam", FedAdam)
-    registry.register("fedyogi", FedYogi)
-    registry.register("nesterov", OuterNesterov)
-    return registry
-
-
-SERVER_OPTIMIZERS: Registry[ServerOptimizer] = _register_builtins()
 
 
 def server_optimizer_from_config(config: ServerOptConfig) -> ServerOptimizer:

@@ -7,6 +7,7 @@ short reason; the round goes on without it.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -24,14 +25,19 @@ def check_update(
     max_bytes: int | None = None,
 ) -> float:
     """Raise UpdateRejected for the first problem found; return the update's L2 norm."""
+    if not isinstance(update.client_id, str):
+        raise UpdateRejected("bad_client", f"client id is a {type(update.client_id).__name__}, not a string")
     if update.client_id not in plan.cohort:
         raise UpdateRejected("not_in_cohort", f"client {update.client_id!r} was not sampled in round {plan.round}")
     if update.round != plan.round:
         raise UpdateRejected("wrong_round", f"update is for round {update.round}, the server is in round {plan.round}")
+    # DecodeStage enforces the limit before decoding; this catches payloads that skipped it.
     if max_bytes is not None and update.payload is not None and len(update.payload) > max_bytes:
         raise UpdateRejected("too_large", f"payload of {len(update.payload)} bytes exceeds the limit of {max_bytes}")
-    if not (isinstance(update.num_examples, int) and update.num_examples > 0):
-        raise UpdateRejected("bad_weight", f"num_examples must be a positive integer, got {update.num_examples!r}")
+    n = update.num_examples
+    # An int64 at most (what the wire carries); a larger claimed weight would overflow the mean's float.
+    if isinstance(n, bool) or not (isinstance(n, int) and 0 < n < 2**63):
+        raise UpdateRejected("bad_weight", f"num_examples must be a positive int64, got {str(n)[:40]!r}")
     tensors = update.tensors
     if tensors is None:
         raise UpdateRejected("missing", "update carries no decoded tensors")
@@ -75,15 +81,16 @@ class Validate:
 
     def apply(self, state: None, value: CohortValue, plan: RoundPlan) -> tuple[None, CohortValue, dict[str, Any]]:
         kept, norms = [], {}
+        rejected = list(value.rejected)
         seen: set[str] = set()
         for u in value.updates:
             try:
-                if u.client_id in seen:
+                if isinstance(u.client_id, str) and u.client_id in seen:
                     raise UpdateRejected("duplicate", f"a second update from {u.client_id!r} in round {plan.round}")
                 norms[u.client_id] = check_update(u, plan, shapes=self.shapes, max_norm=self.max_norm, max_bytes=self.max_bytes)
                 seen.add(u.client_id)
                 kept.append(u)
             except UpdateRejected as exc:
-                value.rejected.append({"client_id": u.client_id, "reason": exc.reason, "detail": exc.detail})
-        value.updates = kept
-        return state, value, {"accepted": len(kept), "rejected": len(value.rejected), "norms": norms}
+                rejected.append({"client_id": u.client_id, "reason": exc.reason, "detail": exc.detail})
+        metrics = {"accepted": len(kept), "rejected": len(rejected), "norms": norms}
+        return state, replace(value, updates=kept, rejected=rejected), metrics

@@ -46,8 +46,8 @@ def run_deploy(args: argparse.Namespace) -> int:
 
     _need_flower()
     if args.deploy_command == "app":
-        from fedlm.runtime.flower.app_writer import write_app
-        from fedlm.runtime.flower.local_data import write_client_files
+        from fedlm.deploy.app_writer import write_app
+        from fedlm.deploy.local_data import write_client_files
 
         config = load_config(args.config, args.overrides)
         out = Path(args.out)
@@ -58,7 +58,7 @@ def run_deploy(args: argparse.Namespace) -> int:
         write_app(config, out, out_dir=args.run_dir, data_dir=data_dir)
         print(out / "pyproject.toml")
         return 0
-    from fedlm.runtime.flower.launcher import LocalFederation
+    from fedlm.deploy.launcher import LocalFederation
 
     if args.resume:
         run_dir = Path(args.resume)

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     aud = sub.add_parser("audit", help="privacy audit of a finished run: canary exposure and MIA AUC")
     aud.add_argument("run_dir")
 
-    from fedlm.explain.cli import add_explain_parser
+    from fedlm.cli.explain import add_explain_parser
 
     add_explain_parser(sub)  # fedlm explain contribution|tokens
     from fedlm.cli.deploy import add_deploy_parser
@@ -90,7 +90,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from fedlm.config.loader import load_config
 
     if args.command == "run":
-        from fedlm.runtime.experiment import resume_experiment, run_experiment
+        from fedlm.commands.experiment import resume_experiment, run_experiment
 
         if args.resume:
             result = resume_experiment(args.resume, overrides=args.overrides, console=console)
@@ -105,18 +105,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(write_report(args.run_dir))
         return 0
     if args.command == "data":
-        from fedlm.runtime.commands import inspect_data
+        from fedlm.commands.evaluate import inspect_data
 
         config = load_config(args.config, args.overrides)
         _print_inspect(inspect_data(config))
         return 0
     if args.command == "generate":
-        from fedlm.runtime.commands import generate
+        from fedlm.commands.evaluate import generate
 
         print(generate(args.run, args.prompt, max_new_tokens=args.max_new_tokens, chat=args.chat, device=args.device))
         return 0
     if args.command == "audit":
-        from fedlm.runtime.privacy_audit import audit_run
+        from fedlm.commands.audit import audit_run
 
         print(json.dumps(audit_run(args.run_dir), indent=2))
         return 0
@@ -125,11 +125,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_deploy(args)
     if args.command == "explain":
-        from fedlm.explain.cli import run_explain
+        from fedlm.cli.explain import run_explain
 
         return run_explain(args)
     if args.command == "eval":
-        from fedlm.runtime.commands import benchmark_scores, evaluate_run
+        from fedlm.commands.evaluate import benchmark_scores, evaluate_run
 
         if args.benchmark or args.model:  # offline benchmarks of a run or of a base model alone
             result = benchmark_scores(run_dir=args.run, model_name=args.model, benchmarks=args.benchmark,

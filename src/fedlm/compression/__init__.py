@@ -9,6 +9,7 @@ from fedlm.compression.codecs import (
     TopKCodec,
     decode,
 )
+from fedlm.compression.payload import decode_payload, header_limit
 from fedlm.compression.stages import (
     DecodeStage,
     EncodeStage,
@@ -17,7 +18,7 @@ from fedlm.compression.stages import (
     encode_broadcast,
     encode_with_feedback,
 )
-from fedlm.compression.wire import pack, tensor_bytes, unpack
+from fedlm.compression.wire import pack, read_header, read_tensors, tensor_bytes, unpack
 
 __all__ = [
     "CODECS",
@@ -30,10 +31,14 @@ __all__ = [
     "TopKCodec",
     "decode",
     "decode_broadcast",
+    "decode_payload",
     "derive_generator",
     "encode_broadcast",
     "encode_with_feedback",
+    "header_limit",
     "pack",
+    "read_header",
+    "read_tensors",
     "tensor_bytes",
     "unpack",
 ]

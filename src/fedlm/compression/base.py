@@ -13,39 +13,19 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedlm.compression.wire import pack
+from fedlm.compression.payload import (
+    DEFAULT_MAX_NUMEL,
+    DTYPE_NAMES,
+    DTYPES,
+    PartSpecs,
+    Shapes,
+    check_part,
+    decode_payload,
+    malformed,
+)
+from fedlm.compression.wire import Payload, pack
 from fedlm.errors import ConfigError, UpdateRejected
 from fedlm.stages import TensorDict
-
-# Decoding allocates dense tensors whose size a payload declares; top-k payloads can
-# declare far more elements than they carry. 2**30 float32 elements = 4 GiB.
-DEFAULT_MAX_NUMEL = 2**30
-
-# Original dtypes a payload may declare (the dtype each tensor is cast back to).
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-
-
-def malformed(detail: str) -> UpdateRejected:
-    return UpdateRejected("malformed", detail)
-
-
-def check_part(
-    parts: dict[str, torch.Tensor], part: str, dtype: torch.dtype, length: int
-) -> torch.Tensor:
-    """Return ``parts[part]`` after checking it is 1-D, of ``dtype`` and ``length``."""
-    t = parts[part]
-    if t.dtype != dtype or t.dim() != 1 or t.numel() != length:
-        raise malformed(
-            f"part {part!r} is {t.dtype} of shape {list(t.shape)}; "
-            f"expected {dtype} of shape [{length}]"
-        )
-    return t
 
 
 class Codec(ABC):
@@ -76,6 +56,13 @@ class Codec(ABC):
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """Constructor keyword arguments (JSON-serialisable), written into each payload."""
+
+    @abstractmethod
+    def part_specs(self, numel: int) -> PartSpecs:
+        """Dtype and length of each stored part of a tensor of ``numel`` elements.
+
+        Decoding checks a payload's header against these before reading any data.
+        """
 
     @abstractmethod
     def _encode_one(
@@ -138,15 +125,38 @@ class Codec(ABC):
         }
         return pack(stored, metadata=metadata)
 
-    def decode(self, payload: bytes, *, max_numel: int = DEFAULT_MAX_NUMEL) -> TensorDict:
+    def decode(
+        self,
+        payload: Payload,
+        *,
+        shapes: Shapes | None = None,
+        max_bytes: int | None = None,
+        max_numel: int = DEFAULT_MAX_NUMEL,
+    ) -> TensorDict:
         """Decode a payload that this codec (same name and parameters) produced.
 
-        Raises:
-            UpdateRejected: malformed payload, or "codec_mismatch" when another codec made it.
-        """
-        from fedlm.compression.codecs import decode  # the registry module imports this one
+        Args:
+            payload: the received bytes; any content at all.
+            shapes: the expected tensors, name -> shape. The server's intake must pass the
+                model's trainable shapes: every declared size is then checked against them
+                before anything is allocated, and tensors come back as float32.
+            max_bytes: reject longer payloads ("too_large") before reading them.
+            max_numel: without ``shapes``, cap on the elements the payload may declare.
 
-        return decode(payload, expect=self, max_numel=max_numel)
+        Raises:
+            UpdateRejected: only this, for any malformed or unexpected payload;
+                "codec_mismatch" when another codec (or other parameters) made it.
+        """
+        return decode_payload(payload, self.accept, shapes=shapes, max_bytes=max_bytes, max_numel=max_numel)
+
+    def accept(self, name: str, params: dict[str, Any]) -> Codec:
+        """Resolver for ``decode_payload``: only this codec with these parameters."""
+        if name != self.name or params != self.params():
+            raise UpdateRejected(
+                "codec_mismatch",
+                f"payload uses {name[:40]} {str(params)[:120]}; expected {self.name} {self.params()}",
+            )
+        return self
 
 
 class FloatCodec(Codec):
@@ -185,8 +195,11 @@ class FloatCodec(Codec):
     ) -> dict[str, torch.Tensor]:
         return {"v": x.to(DTYPES[self.dtype])}
 
+    def part_specs(self, numel: int) -> PartSpecs:
+        return {"v": (DTYPES[self.dtype], numel)}
+
     def _decode_one(self, parts: dict[str, torch.Tensor], numel: int) -> torch.Tensor:
         return check_part(parts, "v", DTYPES[self.dtype], numel).float()
 
 
-__all__ = ["DEFAULT_MAX_NUMEL", "Codec", "FloatCodec"]
+__all__ = ["DEFAULT_MAX_NUMEL", "DTYPES", "Codec", "FloatCodec", "malformed"]

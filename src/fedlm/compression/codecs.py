@@ -5,6 +5,9 @@ into one payload made by :func:`fedlm.compression.wire.pack`, so the byte count 
 update is ``len(payload)``, header included, never an estimate. The payload is
 self-describing: its metadata names the codec, the codec's parameters, and each
 tensor's name, original shape and dtype, so :func:`decode` needs only the bytes.
+Those bytes are hostile until checked: the server decodes with the model's expected
+shapes and a byte limit, and :mod:`fedlm.compression.payload` checks every declared
+size against them before allocating anything.
 
 Payload layout (safetensors): tensor ``i`` of the input (in the order of the
 ``tensors`` metadata entry) is stored as parts ``"{i}.{part}"``; each part is 1-D.
@@ -31,109 +34,80 @@ complement: the server must see each client's payload to decode it.
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
-import torch
-
-from fedlm.compression.base import DEFAULT_MAX_NUMEL, DTYPES, Codec, FloatCodec, malformed
+from fedlm.compression.base import Codec, FloatCodec
+from fedlm.compression.payload import DEFAULT_MAX_NUMEL, Shapes, decode_payload, malformed
 from fedlm.compression.quantize import StochasticQuantCodec
 from fedlm.compression.topk import TopKCodec
-from fedlm.compression.wire import unpack
-from fedlm.errors import ConfigError, UpdateRejected
-from fedlm.registry import Registry
+from fedlm.compression.wire import Payload
+from fedlm.config.compression import CODECS
+from fedlm.errors import ConfigError
 from fedlm.stages import TensorDict
 
-CODECS: Registry[Codec] = Registry("codec")
-CODECS.register("fp32", lambda: FloatCodec("float32"))
-CODECS.register("fp16", lambda: FloatCodec("float16"))
-CODECS.register("bf16", lambda: FloatCodec("bfloat16"))
-CODECS.register("int8", lambda **kw: StochasticQuantCodec(8, **kw))
-CODECS.register("int4", lambda **kw: StochasticQuantCodec(4, **kw))
-CODECS.register("topk", lambda **kw: TopKCodec(**kw))
+
+# The factories ``fedlm.config.compression.CODECS`` names (the single source of codec names).
+def fp32() -> Codec:
+    return FloatCodec("float32")
 
 
-def _parse_json(meta: dict[str, str], key: str) -> Any:
-    if key not in meta:
-        raise malformed(f"payload metadata lacks {key!r}")
+def fp16() -> Codec:
+    return FloatCodec("float16")
+
+
+def bf16() -> Codec:
+    return FloatCodec("bfloat16")
+
+
+def int8(**kw: Any) -> Codec:
+    return StochasticQuantCodec(8, **kw)
+
+
+def int4(**kw: Any) -> Codec:
+    return StochasticQuantCodec(4, **kw)
+
+
+def topk(**kw: Any) -> Codec:
+    return TopKCodec(**kw)
+
+
+def _from_registry(name: str, params: dict[str, Any]) -> Codec:
+    """Resolver for ``decode_payload``: build whichever registered codec the payload names."""
+    if name not in CODECS:
+        raise malformed(f"payload names unknown codec {name[:40]!r}")
     try:
-        return json.loads(meta[key])
-    except (ValueError, RecursionError) as exc:
-        raise malformed(f"metadata {key!r} is not JSON: {exc}") from None
-
-
-def _parse_entries(raw: Any) -> list[tuple[str, list[int], torch.dtype]]:
-    """Check the ``tensors`` metadata: a list of [name, shape, dtype]."""
-    if not isinstance(raw, list):
-        raise malformed("metadata 'tensors' is not a list")
-    entries = []
-    for e in raw:
-        ok = (
-            isinstance(e, list)
-            and len(e) == 3
-            and isinstance(e[0], str)
-            and isinstance(e[1], list)
-            and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in e[1])
-            and e[2] in DTYPES
-        )
-        if not ok:
-            raise malformed(f"tensor entry {str(e)[:80]!r} is not [name, shape, dtype]")
-        entries.append((e[0], e[1], DTYPES[e[2]]))
-    if len({e[0] for e in entries}) != len(entries):
-        raise malformed("duplicate tensor names in metadata")
-    return entries
+        return CODECS.create(name, **params)
+    except (ConfigError, TypeError) as exc:
+        raise malformed(f"bad parameters for codec {name!r}: {str(exc)[:160]}") from None
 
 
 def decode(
-    payload: bytes, *, expect: Codec | None = None, max_numel: int = DEFAULT_MAX_NUMEL
+    payload: Payload,
+    *,
+    expect: Codec | None = None,
+    shapes: Shapes | None = None,
+    max_bytes: int | None = None,
+    max_numel: int = DEFAULT_MAX_NUMEL,
 ) -> TensorDict:
     """Decode any payload made by a registered codec, using only its bytes.
 
     Args:
-        payload: bytes from ``Codec.encode``.
+        payload: bytes from ``Codec.encode``, or anything at all.
         expect: when given, the payload must name this codec with the same parameters
-            (the server should accept only the configured codec).
-        max_numel: cap on the total elements the payload may declare (guards memory).
+            (the server should accept only the configured codec; ``expect.decode`` is the same).
+        shapes: the expected tensors, name -> shape; see ``Codec.decode``.
+        max_bytes: reject longer payloads ("too_large") before reading them.
+        max_numel: without ``shapes``, cap on the elements the payload may declare.
 
     Returns:
-        name -> tensor with the original shape and dtype.
+        name -> tensor with the declared shape (float32 with ``shapes``, else the original dtype).
 
     Raises:
         UpdateRejected: always, for any malformed or unexpected payload ("malformed",
-            "schema", "codec_mismatch", "too_large").
+            "schema", "codec_mismatch", "names", "shape", "too_large").
     """
-    stored, meta = unpack(payload)
-    name = meta.get("codec")
-    params = _parse_json(meta, "params")
-    if not isinstance(name, str) or name not in CODECS or not isinstance(params, dict):
-        raise malformed(f"payload names unknown codec {str(name)[:40]!r}")
-    if expect is not None and (name != expect.name or params != expect.params()):
-        raise UpdateRejected(
-            "codec_mismatch",
-            f"payload uses {name} {params}; expected {expect.name} {expect.params()}",
-        )
-    try:
-        codec = expect if expect is not None else CODECS.create(name, **params)
-    except (ConfigError, TypeError) as exc:
-        raise malformed(f"bad parameters for codec {name!r}: {exc}") from None
-    entries = _parse_entries(_parse_json(meta, "tensors"))
-    expected_keys = {f"{i}.{p}" for i in range(len(entries)) for p in codec.parts}
-    if set(stored) != expected_keys:
-        extra = sorted(set(stored) ^ expected_keys)[:4]
-        raise malformed(f"stored parts do not match the metadata (first differences: {extra})")
-    total = 0
-    out: TensorDict = {}
-    for i, (key, shape, dtype) in enumerate(entries):
-        numel = math.prod(shape)
-        total += numel
-        if total > max_numel:
-            raise UpdateRejected(
-                "too_large", f"payload declares more than max_numel={max_numel} elements"
-            )
-        parts = {p: stored[f"{i}.{p}"] for p in codec.parts}
-        out[key] = codec._decode_one(parts, numel).reshape(shape).to(dtype)
-    return out
+    resolve = _from_registry if expect is None else expect.accept
+    return decode_payload(payload, resolve, shapes=shapes, max_bytes=max_bytes, max_numel=max_numel)
 
 
 __all__ = [

@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedlm.compression.base import Codec, check_part, malformed
+from fedlm.compression.base import Codec
+from fedlm.compression.payload import PartSpecs, check_part, malformed
 from fedlm.errors import ConfigError, UpdateRejected
 
 
@@ -80,8 +81,26 @@ class StochasticQuantCodec(Codec):
     def _scales_per_element(self, scales: torch.Tensor, n: int) -> torch.Tensor:
         if self.block_size is None:
             return scales.expand(n)
-        # Gather (not repeat_interleave): memory stays O(n) whatever block_size a payload names.
-        return scales[torch.arange(n) // self.block_size]
+        return scales[torch.arange(n) // self.block_size]  # (n,); encode only (decode: _dequantize)
+
+    def part_specs(self, numel: int) -> PartSpecs:
+        q = (torch.int8, numel) if self.bits == 8 else (torch.uint8, -(-numel // 2))
+        return {"q": q} if self.fixed_scale is not None else {"q": q, "s": (torch.float32, self._num_scales(numel))}
+
+    def _dequantize(self, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """``q * scale / levels`` per element, from int8 codes (n,) and one scale per block.
+
+        Full blocks are a (blocks, block_size) view and the short last block a slice, so
+        no per-element index or padded copy is made, whatever block_size a payload names.
+        """
+        step = scales / self.levels  # (num_scales,) float32
+        x = q.float()  # (n,)
+        n, b = x.numel(), self.block_size
+        if b is None or b >= n:  # one scale (a payload may name a block_size past int64)
+            return x * step
+        full = n // b
+        body = (x[: full * b].view(full, b) * step[:full, None]).reshape(-1)
+        return torch.cat([body, x[full * b :] * step[full:]]) if n % b else body
 
     def _encode_one(
         self, x: torch.Tensor, generator: torch.Generator | None
@@ -136,7 +155,7 @@ class StochasticQuantCodec(Codec):
             q = codes[:numel].to(torch.int8) - 8
         if numel and (int(q.min()) < -self.levels or int(q.max()) > self.levels):
             raise malformed(f"quantised code outside [-{self.levels}, {self.levels}]")
-        return q.float() * (self._scales_per_element(scales, numel) / self.levels)
+        return self._dequantize(q, scales)
 
 
 __all__ = ["StochasticQuantCodec"]

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 
-from fedlm.compression.codecs import DEFAULT_MAX_NUMEL, Codec
-from fedlm.errors import PipelineError, ProtocolError, UpdateRejected
+from fedlm.compression.base import Codec
+from fedlm.compression.payload import DEFAULT_MAX_NUMEL
+from fedlm.errors import ConfigError, PipelineError, ProtocolError, UpdateRejected
 from fedlm.stages import ClientUpdate, CohortValue, RoundPlan, TensorDict
 
 
@@ -126,26 +128,58 @@ class EncodeStage:
 class DecodeStage:
     """Server stage: decode each update's payload; malformed ones become rejections.
 
-    Only payloads made by the configured codec (same name and parameters) are accepted.
-    A rejected update leaves ``updates`` and is appended to ``rejected`` as
-    ``{"client_id", "reason", "detail"}``; the round goes on without it.
+    Every byte from a client is hostile, so before decoding anything the stage rejects a
+    payload longer than ``max_bytes`` ("too_large"), and the decoder checks every declared
+    name, shape and size against ``shapes`` before allocating (see
+    :mod:`fedlm.compression.payload`): one payload costs at most a small multiple of the
+    model's trainable size. Only payloads made by the configured codec (same name and
+    parameters) are accepted. A rejected update leaves ``updates`` and is appended to
+    ``rejected`` as ``{"client_id", "reason", "detail"}``; the round goes on without it.
 
     Metrics: ``bytes`` (sum of payload lengths received), ``decoded``, ``rejected``.
 
     Args:
         codec: the upload codec.
-        max_numel: cap on the elements one payload may declare (memory guard).
+        shapes: the model's trainable tensors the server expects, name -> shape. None
+            keeps the old, unbounded behaviour (only ``max_numel`` caps memory); a server
+            should always pass them.
+        max_bytes: reject longer payloads before decoding them (``federation.max_update_bytes``).
+        max_numel: without ``shapes``, cap on the elements one payload may declare.
     """
 
     name: ClassVar[str] = "decode"
     kind: ClassVar[str] = "decode"
 
-    def __init__(self, codec: Codec, *, max_numel: int = DEFAULT_MAX_NUMEL) -> None:
+    def __init__(
+        self,
+        codec: Codec,
+        *,
+        shapes: Mapping[str, Sequence[int]] | None = None,
+        max_bytes: int | None = None,
+        max_numel: int = DEFAULT_MAX_NUMEL,
+    ) -> None:
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+            raise ConfigError(f"DecodeStage max_bytes={max_bytes!r} must be a positive integer or None")
         self.codec = codec
+        self.shapes = None if shapes is None else {str(k): tuple(int(d) for d in v) for k, v in shapes.items()}
+        self.max_bytes = max_bytes
         self.max_numel = max_numel
 
     def init(self) -> None:
         return None
+
+    def decode(self, payload: object) -> TensorDict:
+        """One payload's tensors; ``UpdateRejected`` (only) for anything unacceptable."""
+        if payload is None:
+            raise UpdateRejected("missing_payload", "update carries no payload; is encode configured?")
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise UpdateRejected("malformed", f"payload is a {type(payload).__name__}, not bytes")
+        size = memoryview(payload).nbytes
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise UpdateRejected(
+                "too_large", f"payload of {size} bytes exceeds federation.max_update_bytes={self.max_bytes}"
+            )
+        return self.codec.decode(payload, shapes=self.shapes, max_bytes=self.max_bytes, max_numel=self.max_numel)
 
     def apply(
         self, state: None, value: CohortValue, plan: RoundPlan
@@ -154,13 +188,10 @@ class DecodeStage:
         rejected = list(value.rejected)
         received = 0
         for update in value.updates:
+            if isinstance(update.payload, (bytes, bytearray, memoryview)):
+                received += memoryview(update.payload).nbytes
             try:
-                if update.payload is None:
-                    raise UpdateRejected(
-                        "missing_payload", "update carries no payload; is encode configured?"
-                    )
-                received += len(update.payload)
-                tensors = self.codec.decode(update.payload, max_numel=self.max_numel)
+                tensors = self.decode(update.payload)
             except UpdateRejected as exc:
                 rejected.append(
                     {"client_id": update.client_id, "reason": exc.reason, "detail": exc.detail}
@@ -200,15 +231,26 @@ def encode_broadcast(
 
 
 def decode_broadcast(
-    codec: Codec, payload: bytes, *, max_numel: int = DEFAULT_MAX_NUMEL
+    codec: Codec,
+    payload: bytes,
+    *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    max_numel: int = DEFAULT_MAX_NUMEL,
 ) -> TensorDict:
     """Client side of the downlink: decode the server's broadcast.
+
+    Args:
+        codec: the download codec.
+        payload: the broadcast bytes.
+        shapes: the client's model tensors, name -> shape, when it knows them (the
+            decoded broadcast then has exactly these, as float32).
+        max_numel: without ``shapes``, cap on the elements the broadcast may declare.
 
     Raises:
         ProtocolError: the broadcast is malformed or made with another codec.
     """
     try:
-        return codec.decode(payload, max_numel=max_numel)
+        return codec.decode(payload, shapes=shapes, max_numel=max_numel)
     except UpdateRejected as exc:
         raise ProtocolError(f"broadcast rejected ({exc.reason}): {exc.detail}") from None
 

@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedlm.compression.base import DTYPES, Codec, check_part, malformed
+from fedlm.compression.base import Codec
+from fedlm.compression.payload import DTYPES, PartSpecs, check_part, malformed
 from fedlm.errors import ConfigError, UpdateRejected
 
 
@@ -55,6 +56,10 @@ class TopKCodec(Codec):
     def num_kept(self, n: int) -> int:
         """Entries kept of a tensor of ``n`` elements: ceil(fraction * n), at least 1 if n > 0."""
         return min(n, max(1, math.ceil(self.fraction * n))) if n else 0
+
+    def part_specs(self, numel: int) -> PartSpecs:
+        k = self.num_kept(numel)
+        return {"i": (torch.int32, k), "v": (DTYPES[self.value_dtype], k)}
 
     def _encode_one(
         self, x: torch.Tensor, generator: torch.Generator | None

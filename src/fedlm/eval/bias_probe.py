@@ -64,7 +64,7 @@ def per_client_probe(adapted, store_dir) -> dict[str, float] | None:
     """
     from pathlib import Path
 
-    from fedlm.runtime.contribution_run import load_round
+    from fedlm.explain.store import load_round
 
     files = sorted(Path(store_dir).glob("round_*.safetensors")) if store_dir else []
     if not files:

@@ -154,38 +154,9 @@ def render_page(prompt: str, results: dict[str, Attribution]) -> str:
             f"<body><h1>Token attribution</h1>{heatmap_fragment(prompt, results)}</body></html>")
 
 
-def explain_tokens(run_dir: str | Path, prompt: str, *, out: str | Path | None = None,
-                   max_new_tokens: int = 8, steps: int = 32) -> Path:
-    """Attribute the base model's and the run's fine-tuned model's answers; write HTML.
-
-    Writes ``out`` (default ``RUN_DIR/attribution.html``) and ``RUN_DIR/attribution.json``,
-    which ``report.html`` shows as its attribution section. Returns the HTML path.
-    """
-    from fedlm.models.loading import load_base_model
-    from fedlm.runtime.commands import load_run_model
-
-    run_dir = Path(run_dir)
-    config, tuned, tok = load_run_model(run_dir)
-    m = config.model
-    base, _ = load_base_model(m.name, dtype="float32", seed=m.seed, init=m.init, architecture=m.architecture)
-    results = {
-        "base model": attribute(base.float(), tok, prompt, max_new_tokens=max_new_tokens, steps=steps),
-        "fine-tuned": attribute(tuned.float(), tok, prompt, max_new_tokens=max_new_tokens, steps=steps),
-    }
-    path = Path(out) if out else run_dir / "attribution.html"
-    path.write_text(render_page(prompt, results), encoding="utf-8")
-    payload = {"prompt": prompt, "results": {k: asdict(v) for k, v in results.items()}}
-    (run_dir / "attribution.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():  # the report's attribution section reads it from the summary
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        summary["attribution"] = payload
-        summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        if (run_dir / "report.html").exists():
-            from fedlm.report.html import write_report
-
-            write_report(run_dir)
-    return path
+def asdict_results(results: dict[str, Attribution]) -> dict[str, dict]:
+    """Attributions as JSON-friendly dicts (``attribution.json``)."""
+    return {k: asdict(v) for k, v in results.items()}
 
 
 def load_attribution(run_dir: str | Path) -> tuple[str, dict[str, Attribution]] | None:

@@ -2,7 +2,7 @@
 validation split a client chooses its personal model on.
 
 The glue that runs these inside a simulation (and keeps personal tensors in the client's
-own state) is :mod:`fedlm.runtime.personal_run`.
+own state) is :mod:`fedlm.capabilities.personal`.
 """
 
 from fedlm.personal.ditto import prox_toward

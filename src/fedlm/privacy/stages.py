@@ -4,13 +4,11 @@ Thin wrappers over :mod:`fedlm.privacy.clipping` and :mod:`fedlm.privacy.noise` 
 et al. 2018; Andrew et al. 2021). Stages are frozen dataclasses: their fields are
 configuration, and anything that changes between rounds lives in the state they return.
 
-Values the server sets travel in ``RoundPlan.extra``:
-
-* ``"clip_norm"`` (float): the ``C`` clients clip to this round. The server must set it
-  from :meth:`AdaptiveClipStage.clip_norm` when adaptive clipping is on.
-* ``"dp_denominator"`` (float): the public denominator ``D`` the aggregate stage divided
-  the weighted sum by (expected cohort size or expected total weight).
-* ``"expected_cohort_size"`` (float): ``m`` for the adaptive-clipping count.
+Values the server sets travel in the round plan's :class:`DpRound` (the ``C`` clients
+clip to this round, which the server takes from :meth:`AdaptiveClipStage.clip_norm` when
+adaptive clipping is on, and ``m`` for the adaptive-clipping count) and
+:class:`~fedlm.aggregation.fedavg.FixedDenominator` (the public ``D`` the weighted sum is
+divided by: the expected cohort size or expected total weight).
 
 Noise seeds. A seed the adversary knows lets it regenerate and subtract the noise, and
 ``RoundPlan.seed`` is sent to every client. So every noise stage mixes a secret seed, kept
@@ -27,6 +25,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from fedlm.aggregation.fedavg import FixedDenominator
 from fedlm.config.privacy import PrivacyConfig
 from fedlm.errors import PipelineError
 from fedlm.privacy.clipping import (
@@ -44,11 +43,35 @@ from fedlm.privacy.noise import (
     make_generator,
     sensitivity,
 )
-from fedlm.stages import ClientUpdate, CohortValue, RoundPlan
+from fedlm.stages import ClientUpdate, CohortValue, PlanField, RoundPlan
 
 # Metric a clipped update carries to the server: 1.0 if its norm was <= C, else 0.0.
 # Only the bit travels (Andrew et al.'s b_i); the norm itself stays on the client.
 UNCLIPPED_METRIC = "dp/unclipped"
+
+
+@dataclass(frozen=True)
+class DpRound(PlanField):
+    """What client-level DP sets in each round's plan.
+
+    Attributes:
+        clip_norm: ``C``, the L2 bound every client clips its update to this round.
+        expected_cohort_size: ``m = q N`` (Poisson) or ``k`` (fixed size), public.
+    """
+
+    clip_norm: float
+    expected_cohort_size: float
+
+
+def _clip_norm(plan: RoundPlan, default: float) -> float:
+    """``C`` of this round: the plan's, else the stage's configured one."""
+    dp = plan.get(DpRound)
+    return float(dp.clip_norm) if dp is not None else float(default)
+
+
+def _denominator(plan: RoundPlan, default: float | None) -> float | None:
+    fixed = plan.get(FixedDenominator)
+    return fixed.value if fixed is not None else default
 
 
 def _secret(secret_seed: int | None) -> int:
@@ -63,8 +86,7 @@ def _mixed_seed(secret_seed: int, plan_seed: int, who: str, purpose: str) -> int
 class ClipStage:
     """Client stage: clip the whole update to L2 norm ``C`` (DP-FedAvg, McMahan et al. 2018).
 
-    ``C`` is ``plan.extra["clip_norm"]`` when the server sets it (adaptive clipping), else
-    ``clip_norm``. Stateless (state is ``None``).
+    ``C`` is the plan's ``DpRound.clip_norm`` when the server sets it, else ``clip_norm``. Stateless (state is ``None``).
 
     Metrics: ``pre_clip_norm``, ``clipped`` (1.0 if scaled down), ``clip_norm``. The update
     also carries ``UNCLIPPED_METRIC`` for the server's adaptive-clipping count.
@@ -83,7 +105,7 @@ class ClipStage:
     ) -> tuple[None, ClientUpdate, dict[str, Any]]:
         if value.tensors is None:
             raise PipelineError(f"{self.name} needs update.tensors; put it before any encode stage")
-        c = float(plan.extra.get("clip_norm", self.clip_norm))
+        c = _clip_norm(plan, self.clip_norm)
         clipped, norm = clip_update(value.tensors, c)
         unclipped = 1.0 if norm <= c else 0.0
         out = replace(
@@ -123,7 +145,7 @@ class DistributedNoiseStage:
             raise PipelineError(
                 f"client {value.client_id!r} is not in the round's cohort; cannot size its noise share"
             )
-        c = float(plan.extra.get("clip_norm", self.clip_norm))
+        c = _clip_norm(plan, self.clip_norm)
         std = distributed_noise_std(
             self.noise_multiplier,
             sensitivity(c),
@@ -141,7 +163,7 @@ class DpMeanStage:
 
     McMahan et al. (2018), Alg. 1, estimator ``f_f``: ``sum_i w_i delta_i / D`` with
     ``w_i = 1`` (uniform) or ``min(n_i, w_max)`` (capped) and ``D`` the public
-    ``plan.extra["dp_denominator"]`` (expected cohort size or expected total weight),
+    :class:`FixedDenominator` of the plan (expected cohort size or expected total weight),
     never the realised one. With ``reclip`` (central mode) each decoded update is clipped
     to ``C`` again first: a lossy codec or error feedback between the client's clip and
     here may have grown its norm, and the sensitivity ``S`` must hold for what is actually
@@ -164,13 +186,13 @@ class DpMeanStage:
     def apply(
         self, state: None, value: CohortValue, plan: RoundPlan
     ) -> tuple[None, CohortValue, dict[str, Any]]:
-        d = plan.extra.get("dp_denominator")
+        d = _denominator(plan, None)
         if d is None or not float(d) > 0:
             raise PipelineError(
-                f"{self.name} needs plan.extra['dp_denominator'] > 0 (got {d!r}); the server "
+                f"{self.name} needs the plan's FixedDenominator > 0 (got {d!r}); the server "
                 "sets it to the expected cohort size or expected total weight"
             )
-        c = float(plan.extra.get("clip_norm", self.clip_norm))
+        c = _clip_norm(plan, self.clip_norm)
         updates = [u for u in value.updates if u.tensors is not None]
         if self.weighting == "capped":
             weights = capped_weights([u.num_examples for u in updates], float(self.max_weight or 0))
@@ -204,7 +226,7 @@ class CentralNoiseStage:
     ``N(0, (z S)^2)`` to the sum and then dividing by ``D`` is the same distribution as
     adding ``N(0, (z S / D)^2)`` after the division, which is what this stage does: the noise
     std applied to ``value.aggregate`` is ``z S / D``. ``S = C`` (uniform) or ``C * w_max``
-    (capped); ``D`` is ``plan.extra["dp_denominator"]`` or ``denominator``.
+    (capped); ``D`` is the plan's ``FixedDenominator`` or ``denominator``.
 
     With adaptive clipping (``clipped_count_stddev`` set) the update noise uses
     ``z_delta = split_noise_multiplier(z, sigma_b)`` (Andrew et al. 2021) so that the sum and
@@ -234,12 +256,12 @@ class CentralNoiseStage:
             raise PipelineError(
                 f"{self.name} needs value.aggregate; put it after the aggregate stage"
             )
-        c = float(plan.extra.get("clip_norm", self.clip_norm))
-        d = plan.extra.get("dp_denominator", self.denominator)
+        c = _clip_norm(plan, self.clip_norm)
+        d = _denominator(plan, self.denominator)
         if d is None or not float(d) > 0:
             raise PipelineError(
-                f"{self.name} needs the public denominator D > 0 (got {d!r}); set "
-                "plan.extra['dp_denominator'] or CentralNoiseStage(denominator=...) to the "
+                f"{self.name} needs the public denominator D > 0 (got {d!r}); set the plan's "
+                "FixedDenominator or CentralNoiseStage(denominator=...) to the "
                 "expected cohort size (uniform) or expected total weight (capped)"
             )
         z = self.noise_multiplier
@@ -260,7 +282,7 @@ class AdaptiveClipStage:
     Andrew et al. (2021), Alg. 1: ``b = (sum_i (b_i - 1/2) + N(0, sigma_b^2)) / m + 1/2``
     from the ``UNCLIPPED_METRIC`` bits of the round's updates, then
     ``C <- C exp(-eta_C (b - gamma))``. The aggregate is not touched. The server reads the
-    next ``C`` with :meth:`clip_norm` and sends it in ``plan.extra["clip_norm"]``.
+    next ``C`` with :meth:`clip_norm` and sends it in the plan's ``DpRound``.
 
     State: ``{"clip_norm": float, "secret_seed": int}``.
     """
@@ -290,19 +312,15 @@ class AdaptiveClipStage:
         self, state: dict[str, Any], value: CohortValue, plan: RoundPlan
     ) -> tuple[dict[str, Any], CohortValue, dict[str, Any]]:
         c = float(state["clip_norm"])
-        used = plan.extra.get("clip_norm")
+        dp = plan.get(DpRound)
+        used = dp.clip_norm if dp is not None else None
         if used is None or abs(float(used) - c) > 1e-12 * max(1.0, c):
             raise PipelineError(
-                f"{self.name}: clients clipped to plan.extra['clip_norm']={used!r} but the "
-                f"adaptive state holds C={c!r}; set plan.extra['clip_norm'] from "
+                f"{self.name}: clients clipped to the plan's DpRound.clip_norm={used!r} but the "
+                f"adaptive state holds C={c!r}; set DpRound.clip_norm from "
                 "AdaptiveClipStage.clip_norm(state) when planning each round"
             )
-        m = plan.extra.get("expected_cohort_size", self.expected_cohort_size)
-        if m is None:
-            raise PipelineError(
-                f"{self.name} needs the expected cohort size; set plan.extra['expected_cohort_size'] "
-                "or AdaptiveClipStage(expected_cohort_size=...)"
-            )
+        m = dp.expected_cohort_size if dp is not None else self.expected_cohort_size
         bits = []
         for u in value.updates:
             if UNCLIPPED_METRIC not in u.metrics:
@@ -341,8 +359,8 @@ def dp_fedavg_stages(
 
     Returns:
         ``(client_stages, server_stages)`` in execution order. With capped weighting the
-        server stage takes ``D`` from ``plan.extra["dp_denominator"]`` (the expected total
-        weight, which only the runtime knows).
+        server stage takes ``D`` from the plan's ``FixedDenominator`` (the expected total
+        weight, which only the engine knows).
     """
     if not config.enabled:
         raise PipelineError("privacy.enabled is false; build no DP stages")

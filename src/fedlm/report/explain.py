@@ -10,7 +10,7 @@ import html
 from collections.abc import Callable
 from typing import Any
 
-from fedlm.runtime.audit_trail import AUDIT_HEADER, audit_rows
+from fedlm.report.audit_trail import AUDIT_HEADER, audit_rows
 
 
 def contribution_section(summary: dict[str, Any], *, table: Callable, bar_plot: Callable,

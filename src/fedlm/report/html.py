@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")  # headless: no display on servers
-import matplotlib.pyplot as plt
 
 from fedlm.report.benchmarks import benchmark_section
 from fedlm.report.explain import (
@@ -21,6 +14,9 @@ from fedlm.report.explain import (
     bias_section,
     contribution_section,
 )
+from fedlm.report.figures import bar_plot as _bar_plot
+from fedlm.report.figures import line_plot as _line_plot
+from fedlm.report.figures import table as _table
 from fedlm.report.labels import label_section
 from fedlm.report.metrics_log import MetricsLog
 from fedlm.report.personal import fairness_section, personal_section
@@ -35,51 +31,6 @@ th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:1rem} .grid img{max-width:520px;border:1px solid #eee}
 .muted{color:#777}
 """
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _line_plot(title: str, ylabel: str, series: dict[str, tuple[list[float], list[float]]]) -> str:
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=label)
-    ax.set_title(title)
-    ax.set_xlabel("round")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend()
-    return _png(fig)
-
-
-def _bar_plot(title: str, ylabel: str, labels: list[str], groups: dict[str, list[float]]) -> str:
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(labels) + 2), 3.4))
-    width = 0.8 / max(1, len(groups))
-    for g, (name, values) in enumerate(groups.items()):
-        ax.bar([i + g * width for i in range(len(labels))], values, width=width, label=name)
-    ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(labels))])
-    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    ax.legend()
-    ax.grid(alpha=0.3, axis="y")
-    return _png(fig)
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return html.escape(str(v))
-
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def render_report(summary: dict[str, Any], records: list[dict[str, Any]], config_text: str = "") -> str:

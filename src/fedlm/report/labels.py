@@ -6,6 +6,8 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
+from fedlm.report.figures import plt, png, table
+
 
 def label_table(label_counts: Mapping[str, Mapping[str, int]]) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of the client x label count table (labels by total count, descending)."""
@@ -20,7 +22,6 @@ def label_table(label_counts: Mapping[str, Mapping[str, int]]) -> tuple[list[str
 
 def label_plot(label_counts: Mapping[str, Mapping[str, int]]) -> str:
     """A stacked bar per client (share of each label) as an embedded PNG data URI."""
-    from fedlm.report.html import _png, plt
 
     header, rows = label_table(label_counts)
     labels = header[1:-1]
@@ -37,7 +38,7 @@ def label_plot(label_counts: Mapping[str, Mapping[str, int]]) -> str:
     ax.set_title("Label mix per client")
     if len(labels) <= 20:
         ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
-    return _png(fig)
+    return png(fig)
 
 
 def label_section(summary: Mapping[str, Any]) -> str:
@@ -45,7 +46,6 @@ def label_section(summary: Mapping[str, Any]) -> str:
     counts = (summary.get("data") or {}).get("label_counts") or {}
     if not counts:
         return ""
-    from fedlm.report.html import _table
 
     header, rows = label_table(counts)
     tv = (summary.get("data") or {}).get("label_tv")
@@ -53,7 +53,7 @@ def label_section(summary: Mapping[str, Any]) -> str:
     return (
         "<h2>Data: labels per client</h2>" + note
         + f"<div class='grid'><img src='{label_plot(counts)}' alt='{html.escape('label histogram')}'></div>"
-        + _table(header, rows)
+        + table(header, rows)
     )
 
 

@@ -5,7 +5,13 @@ import pytest
 
 from fedlm.config.secagg import SecAggConfig
 from fedlm.privacy.secagg import SecAggAborted, SecAggClient, SecAggError
-from fedlm.privacy.secagg.messages import ForwardedShares, NeighbourKeys, UnmaskRequest
+from fedlm.privacy.secagg.errors import InsecureSecAggWarning
+from fedlm.privacy.secagg.messages import (
+    ConsistencyRequest,
+    ForwardedShares,
+    NeighbourKeys,
+    UnmaskRequest,
+)
 
 CFG = SecAggConfig(seed=0)
 # chi-square critical values at p = 1e-6 for 63 degrees of freedom (64 bins)
@@ -42,7 +48,8 @@ def test_out_of_phase_and_addressing(hand_round):
     c0 = r.clients["c0"]
     assert _reason(c0.share_keys, NeighbourKeys(1, "c0", ())) == "out_of_phase"
     assert _reason(c0.advertise_keys, r.setup["c1"]) == "not_member"  # addressed to c1
-    outsider = SecAggClient("zz")
+    with pytest.warns(InsecureSecAggWarning, match="semi-honest"):
+        outsider = SecAggClient("zz")
     assert (
         _reason(outsider.advertise_keys, dataclasses.replace(r.setup["c0"], client="zz"))
         == "not_member"
@@ -60,7 +67,7 @@ def test_bad_neighbour_lists(hand_round):
     keys = r.server.advertise_keys(r.adv.values())["c0"]
     c0 = r.clients["c0"]
     stranger = next(c for c in r.ids if c != "c0" and c not in r.server.neighbours["c0"])
-    extra = NeighbourKeys(1, "c0", (*keys.keys, (stranger, b"\x01" * 32, b"\x02" * 32)))
+    extra = NeighbourKeys(1, "c0", (*keys.keys, (stranger, b"\x01" * 32, b"\x02" * 32, b"\x03" * 64)))
     assert _reason(c0.share_keys, extra) == "not_member"
     assert _reason(c0.share_keys, NeighbourKeys(1, "c0", (*keys.keys, keys.keys[0]))) == "replay"
     with pytest.raises(SecAggAborted) as e:  # t = 3 of 4 neighbours; only 2 listed
@@ -93,12 +100,19 @@ def test_tampered_replayed_and_misrouted_shares(hand_round):
     c0.masked_input(fwd, x)
 
 
-def test_unmask_reveals_one_share_per_neighbour_once(hand_round):
-    r = hand_round(4, length=4, config=CFG)
+@pytest.mark.parametrize("authenticated", [True, False])
+def test_unmask_reveals_one_share_per_neighbour_once(hand_round, authenticated):
+    r = hand_round(4, length=4, config=CFG, authenticated=authenticated)
     r.advertise(), r.share(), r.mask(skip=frozenset({"c3"}))
-    req = r.server.masked_input(r.masked.values())["c0"]
+    first = r.server.masked_input(r.masked.values())
     c0 = r.clients["c0"]
-    assert _reason(c0.unmask, UnmaskRequest(1, "c0", ("c1", "c2"))) == "not_member"  # c0 omitted
+    if authenticated:  # c0 signs only a set that lists it, then unmasks for that set
+        assert _reason(c0.consistency, ConsistencyRequest(1, "c0", ("c1", "c2"))) == "not_member"
+        signed = {c: r.clients[c].consistency(m) for c, m in first.items()}
+        req = r.server.consistency(signed.values())["c0"]
+    else:
+        assert _reason(c0.unmask, UnmaskRequest(1, "c0", ("c1", "c2"))) == "not_member"  # c0 omitted
+        req = first["c0"]
     ans = c0.unmask(req)
     assert [c for c, _ in ans.seed_shares] == ["c1", "c2"]
     assert [c for c, _ in ans.key_shares] == ["c3"]
@@ -106,9 +120,10 @@ def test_unmask_reveals_one_share_per_neighbour_once(hand_round):
     assert _reason(c0.unmask, UnmaskRequest(1, "c0", ("c0", "c2"))) == "out_of_phase"
 
 
-def test_client_refuses_a_split_survivor_set(hand_round):
+@pytest.mark.parametrize("authenticated", [True, False])
+def test_client_refuses_a_split_survivor_set(hand_round, authenticated):
     cfg = SecAggConfig(neighbours=2, threshold=2, seed=0)  # a ring: every client has 2 neighbours
-    r = hand_round(6, length=4, config=cfg)
+    r = hand_round(6, length=4, config=cfg, authenticated=authenticated)
     r.advertise(), r.share(), r.mask()
     ring = r.server.neighbours
     me = "c0"
@@ -117,15 +132,24 @@ def test_client_refuses_a_split_survivor_set(hand_round):
     opposite = next(c for c in far if ring[c] <= far)  # the ring node touching neither a nor b
     claimed = tuple(c for c in r.ids if c in {me, a, b, opposite})
     with pytest.raises(SecAggAborted) as e:  # {c0, a, b} and {opposite} share no edge
-        r.clients[me].unmask(UnmaskRequest(1, me, claimed))
+        if authenticated:
+            r.clients[me].consistency(ConsistencyRequest(1, me, claimed))
+        else:
+            r.clients[me].unmask(UnmaskRequest(1, me, claimed))
     assert e.value.reason == "disconnected"
+    assert r.clients[me].phase == "aborted"
 
 
 def test_client_rejects_parameters_without_headroom(hand_round):
     r = hand_round(3, length=4, config=CFG)
     tight = dataclasses.replace(r.setup["c0"], modulus_bits=16)
     assert _reason(r.clients["c0"].advertise_keys, tight) == "bad_params"
+    # a threshold below the safe minimum is refused as unsafe, one above the degree as bad
     assert (
         _reason(r.clients["c0"].advertise_keys, dataclasses.replace(r.setup["c0"], threshold=1))
+        == "unsafe"
+    )
+    assert (
+        _reason(r.clients["c0"].advertise_keys, dataclasses.replace(r.setup["c0"], threshold=3))
         == "bad_params"
     )

@@ -4,7 +4,10 @@ import pytest
 from fedlm.privacy.secagg.codec import pack_words, unpack_words
 from fedlm.privacy.secagg.errors import SecAggError
 from fedlm.privacy.secagg.messages import (
+    VERSION,
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     ForwardedShares,
     MaskedInput,
     NeighbourKeys,
@@ -15,14 +18,18 @@ from fedlm.privacy.secagg.messages import (
     decode,
 )
 
-K1, K2 = b"\x01" * 32, b"\x02" * 32
+K1, K2, K3, SIG = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"\x04" * 64
 SAMPLES = [
     Setup(5, "a", ("a", "b", "ü"), 123, 2, 2, 1000, 32, 16, 0.5, 3),
-    AdvertiseKeys(5, "a", K1, K2),
-    NeighbourKeys(5, "a", (("b", K1, K2), ("c", K2, K1))),
+    AdvertiseKeys(5, "a", K1, K2, K3, SIG),
+    AdvertiseKeys(5, "a", K1, K2, K3),  # unauthenticated: no signature
+    NeighbourKeys(5, "a", (("b", K1, K2, SIG), ("c", K2, K1, b""))),
     ShareKeys(5, "a", (("b", b"xyz"), ("c", b""))),
     ForwardedShares(5, "a", (("b", b"xyz"),)),
+    ConsistencyRequest(5, "a", ("a", "b")),
+    ConsistencySignature(5, "a", SIG),
     UnmaskRequest(5, "a", ("a", "b")),
+    UnmaskRequest(5, "a", ("a", "b"), (("b", SIG),)),
     UnmaskShares(5, "a", (("b", b"s1"),), (("c", b"s2"), ("d", b"s3"))),
 ]
 
@@ -38,13 +45,14 @@ def test_round_trip(msg):
         decode(data + b"\x00")
     assert e.value.reason == "malformed"
     with pytest.raises(SecAggError) as e:
-        decode(bytes([2]) + data[1:])
+        decode(bytes([VERSION + 1]) + data[1:])
     assert e.value.reason == "version"
 
 
 def test_advertise_keys_exact_size():
-    # header 10 + id (2 + 1) + two blobs (4 + 32 each)
-    assert len(AdvertiseKeys(1, "a", K1, K2).to_bytes()) == 10 + 3 + 72
+    # header 10 + id (2 + 1) + three 32-byte blobs (4 + 32 each) + the signature (4 + 64 or 4 + 0)
+    assert len(AdvertiseKeys(1, "a", K1, K2, K3, SIG).to_bytes()) == 10 + 3 + 108 + 68
+    assert len(AdvertiseKeys(1, "a", K1, K2, K3).to_bytes()) == 10 + 3 + 108 + 4
 
 
 @pytest.mark.parametrize("m", [8, 20, 24, 32, 40, 64])
@@ -65,14 +73,23 @@ def test_masked_input_round_trip_and_packing(m):
 
 def test_construction_validates_sizes():
     with pytest.raises(SecAggError) as e:
-        AdvertiseKeys(1, "a", b"\x01" * 31, K2)
+        AdvertiseKeys(1, "a", b"\x01" * 31, K2, K3)
     assert e.value.reason == "wrong_size"
+    for bad in (
+        lambda: AdvertiseKeys(1, "a", K1, K2),  # no seed commitment
+        lambda: AdvertiseKeys(1, "a", K1, K2, K3, b"\x04" * 63),
+        lambda: ConsistencySignature(1, "a", b""),  # the consistency signature is mandatory
+        lambda: UnmaskRequest(1, "a", ("a",), (("b", b"short"),)),
+    ):
+        with pytest.raises(SecAggError) as e:
+            bad()
+        assert e.value.reason == "wrong_size"
     with pytest.raises(SecAggError) as e:
-        NeighbourKeys(1, "a", (("b", K1, b""),))
+        NeighbourKeys(1, "a", (("b", K1, b"", b""),))
     assert e.value.reason == "wrong_size"
     with pytest.raises(SecAggError) as e:
         MaskedInput(1, "a", 32, np.zeros(3, np.uint64))
     assert e.value.reason == "wrong_size"
     with pytest.raises(SecAggError) as e:
-        decode(b"\x01\x63" + bytes(8))
+        decode(bytes([VERSION, 0x63]) + bytes(8))
     assert e.value.reason == "malformed"

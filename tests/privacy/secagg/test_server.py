@@ -32,7 +32,7 @@ def test_advertise_phase_rejections_leave_state_unchanged(hand_round):
     r = hand_round(4, length=8, config=CFG)
     adv = list(r.advertise().values())
     assert _reason(r.server.advertise_keys, [*adv, adv[0]]) == "replay"
-    stranger = AdvertiseKeys(1, "zz", b"\x01" * 32, b"\x02" * 32)
+    stranger = AdvertiseKeys(1, "zz", b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)
     assert _reason(r.server.advertise_keys, [stranger]) == "not_member"
     assert (
         _reason(r.server.advertise_keys, [dataclasses.replace(adv[0], round_id=2)]) == "wrong_round"
@@ -91,17 +91,35 @@ def test_tampered_seed_share_is_caught(hand_round):
     assert r.server.result is None and r.server.phase == "aborted"
 
 
-def test_split_survivor_graph_aborts(hand_round):
-    cfg = SecAggConfig(neighbours=4, threshold=2, seed=0)  # ring-like circulant, k = 4
-    r = hand_round(14, length=8, config=cfg)
+def _splitting_cut(r, *, holders: int):
+    """4 clients whose silence splits the rest while every secret keeps ``holders`` holders."""
     g = r.server.neighbours
-    # Find 4 clients whose silence splits the rest while every secret keeps t holders.
     for cut in itertools.combinations(r.ids, 4):
         rest = set(r.ids) - set(cut)
-        if not is_connected(rest, g) and all(len(g[c] & rest) >= 2 for c in r.ids):
-            break
-    else:
-        pytest.fail("no splitting cut found")
+        if not is_connected(rest, g) and all(len(g[c] & rest) >= holders for c in r.ids):
+            return cut
+    return None
+
+
+def test_split_survivor_graph_aborts(hand_round, monkeypatch):
+    # With a safe threshold (t = 3 > k / 2 on this k = 4 circulant) no cut splits the
+    # survivors while every secret keeps t holders, so a split is refused as below_threshold.
+    r = hand_round(14, length=8, config=SecAggConfig(neighbours=4, seed=0))
+    assert r.server.threshold == 3 and _splitting_cut(r, holders=3) is None
+    cut = _splitting_cut(r, holders=2)
+    assert cut is not None
+    r.advertise(), r.share(), r.mask(skip=frozenset(cut))
+    with pytest.raises(SecAggAborted) as e:
+        r.server.masked_input(r.masked.values())
+    assert e.value.reason == "below_threshold" and r.server.result is None
+    # The connectivity check is defence in depth: reach it with the safety floor lowered to
+    # t = 2 (a threshold the config, the server and the clients now all refuse).
+    monkeypatch.setattr("fedlm.privacy.secagg.server_checks.min_safe_threshold", lambda k, **_: 2)
+    monkeypatch.setattr("fedlm.privacy.secagg.safety.min_safe_threshold", lambda k, **_: 2)
+    weak = SecAggConfig.model_construct(**{**SecAggConfig(neighbours=4, seed=0).model_dump(), "threshold": 2})
+    r = hand_round(14, length=8, config=weak)
+    cut = _splitting_cut(r, holders=2)
+    assert cut is not None
     r.advertise(), r.share(), r.mask(skip=frozenset(cut))
     with pytest.raises(SecAggAborted) as e:
         r.server.masked_input(r.masked.values())

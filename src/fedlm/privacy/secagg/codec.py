@@ -15,6 +15,14 @@ from fedlm.privacy.secagg.crypto import mask_dtype
 from fedlm.privacy.secagg.errors import SecAggError
 
 
+def pack(fmt: str, *values: object) -> bytes:
+    """``struct.pack`` that raises ``SecAggError('wrong_size')`` for a value that does not fit."""
+    try:
+        return struct.pack(fmt, *values)
+    except struct.error as exc:
+        raise SecAggError("wrong_size", f"cannot encode {values!r} as {fmt!r}: {exc}") from None
+
+
 class Writer:
     """Accumulates encoded fields; ``b"".join(parts)`` is the body."""
 
@@ -22,23 +30,28 @@ class Writer:
         self.parts: list[bytes] = []
 
     def u8(self, v: int) -> None:
-        self.parts.append(struct.pack(">B", v))
+        self.parts.append(pack(">B", v))
 
     def u32(self, v: int) -> None:
-        self.parts.append(struct.pack(">I", v))
+        self.parts.append(pack(">I", v))
 
     def u64(self, v: int) -> None:
-        self.parts.append(struct.pack(">Q", v))
+        self.parts.append(pack(">Q", v))
 
     def f64(self, v: float) -> None:
-        self.parts.append(struct.pack(">d", v))
+        self.parts.append(pack(">d", v))
 
     def text(self, v: str) -> None:
-        raw = v.encode()
-        self.parts.append(struct.pack(">H", len(raw)) + raw)
+        try:
+            raw = v.encode()
+        except (AttributeError, UnicodeEncodeError):
+            raise SecAggError("malformed", f"a client id must be a UTF-8 string, got {v!r}") from None
+        self.parts.append(pack(">H", len(raw)) + raw)
 
     def blob(self, v: bytes) -> None:
-        self.parts.append(struct.pack(">I", len(v)) + v)
+        if not isinstance(v, (bytes, bytearray, memoryview)):
+            raise SecAggError("malformed", f"a blob must be bytes, got {type(v).__name__}")
+        self.parts.append(pack(">I", len(v)) + bytes(v))
 
 
 class Reader:
@@ -121,4 +134,4 @@ def unpack_words(data: bytes | memoryview, *, n: int, modulus_bits: int) -> np.n
     return padded.reshape(-1).view(dtype)
 
 
-__all__ = ["Reader", "Writer", "pack_words", "unpack_words"]
+__all__ = ["Reader", "Writer", "pack", "pack_words", "unpack_words"]

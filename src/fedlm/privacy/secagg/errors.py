@@ -10,13 +10,26 @@ Reasons a single message is rejected (the sender is then treated as dropped):
 - ``"replay"``: the same sender already sent a message in this phase.
 - ``"wrong_size"``: a key, share list or vector has the wrong length.
 - ``"decrypt_failed"``: an AES-GCM tag did not verify (tampered or mis-routed share).
-- ``"bad_params"``: round parameters a client refuses (e.g. no headroom for the sum).
+- ``"bad_params"``: round parameters a client refuses (e.g. no headroom for the sum, or
+  quantisation settings that differ from the client's own config).
+- ``"unsafe"``: a threshold or degree below what the client's own config says is safe
+  (:func:`fedlm.privacy.secagg.graph.min_safe_threshold`); a lying server is refused here.
+- ``"bad_signature"``: a neighbour's keys or survivor-set signature do not verify against
+  its enrolled identity key (the server swapped or replayed them).
+- ``"bad_state"``: saved client state (:meth:`SecAggClient.from_bytes`) is corrupt,
+  inconsistent, or needs the identity key that was not passed back.
 
 Reasons a round aborts (:class:`SecAggAborted`; nothing about any input is revealed):
 
 - ``"below_threshold"``: too few clients (or too few shares of some secret) are left.
-- ``"bad_share"``: reconstructed secrets do not match the advertised keys, or the
-  masks did not cancel (the decoded total weight is impossible).
+- ``"bad_share"``: reconstructed secrets do not match the advertised keys or seed
+  commitments (a holder sent a wrong share).
+- ``"out_of_range"``: the unmasked sum is impossible for honest inputs (total weight outside
+  [|U3|, |U3| * max_weight], or a coordinate above (2^bits - 1) * total weight): some client
+  sent a masked vector outside the bounded encoding; the round is refused.
+- ``"inconsistent"``: the consistency check failed (Bonawitz et al. 2017, Sec. 4): the
+  server showed this client another survivor set than the one it signed, or fewer than
+  t of its neighbours signed the same set.
 - ``"disconnected"``: the survivors' neighbour graph fell apart, so finishing would
   reveal partial sums of its components.
 """
@@ -42,6 +55,15 @@ class SecAggError(ProtocolError):
         self.detail = detail
 
 
+class InsecureSecAggWarning(UserWarning):
+    """A SecAgg+ party runs without what the malicious-server protection needs.
+
+    Raised as a warning, e.g. by a client built without an identity key: it then runs
+    the semi-honest protocol (Bonawitz et al. 2017, Sec. 6.2), secure only against a
+    server that follows it.
+    """
+
+
 class SecAggAborted(SecAggError):
     """The round cannot finish without weakening privacy; no sum is returned.
 
@@ -56,4 +78,4 @@ class SecAggAborted(SecAggError):
         self.stats: dict[str, Any] = {}
 
 
-__all__ = ["SecAggAborted", "SecAggError"]
+__all__ = ["InsecureSecAggWarning", "SecAggAborted", "SecAggError"]

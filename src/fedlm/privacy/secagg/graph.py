@@ -14,12 +14,17 @@ Defaults (documented choices, not the paper's exact constants):
   n = 50, 40 at n = 100, 60 at n = 1000). Bell et al.'s concrete bounds for strong
   statistical security at scale are larger (about 3% of 10^4 clients); set the degree
   explicitly when the cohort is large and dropouts or corruptions are frequent.
-- threshold: t = floor(k / 2) + 1, a strict majority of each neighbourhood. Two
-  disjoint sets of a client's neighbours cannot both reach t, so even a server that
-  claims "i dropped" to some neighbours and "i survived" to others cannot collect
-  both the self-mask seed and the mask key of client i (Bonawitz et al. 2017, Sec. 4,
-  use the same argument with t > n/2 for the complete graph). Each client tolerates
-  up to ceil(k / 2) - 1 dropped neighbours.
+- threshold: the smallest safe one, t = floor((k + c) / 2) + 1 with c = floor(gamma k)
+  corrupt neighbours assumed (``secure_aggregation.corrupt_fraction`` = gamma). Each
+  honest holder reveals only one share of a client i (of its self-mask seed b_i if i
+  survived, of its mask key s_i if not); corrupt holders reveal both. A server that tells
+  some neighbours "i survived" and others "i dropped" collects t shares of both only if
+  (t - c) + (t - c) <= k - c, i.e. 2t <= k + c; so 2t > k + c keeps both secrets of i out
+  of its reach. This is the counting argument behind the active-security threshold of
+  Bonawitz et al. (2017, Sec. 6) for the complete graph, applied to each neighbourhood as
+  in Bell et al. (2020). With gamma = 0 it is a strict majority, floor(k / 2) + 1. Each client
+  tolerates k - t dropped neighbours; ``dropout_tolerance`` = delta asks for at least
+  floor(delta k), possible with a safe t exactly when gamma + 2 delta < 1.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections.abc import Collection, Mapping
 
 import numpy as np
 
+from fedlm.config.secagg import corrupt_neighbours, min_safe_threshold
 from fedlm.privacy.secagg.errors import SecAggError
 
 _DEGREE_PER_LOG2 = 6.0
@@ -47,6 +53,11 @@ def default_degree(n: int) -> int:
 def default_threshold(k: int, *, fraction: float = 0.5) -> int:
     """Shamir threshold t = floor(fraction * k) + 1 (a strict majority for 0.5), <= k."""
     return min(k, math.floor(fraction * k) + 1)
+
+
+def required_degree(n: int, *, neighbours: int | None) -> int:
+    """The degree a client insists on for a cohort of n: min(n - 1, configured or default)."""
+    return min(n - 1, neighbours if neighbours is not None else default_degree(n))
 
 
 def harary_neighbours(
@@ -105,4 +116,12 @@ def is_connected(nodes: Collection[str], neighbours: Mapping[str, frozenset[str]
     return seen == alive
 
 
-__all__ = ["default_degree", "default_threshold", "harary_neighbours", "is_connected"]
+__all__ = [
+    "corrupt_neighbours",
+    "default_degree",
+    "default_threshold",
+    "harary_neighbours",
+    "is_connected",
+    "min_safe_threshold",
+    "required_degree",
+]

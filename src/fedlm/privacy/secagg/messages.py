@@ -7,55 +7,36 @@ byte counts the simulator reports are the bytes a runtime would send. ``decode``
 parses any message and rejects a foreign version, an unknown type or trailing bytes.
 
 Masked vectors travel packed: ceil(m / 8) little-endian bytes per value mod 2^m.
+
+Version 2 adds what the malicious-server variant of Bonawitz et al. (2017, Fig. 4) needs:
+an Ed25519 signature on each client's advertised keys (forwarded with them to its
+neighbours), the ConsistencyCheck round (:class:`ConsistencyRequest`,
+:class:`ConsistencySignature`, and the signatures forwarded in :class:`UnmaskRequest`),
+and a commitment to the self-mask seed that lets the server tell a wrong share from a
+client's out-of-range input. Signatures are empty when the clients run unauthenticated.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
 from fedlm.privacy.secagg.codec import Reader, Writer, pack_words, unpack_words
-from fedlm.privacy.secagg.crypto import KEY_BYTES, mask_dtype
+from fedlm.privacy.secagg.crypto import mask_dtype
 from fedlm.privacy.secagg.errors import SecAggError
-
-VERSION = 1
-_HEADER = struct.Struct(">BBQ")
-
-
-@dataclass(frozen=True)
-class Message:
-    """Base of every SecAgg message: the round and the client involved."""
-
-    TYPE: ClassVar[int] = 0
-    PHASE: ClassVar[str] = ""
-    UPLOAD: ClassVar[bool] = True
-
-    round_id: int
-    client: str
-
-    def to_bytes(self) -> bytes:
-        """The exact wire encoding (header + body)."""
-        w = Writer()
-        w.text(self.client)
-        self._encode(w)
-        return b"".join([_HEADER.pack(VERSION, self.TYPE, self.round_id), *w.parts])  # one copy
-
-    def _encode(self, w: Writer) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def _decode(cls, r: Reader, round_id: int, client: str) -> Message:
-        raise NotImplementedError
-
-
-def _check_key(name: str, key: bytes) -> None:
-    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
-        size = len(key) if isinstance(key, (bytes, bytearray)) else type(key).__name__
-        raise SecAggError("wrong_size", f"{name} must be {KEY_BYTES} bytes, got {size}")
+from fedlm.privacy.secagg.message_base import (
+    HEADER,
+    SIGNATURE_BYTES,
+    VERSION,
+    Message,
+    check_key,
+    check_signature,
+    read_ids,
+    write_ids,
+)
 
 
 @dataclass(frozen=True)
@@ -77,9 +58,7 @@ class Setup(Message):
     max_weight: int = 1
 
     def _encode(self, w: Writer) -> None:
-        w.u32(len(self.cohort))
-        for c in self.cohort:
-            w.text(c)
+        write_ids(w, self.cohort)
         for v in (self.graph_seed, self.degree, self.threshold, self.vector_len):
             w.u64(v)
         w.u8(self.modulus_bits)
@@ -89,7 +68,7 @@ class Setup(Message):
 
     @classmethod
     def _decode(cls, r: Reader, round_id: int, client: str) -> Setup:
-        cohort = tuple(r.text() for _ in range(r.u32()))
+        cohort = read_ids(r)
         seed, degree, threshold, length = r.u64(), r.u64(), r.u64(), r.u64()
         return cls(
             round_id,
@@ -108,52 +87,67 @@ class Setup(Message):
 
 @dataclass(frozen=True)
 class AdvertiseKeys(Message):
-    """Client -> server: the two X25519 public keys (phase 1)."""
+    """Client -> server: the two X25519 public keys (phase 1), signed.
+
+    ``seed_commitment`` is SHA-256 of the self-mask seed b_i (bound to round and client),
+    which the server checks the reconstructed seed against; ``signature`` is the client's
+    Ed25519 signature over the round's Setup and both keys
+    (:func:`~fedlm.privacy.secagg.identity.keys_payload`), empty when unauthenticated.
+    """
 
     TYPE: ClassVar[int] = 2
     PHASE: ClassVar[str] = "advertise_keys"
 
     enc_public: bytes = b""
     mask_public: bytes = b""
+    seed_commitment: bytes = b""
+    signature: bytes = b""
 
     def __post_init__(self) -> None:
-        _check_key("enc_public", self.enc_public)
-        _check_key("mask_public", self.mask_public)
+        check_key("enc_public", self.enc_public)
+        check_key("mask_public", self.mask_public)
+        check_key("seed_commitment", self.seed_commitment)
+        check_signature("signature", self.signature, optional=True)
 
     def _encode(self, w: Writer) -> None:
-        w.blob(self.enc_public)
-        w.blob(self.mask_public)
+        for blob in (self.enc_public, self.mask_public, self.seed_commitment, self.signature):
+            w.blob(blob)
 
     @classmethod
     def _decode(cls, r: Reader, round_id: int, client: str) -> AdvertiseKeys:
-        return cls(round_id, client, r.blob(), r.blob())
+        return cls(round_id, client, r.blob(), r.blob(), r.blob(), r.blob())
 
 
 @dataclass(frozen=True)
 class NeighbourKeys(Message):
-    """Server -> client: (id, enc_public, mask_public) of each live neighbour."""
+    """Server -> client: (id, enc_public, mask_public, signature) of each live neighbour."""
 
     TYPE: ClassVar[int] = 3
     PHASE: ClassVar[str] = "advertise_keys"
     UPLOAD: ClassVar[bool] = False
 
-    keys: tuple[tuple[str, bytes, bytes], ...] = ()
+    keys: tuple[tuple[str, bytes, bytes, bytes], ...] = ()
 
     def __post_init__(self) -> None:
-        for cid, enc, mask in self.keys:
-            _check_key(f"enc_public of {cid!r}", enc)
-            _check_key(f"mask_public of {cid!r}", mask)
+        if not all(isinstance(e, tuple) and len(e) == 4 for e in self.keys):
+            raise SecAggError("malformed", "neighbour keys are (id, enc_public, mask_public, signature)")
+        for cid, enc, mask, sig in self.keys:
+            check_key(f"enc_public of {cid!r}", enc)
+            check_key(f"mask_public of {cid!r}", mask)
+            check_signature(f"signature of {cid!r}", sig, optional=True)
 
     def _encode(self, w: Writer) -> None:
         w.u32(len(self.keys))
-        for cid, enc, mask in self.keys:
+        for cid, enc, mask, sig in self.keys:
             w.text(cid)
             w.blob(enc)
             w.blob(mask)
+            w.blob(sig)
 
     @classmethod
     def _decode(cls, r: Reader, round_id: int, client: str) -> NeighbourKeys:
-        return cls(round_id, client, tuple((r.text(), r.blob(), r.blob()) for _ in range(r.u32())))
+        keys = tuple((r.text(), r.blob(), r.blob(), r.blob()) for _ in range(r.u32()))
+        return cls(round_id, client, keys)
 
 
 @dataclass(frozen=True)
@@ -234,23 +228,79 @@ class MaskedInput(Message):
 
 
 @dataclass(frozen=True)
+class ConsistencyRequest(Message):
+    """Server -> client: the clients whose masked input arrived (U3), to be signed (phase 4).
+
+    Bonawitz et al. (2017), Fig. 4, ConsistencyCheck: each client signs (round, U3) and
+    unmasks only after t of its neighbours signed the same set.
+    """
+
+    TYPE: ClassVar[int] = 9
+    PHASE: ClassVar[str] = "consistency"
+    UPLOAD: ClassVar[bool] = False
+
+    survivors: tuple[str, ...] = ()
+
+    def _encode(self, w: Writer) -> None:
+        write_ids(w, self.survivors)
+
+    @classmethod
+    def _decode(cls, r: Reader, round_id: int, client: str) -> ConsistencyRequest:
+        return cls(round_id, client, read_ids(r))
+
+
+@dataclass(frozen=True)
+class ConsistencySignature(Message):
+    """Client -> server: its Ed25519 signature over (Setup, U3) (phase 4)."""
+
+    TYPE: ClassVar[int] = 10
+    PHASE: ClassVar[str] = "consistency"
+
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        check_signature("signature", self.signature, optional=False)
+
+    def _encode(self, w: Writer) -> None:
+        w.blob(self.signature)
+
+    @classmethod
+    def _decode(cls, r: Reader, round_id: int, client: str) -> ConsistencySignature:
+        return cls(round_id, client, r.blob())
+
+
+@dataclass(frozen=True)
 class UnmaskRequest(Message):
-    """Server -> client: the clients whose masked input arrived (U3) (phase 4)."""
+    """Server -> client: the survivors U3 and its neighbours' signatures over U3 (phase 5).
+
+    ``signatures`` holds (signer id, signature); it is empty when the clients run
+    unauthenticated (no consistency phase).
+    """
 
     TYPE: ClassVar[int] = 7
     PHASE: ClassVar[str] = "unmasking"
     UPLOAD: ClassVar[bool] = False
 
     survivors: tuple[str, ...] = ()
+    signatures: tuple[tuple[str, bytes], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(e, tuple) and len(e) == 2 for e in self.signatures):
+            raise SecAggError("malformed", "forwarded signatures are (signer id, signature)")
+        for cid, sig in self.signatures:
+            check_signature(f"consistency signature of {cid!r}", sig, optional=False)
 
     def _encode(self, w: Writer) -> None:
-        w.u32(len(self.survivors))
-        for c in self.survivors:
-            w.text(c)
+        write_ids(w, self.survivors)
+        w.u32(len(self.signatures))
+        for cid, sig in self.signatures:
+            w.text(cid)
+            w.blob(sig)
 
     @classmethod
     def _decode(cls, r: Reader, round_id: int, client: str) -> UnmaskRequest:
-        return cls(round_id, client, tuple(r.text() for _ in range(r.u32())))
+        survivors = read_ids(r)
+        return cls(round_id, client, survivors, tuple((r.text(), r.blob()) for _ in range(r.u32())))
 
 
 @dataclass(frozen=True)
@@ -291,22 +341,24 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         MaskedInput,
         UnmaskRequest,
         UnmaskShares,
+        ConsistencyRequest,
+        ConsistencySignature,
     )
 }
 
 
 def decode(data: bytes) -> Message:
     """Parse bytes written by :meth:`Message.to_bytes`; raises ``SecAggError`` on bad input."""
-    if len(data) < _HEADER.size:
+    if len(data) < HEADER.size:
         raise SecAggError("malformed", f"message of {len(data)} bytes is shorter than the header")
-    version, kind, round_id = _HEADER.unpack_from(data)
+    version, kind, round_id = HEADER.unpack_from(data)
     if version != VERSION:
         raise SecAggError(
             "version", f"message version {version} is not {VERSION}; upgrade the peer"
         )
     if kind not in MESSAGE_TYPES:
         raise SecAggError("malformed", f"unknown message type {kind}")
-    r = Reader(data, _HEADER.size)
+    r = Reader(data, HEADER.size)
     msg = MESSAGE_TYPES[kind]._decode(r, round_id, r.text())
     if r.pos != len(data):
         raise SecAggError(
@@ -318,8 +370,11 @@ def decode(data: bytes) -> Message:
 
 __all__ = [
     "MESSAGE_TYPES",
+    "SIGNATURE_BYTES",
     "VERSION",
     "AdvertiseKeys",
+    "ConsistencyRequest",
+    "ConsistencySignature",
     "ForwardedShares",
     "MaskedInput",
     "Message",

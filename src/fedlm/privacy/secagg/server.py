@@ -1,22 +1,36 @@
-"""The server side of SecAgg+ (Bell et al. 2020; Bonawitz et al. 2017), semi-honest.
+"""The server side of SecAgg+ (Bell et al. 2020; Bonawitz et al. 2017).
 
 A pure state machine: each phase method takes the clients' messages of that phase
 and returns the messages to send, keyed by recipient. A batch is validated in full
 before any state changes, so a rejected message (``SecAggError`` with a ``reason``)
 leaves the server where it was; :meth:`SecAggServer.check` validates one message
-without side effects, for runtimes that want to drop a bad sender and go on.
+without side effects and :meth:`SecAggServer.screen` splits a batch into the uploads it
+accepts and the rejected ones, for runtimes that drop a bad sender and go on.
 
-Live sets: U1 (advertised keys) >= U2 (shared keys) >= U3 (sent masked input) >= U4
-(answered the unmask request). After each phase the server also drops clients with
-fewer than t live neighbours (they would abort anyway, Bell et al. Alg. 2), and it
-aborts -- computing nothing -- when at most t clients are left, when some secret it
-would need has fewer than t holders, or when U3's neighbour graph is disconnected.
+Live sets: U1 (advertised keys) >= U2 (shared keys) >= U3 (sent masked input) >=
+U4 (signed U3 and has t signing neighbours) >= U5 (answered the unmask request). After
+each phase the server also drops clients with fewer than t live neighbours (they would
+abort anyway, Bell et al. Alg. 2), and it aborts -- computing nothing -- when at most t
+clients are left, when some secret it would need has fewer than t holders, or when U3's
+neighbour graph is disconnected.
+
+The clients decide the mode: when their advertised keys are signed (clients with
+identity keys), the server runs Bonawitz et al.'s ConsistencyCheck (phase
+``consistency``: :class:`ConsistencyRequest` out, :class:`ConsistencySignature` back,
+the signatures forwarded in :class:`UnmaskRequest`); when none is signed, it goes from
+``masked_input`` straight to ``unmasking`` (the semi-honest protocol). Given an
+enrolment map (``identities``), it also verifies signatures itself and requires them.
+
+After unmasking, the sum must be one that honest inputs can produce: total weight in
+[|U3|, |U3| * max_weight] and every coordinate at most (2^bits - 1) * total weight, so
+the decoded mean lies in [-clip_range, clip_range]; otherwise the round aborts with
+``out_of_range`` (a client sent a masked vector outside the bounded encoding).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -25,16 +39,14 @@ import numpy as np
 from fedlm.config.secagg import PHASES, SecAggConfig
 from fedlm.errors import ConfigError
 from fedlm.privacy.secagg import crypto, shamir
-from fedlm.privacy.secagg.client import CIPHERTEXT_BYTES, mask_sign
+from fedlm.privacy.secagg import identity as auth
+from fedlm.privacy.secagg.client import mask_sign
 from fedlm.privacy.secagg.errors import SecAggAborted, SecAggError
-from fedlm.privacy.secagg.graph import (
-    default_degree,
-    default_threshold,
-    harary_neighbours,
-    is_connected,
-)
+from fedlm.privacy.secagg.graph import default_degree, harary_neighbours, is_connected
 from fedlm.privacy.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     ForwardedShares,
     MaskedInput,
     Message,
@@ -45,13 +57,7 @@ from fedlm.privacy.secagg.messages import (
     UnmaskShares,
 )
 from fedlm.privacy.secagg.quantize import dequantize_sum, required_modulus_bits
-
-_UPLOADS = {
-    "advertise_keys": AdvertiseKeys,
-    "share_keys": ShareKeys,
-    "masked_input": MaskedInput,
-    "unmasking": UnmaskShares,
-}
+from fedlm.privacy.secagg.server_checks import check_sum_range, choose_threshold, validate_upload
 
 
 @dataclass(frozen=True)
@@ -78,14 +84,18 @@ class SecAggServer:
         cohort: client ids of the round, in a fixed order (it orders mask signs and
             share points).
         vector_len: L, the number of float values per client.
-        config: quantisation, degree and threshold settings.
+        config: quantisation, degree and threshold settings (the threshold is never
+            below the safe minimum for ``config.corrupt_fraction``).
         round_id: binds keys and ciphertexts to this round.
         graph_seed: seed of the neighbour graph; fresh random bits when None.
+        identities: optional enrolment map (client id -> raw Ed25519 public key); when
+            given, unsigned or wrongly signed uploads are rejected (``bad_signature``).
 
     Attributes:
         phase: the phase whose uploads the server expects next ("setup" first).
         degree, threshold: k (as built) and t.
         neighbours: client id -> frozenset of neighbour ids.
+        authenticated: whether the clients sign (None until keys were advertised).
         dropped: phase -> ids that did not send that phase's message or were pruned.
         result: the :class:`AggregateResult` once ``unmask`` succeeded, else None.
     """
@@ -98,6 +108,7 @@ class SecAggServer:
         config: SecAggConfig,
         round_id: int = 1,
         graph_seed: int | None = None,
+        identities: Mapping[str, bytes] | None = None,
     ) -> None:
         self.cohort = tuple(cohort)
         n = len(self.cohort)
@@ -118,22 +129,18 @@ class SecAggServer:
         requested = min(n - 1, config.neighbours or default_degree(n))
         self.neighbours = harary_neighbours(self.cohort, degree=requested, seed=self.graph_seed)
         self.degree = min(len(v) for v in self.neighbours.values())
-        self.threshold = config.threshold or default_threshold(
-            self.degree, fraction=config.threshold_fraction
-        )
-        if not 2 <= self.threshold <= self.degree:
-            raise ConfigError(
-                f"secure_aggregation.threshold={self.threshold} must be in [2, {self.degree}] (the neighbour degree "
-                f"for n={n}); lower it or raise secure_aggregation.neighbours"
-            )
-        self._index = {c: i for i, c in enumerate(self.cohort)}
+        self.threshold = choose_threshold(config, degree=self.degree, n=n)
+        self.identities = auth.check_enrolment(identities) if identities is not None else None
+        self.authenticated: bool | None = True if identities is not None else None
+        self.index = {c: i for i, c in enumerate(self.cohort)}
         self._dtype = crypto.mask_dtype(config.modulus_bits)
         self.phase = "setup"
-        self.live: dict[str, set[str]] = {}  # phase -> live set after it (U1, U2, U3, U4)
+        self.digest = b""  # of the Setup, once sent
+        self.survivors: tuple[str, ...] = ()  # U3, once known
+        self.live: dict[str, set[str]] = {}  # phase -> live set after it (U1 .. U5)
         self.dropped: dict[str, list[str]] = {p: [] for p in PHASES}
         self.result: AggregateResult | None = None
         self._keys: dict[str, AdvertiseKeys] = {}
-        self._shares: dict[str, ShareKeys] = {}
         self._masked: dict[str, np.ndarray] = {}
 
     # -- phase 0 ---------------------------------------------------------------------
@@ -141,9 +148,8 @@ class SecAggServer:
         """The round's public parameters, one message per cohort member."""
         if self.phase != "setup":
             raise SecAggError("out_of_phase", f"setup() called in phase {self.phase!r}")
-        self.phase = "advertise_keys"
         c = self.config
-        return {
+        out = {
             cid: Setup(
                 self.round_id,
                 cid,
@@ -159,20 +165,27 @@ class SecAggServer:
             )
             for cid in self.cohort
         }
+        self.digest = auth.setup_digest(out[self.cohort[0]])
+        self.phase = "advertise_keys"
+        return out
 
-    # -- phases 1-4 --------------------------------------------------------------------
+    # -- phases 1-2 --------------------------------------------------------------------
     def advertise_keys(self, msgs: Iterable[AdvertiseKeys]) -> dict[str, NeighbourKeys]:
-        """Collect public keys (U1); send each live client its live neighbours' keys."""
+        """Collect signed public keys (U1); send each live client its live neighbours' keys."""
         got = self._accept(msgs, "advertise_keys")
-        live = self._close(set(got), "advertise_keys")
+        if self.authenticated is None:  # the clients decide: any signature means all must sign
+            self.authenticated = any(m.signature for m in got.values())
+        live = {c for c, m in got.items() if bool(m.signature) == self.authenticated}
+        live = self._close(live, "advertise_keys")
         self._keys = {c: got[c] for c in live}
         return {
             i: NeighbourKeys(
                 self.round_id,
                 i,
                 tuple(
-                    (j, self._keys[j].enc_public, self._keys[j].mask_public)
-                    for j in self._near(i, live)
+                    (j, k.enc_public, k.mask_public, k.signature)
+                    for j in self.near(i, live)
+                    for k in (self._keys[j],)
                 ),
             )
             for i in self._ordered(live)
@@ -182,83 +195,100 @@ class SecAggServer:
         """Collect encrypted shares (U2); route each to its recipient."""
         got = self._accept(msgs, "share_keys")
         live = self._close(set(got), "share_keys")
-        self._shares = {c: got[c] for c in live}
-        routed = {c: dict(m.items) for c, m in self._shares.items()}
+        routed = {c: dict(got[c].items) for c in live}
         return {
             i: ForwardedShares(
-                self.round_id, i, tuple((j, routed[j][i]) for j in self._near(i, live))
+                self.round_id, i, tuple((j, routed[j][i]) for j in self.near(i, live))
             )
             for i in self._ordered(live)
         }
 
-    def masked_input(self, msgs: Iterable[MaskedInput]) -> dict[str, UnmaskRequest]:
-        """Collect masked vectors (U3); ask survivors for the shares that unmask the sum."""
+    # -- phases 3-4 --------------------------------------------------------------------
+    def masked_input(
+        self, msgs: Iterable[MaskedInput]
+    ) -> dict[str, ConsistencyRequest] | dict[str, UnmaskRequest]:
+        """Collect masked vectors (U3); ask survivors to sign U3 (or, unsigned, to unmask)."""
         got = self._accept(msgs, "masked_input")
         u2 = self.live["share_keys"]
         u3 = set(got)
-        self.dropped["masked_input"] = [c for c in self._ordered(u2 - u3)]
+        self.dropped["masked_input"] = self._ordered(u2 - u3)
         self.live["masked_input"] = u3
         self._masked = {c: got[c].values for c in u3}
         self._require(u3, u3, "masked_input")
         if not is_connected(u3, self.neighbours):
             self._abort("disconnected", "survivors' neighbour graph is split", "masked_input")
-        survivors = tuple(self._ordered(u3))
+        self.survivors = tuple(self._ordered(u3))
+        if self.authenticated:
+            self.phase = "consistency"
+            return {i: ConsistencyRequest(self.round_id, i, self.survivors) for i in self.survivors}
+        self.live["consistency"] = set(u3)  # no consistency phase without signatures
         self.phase = "unmasking"
-        return {i: UnmaskRequest(self.round_id, i, survivors) for i in survivors}
+        return {i: UnmaskRequest(self.round_id, i, self.survivors) for i in self.survivors}
 
+    def consistency(self, msgs: Iterable[ConsistencySignature]) -> dict[str, UnmaskRequest]:
+        """Collect signatures over U3 (U4); forward each client its neighbours' signatures.
+
+        Bonawitz et al. (2017), Fig. 4, ConsistencyCheck. A client with fewer than t
+        signing neighbours would abort, so it is not asked to unmask.
+        """
+        got = self._accept(msgs, "consistency")
+        u3, signed = self.live["masked_input"], set(got)
+        ready = {i for i in signed if len(self.neighbours[i] & signed) >= self.threshold}
+        self.dropped["consistency"] = self._ordered(u3 - ready)
+        self.live["consistency"] = ready
+        self._require(u3, ready, "consistency")
+        self.phase = "unmasking"
+        return {
+            i: UnmaskRequest(
+                self.round_id,
+                i,
+                self.survivors,
+                tuple((j, got[j].signature) for j in self.near(i, signed)),
+            )
+            for i in self._ordered(ready)
+        }
+
+    # -- phase 5 -----------------------------------------------------------------------
     def unmask(self, msgs: Iterable[UnmaskShares]) -> AggregateResult:
         """Reconstruct seeds of survivors and mask keys of dropped clients; return the sum."""
         got = self._accept(msgs, "unmasking")
         u3 = self.live["masked_input"]
-        u4 = set(got)
-        self.dropped["unmasking"] = [c for c in self._ordered(u3 - u4)]
-        self.live["unmasking"] = u4
-        self._require(u3, u4, "unmasking")
+        u5 = set(got)
+        self.dropped["unmasking"] = self._ordered(self.live["consistency"] - u5)
+        self.live["unmasking"] = u5
+        self._require(u3, u5, "unmasking")
         seeds: dict[str, list[shamir.Share]] = {}
         keys: dict[str, list[shamir.Share]] = {}
-        for sender in self._ordered(u4):
+        for sender in self._ordered(u5):
             for owner, raw in got[sender].seed_shares:
-                seeds.setdefault(owner, []).append(
-                    shamir.Share.from_bytes(raw, secret_len=crypto.KEY_BYTES)
-                )
+                seeds.setdefault(owner, []).append(shamir.Share.from_bytes(raw, secret_len=crypto.KEY_BYTES))
             for owner, raw in got[sender].key_shares:
-                keys.setdefault(owner, []).append(
-                    shamir.Share.from_bytes(raw, secret_len=crypto.KEY_BYTES)
-                )
+                keys.setdefault(owner, []).append(shamir.Share.from_bytes(raw, secret_len=crypto.KEY_BYTES))
 
-        length = self.vector_len + 1
-        total = np.zeros(length, dtype=self._dtype)
+        total = np.zeros(self.vector_len + 1, dtype=self._dtype)
         streams: list[tuple[bytes, bool]] = []  # (seed, subtract), all removed in one pass
         for i in self._ordered(u3):  # sum of y_i, then remove the self masks PRG(b_i)
-            streams.append((self._recover(seeds[i], i), True))
+            seed = self._recover(seeds[i], i)
+            if auth.seed_commitment(seed, client=i, round_id=self.round_id) != self._keys[i].seed_commitment:
+                self._abort("bad_share", f"shares of {i!r}'s self-mask seed do not match its commitment", "unmasking")
+            streams.append((seed, True))
         for j in self._ordered(self.live["share_keys"] - u3):
             near = self.neighbours[j] & u3
             if not near:
                 continue
             sk = self._recover(keys[j], j)
             if crypto.public_key(sk) != self._keys[j].mask_public:
-                self._abort(
-                    "bad_share",
-                    f"shares of {j!r}'s mask key do not match its public key",
-                    "unmasking",
-                )
+                self._abort("bad_share", f"shares of {j!r}'s mask key do not match its public key", "unmasking")
             for i in self._ordered(near):  # survivor i added sign(i, j) * PRG(s_ij); take it out
-                seed = crypto.agree(
-                    sk, self._keys[i].mask_public, label=b"mask", round_id=self.round_id
-                )
-                streams.append((seed, mask_sign(i, j, order=self._index) > 0))
+                seed = crypto.agree(sk, self._keys[i].mask_public, label=b"mask", round_id=self.round_id)
+                streams.append((seed, mask_sign(i, j, order=self.index) > 0))
         crypto.apply_streams(total, streams, addends=[self._masked[i] for i in self._ordered(u3)])
         m = self.config.modulus_bits
         if m < self._dtype.itemsize * 8:
             np.bitwise_and(total, self._dtype.type((1 << m) - 1), out=total)
-        weight = int(total[-1])
-        if not len(u3) <= weight <= len(u3) * self.config.max_weight:
-            # Masks did not cancel (corrupted shares); the vector would be noise.
-            self._abort(
-                "bad_share",
-                f"total weight {weight} is outside [{len(u3)}, {len(u3) * self.config.max_weight}]",
-                "unmasking",
-            )
+        weight, problem = check_sum_range(total, n=len(u3), config=self.config)
+        if problem:
+            self._abort("out_of_range", problem, "unmasking")
         c = self.config
         values = dequantize_sum(total[:-1], bits=c.bits, clip=c.clip_range, total_weight=weight)
         self.phase = "done"
@@ -269,7 +299,25 @@ class SecAggServer:
     # -- validation ------------------------------------------------------------------
     def check(self, msg: Message) -> None:
         """Validate one upload against the current phase without changing any state."""
-        self._validate(msg, seen=set())
+        validate_upload(self, msg, seen=set())
+
+    def screen(self, msgs: Iterable[Message]) -> tuple[list[Message], list[tuple[str, str]]]:
+        """Split uploads into those the current phase accepts and (sender, reason) of the rest.
+
+        Changes no state; a second upload from the same sender is refused as ``replay``.
+        """
+        ok: list[Message] = []
+        bad: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for msg in msgs:
+            try:
+                validate_upload(self, msg, seen=seen)
+            except SecAggError as exc:
+                bad.append((getattr(msg, "client", "?"), exc.reason))
+                continue
+            seen.add(msg.client)
+            ok.append(msg)
+        return ok, bad
 
     def _accept(self, msgs: Iterable[Message], phase: str) -> dict[str, Message]:
         """Validate a whole batch (raising on the first bad message), then hand it over."""
@@ -280,78 +328,10 @@ class SecAggServer:
         seen: set[str] = set()
         got: dict[str, Message] = {}
         for msg in msgs:
-            self._validate(msg, seen=seen)
+            validate_upload(self, msg, seen=seen)
             seen.add(msg.client)
             got[msg.client] = msg
         return got
-
-    def _validate(self, msg: Message, *, seen: set[str]) -> None:
-        phase = self.phase
-        if phase not in _UPLOADS or not isinstance(msg, _UPLOADS[phase]):
-            raise SecAggError("out_of_phase", f"server in phase {phase!r} got {type(msg).__name__}")
-        if msg.round_id != self.round_id:
-            raise SecAggError(
-                "wrong_round", f"message of round {msg.round_id}, this is round {self.round_id}"
-            )
-        sender = msg.client
-        allowed = (
-            set(self.cohort)
-            if phase == "advertise_keys"
-            else self.live[PHASES[PHASES.index(phase) - 1]]
-        )
-        if sender not in allowed:
-            raise SecAggError(
-                "not_member", f"{sender!r} is not a live member of the cohort in phase {phase!r}"
-            )
-        if sender in seen:
-            raise SecAggError("replay", f"{sender!r} already sent its {phase!r} message")
-        if isinstance(msg, ShareKeys):
-            want = set(self._near(sender, self.live["advertise_keys"]))
-            got = [cid for cid, _ in msg.items]
-            if len(got) != len(set(got)) or set(got) != want:
-                raise SecAggError(
-                    "wrong_size", f"{sender!r} must address exactly its {len(want)} live neighbours"
-                )
-            bad = [cid for cid, blob in msg.items if len(blob) != CIPHERTEXT_BYTES]
-            if bad:
-                raise SecAggError(
-                    "wrong_size",
-                    f"{sender!r}'s ciphertexts to {bad[:3]} are not {CIPHERTEXT_BYTES} bytes",
-                )
-        elif isinstance(msg, MaskedInput):
-            if (
-                msg.modulus_bits != self.config.modulus_bits
-                or msg.values.size != self.vector_len + 1
-            ):
-                raise SecAggError(
-                    "wrong_size",
-                    f"{sender!r} sent {msg.values.size} values mod 2^{msg.modulus_bits}, expected "
-                    f"{self.vector_len + 1} mod 2^{self.config.modulus_bits}",
-                )
-        elif isinstance(msg, UnmaskShares):
-            self._validate_unmask(msg)
-
-    def _validate_unmask(self, msg: UnmaskShares) -> None:
-        sender, u3 = msg.client, self.live["masked_input"]
-        held = set(self._near(sender, self.live["share_keys"]))
-        seed_owners = [c for c, _ in msg.seed_shares]
-        key_owners = [c for c, _ in msg.key_shares]
-        if (
-            set(seed_owners) != held & u3
-            or set(key_owners) != held - u3
-            or len(seed_owners) + len(key_owners) != len(held)
-        ):
-            raise SecAggError(
-                "wrong_size",
-                f"{sender!r} must send one share per neighbour: seeds of survivors, keys of dropped",
-            )
-        for _, raw in (*msg.seed_shares, *msg.key_shares):
-            share = shamir.Share.from_bytes(raw, secret_len=crypto.KEY_BYTES)
-            if share.x != self._index[sender] + 1:
-                raise SecAggError(
-                    "malformed",
-                    f"{sender!r} sent a share at x={share.x}, its point is {self._index[sender] + 1}",
-                )
 
     # -- helpers -----------------------------------------------------------------------
     def _close(self, live: set[str], phase: str) -> set[str]:
@@ -409,11 +389,12 @@ class SecAggServer:
         self._masked = {}  # nothing about any input is kept or returned
         raise SecAggAborted(reason, detail, phase=phase)
 
-    def _near(self, i: str, live: set[str]) -> list[str]:
+    def near(self, i: str, live: set[str]) -> list[str]:
+        """Neighbours of ``i`` in ``live``, in cohort order."""
         return self._ordered(self.neighbours[i] & live)
 
     def _ordered(self, ids: Iterable[str]) -> list[str]:
-        return sorted(ids, key=self._index.__getitem__)
+        return sorted(ids, key=self.index.__getitem__)
 
 
 __all__ = ["PHASES", "AggregateResult", "SecAggServer"]

@@ -1,8 +1,9 @@
 """In-process driver of one SecAgg+ round: every client masks a given vector.
 
 A thin loop over :class:`~fedlm.privacy.secagg.session.SecAggSession` (which encodes and
-decodes every message, so byte counts are exact); see that module for what each
-phase's figures cover.
+decodes every message, so byte counts are exact, and gives every client a fresh identity
+key, so the round signs its keys and runs the consistency check); see that module for
+what each phase's figures cover.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def run_round(
         ``threshold``, ``total_weight``, ``upload_expansion`` (masked-input bytes per
         client over 4 L) and ``phases``: phase -> ``dropouts``, ``bytes_up``,
         ``bytes_down``, ``client_seconds`` (sum over clients), ``client_seconds_max``,
-        ``server_seconds``; plus ``client_errors`` (client, phase, reason).
+        ``server_seconds``; plus ``client_errors`` (client, phase, reason), ``rejected``
+        (sender, reason) and ``authenticated``.
 
     Raises:
         SecAggAborted: too many dropouts (or a split survivor graph); ``.stats`` holds
