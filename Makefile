@@ -33,8 +33,10 @@ $(STAMP): pyproject.toml Makefile
 run: setup
 	$(BIN)/fedlm run
 
+# Two workers, one thread each: two torch processes with two threads apiece on two cores slow
+# each other ten-fold, and one worker leaves a core idle while the other waits on a subprocess.
 test: setup
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

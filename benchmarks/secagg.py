@@ -1,224 +1,282 @@
-"""Secure aggregation's added cost per round: fedlm's SecAgg+ beside Flower 1.42's.
+"""Secure aggregation's added cost per round: fedlm's SecAgg+ beside Flower 1.42's, and the floor.
 
-fedlm: one in-process :class:`~fedlm.privacy.secagg.session.SecAggSession` per round,
-all four phases, every message encoded to bytes and decoded again; its cost is the wall
-time of the whole round with every client and the server on this one process (the sum of
-all client and server compute), minus plaintext aggregation of the same vectors (each
-client serialises fp32, the server decodes and sums). ``critical_s`` is the added time
-when clients run in parallel (slowest client per phase plus the server). Dropouts go
-silent after the key exchange, before uploading (the costliest case for the server: it
-rebuilds their pairwise masks from Shamir shares).
+Same n, vector length L, graph degree d, reconstruction threshold t and max weight 1 on
+both sides, run interleaved (A, B, A, B, ...) in one process tree for ``--repeats``
+repeats, with the 1-minute load average before and after every run. Two figures per
+side, because they measure different things:
 
-Flower: the same vectors through ``SecAggPlusWorkflow`` + ``secaggplus_mod`` in Flower's
-simulation engine (Ray, loopback only) versus the plain ``DefaultWorkflow``, each in its
-own process (``benchmarks._flower_secagg``), first round dropped as warm-up, with
-Flower's settings num_shares=3 (each client has 2 neighbours), reconstruction_threshold=2.
-fedlm is measured twice: at its default degree and threshold (complete graph up to 31
-clients, 34 neighbours at n = 50, t a strict majority) and at Flower's graph
-(``neighbours=2, threshold=2``), the like-for-like comparison. The Flower column is
-skipped, saying so, when ``flwr`` is not installed (``pip install -e .[bench]``).
+* **compute** (CPU seconds, no transport): fedlm's in-process
+  :class:`~fedlm.privacy.secagg.session.SecAggSession` (all four phases, every message
+  encoded to bytes and decoded again, every client and the server on this one process)
+  minus a plaintext round of the same vectors; Flower's SecAgg+ run minus its plain run,
+  CPU seconds of the whole process tree (Ray's workers included) per round.
+* **with transport** (wall seconds per round): Flower's ``SecAggPlusWorkflow`` +
+  ``secaggplus_mod`` in its simulation engine (Ray, ``--actors`` ClientApps at once)
+  minus the plain ``DefaultWorkflow`` (``benchmarks._flower_secagg``; round 1 dropped);
+  and fedlm's SecAgg+ over Flower messages (fedlm's app in the same engine, a model of
+  about L trainable values, ``secure_aggregation.enabled`` against off) when
+  ``--transport-n`` is set.
 
-Targets: fedlm's added cost >= 5x smaller than Flower's at 1M values and n = 50; upload
-expansion <= 1.5x fp32 at n = 100.
+**The floor.** Masking needs at least n (d + 2) AES-CTR mask streams of L words with a
+modular add each (every client: d pairwise masks and its self mask; the server: the n
+self masks it removes). The benchmark times one such stream here (``apply_streams``, the
+library's fastest path, median of 7) and prints ``floor = n (d + 2) t_stream`` beside
+fedlm's added CPU. Goal: fedlm's added CPU <= 1.3x the floor at d = 2 and at the default
+degree. ``--profile`` adds a cProfile of one fedlm round per degree (top functions by
+own time): where the gap to the floor goes.
 
-    python -m benchmarks.secagg [--quick] [--no-flower]
+Nothing is tuned here (no validation/test split); the configurations are fixed in advance.
+Raw rows: ``benchmarks/results/secagg.jsonl``.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.secagg [--quick] [--n 50] [--length 1000000]
+        [--degrees 2,default] [--repeats 3] [--no-flower] [--transport-n 10] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import importlib.util
+import io
 import json
+import pstats
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks._record import BENCHMARKS_MD, finish, machine
+from benchmarks._procs import TreeMonitor, run_child
+from benchmarks._record import interleave, load_average, machine, write_results
+from benchmarks._stats import ratio_spread, spread
 from fedlm.config.secagg import SecAggConfig
+from fedlm.privacy.secagg import crypto
 from fedlm.privacy.secagg.session import SecAggSession
 
-FLOWER_SHARES, FLOWER_THRESHOLD = 3, 2
+NAME = "secagg"
+FLOOR_GOAL = 1.3
 
 
-def _vectors(n: int, length: int) -> list[np.ndarray]:
+def vectors(n: int, length: int) -> list[np.ndarray]:
     """n client vectors; 4 distinct ones reused (masking cost does not depend on values)."""
     rng = np.random.default_rng(length)
     base = [rng.uniform(-0.5, 0.5, length).astype(np.float32) for _ in range(4)]
     return [base[i % 4] for i in range(n)]
 
 
-def plaintext_round(vectors: list[np.ndarray]) -> float:
-    """Seconds for clients to serialise fp32 and the server to decode and average."""
-    t0 = time.perf_counter()
-    payloads = [v.astype("<f4").tobytes() for v in vectors]
-    acc = np.zeros(vectors[0].size, np.float64)
+def config_for(n: int, degree: int | None) -> SecAggConfig:
+    """fedlm's SecAgg+ at ``degree`` neighbours (None: its default graph and threshold).
+
+    At d = 2 the threshold is 2, Flower's setting for num_shares = 3."""
+    if degree is None:
+        return SecAggConfig(enabled=True)
+    return SecAggConfig(enabled=True, neighbours=degree, threshold=2 if degree == 2 else degree // 2 + 1)
+
+
+def stream_seconds(length: int, reps: int = 7) -> float:
+    """CPU seconds of one AES-CTR mask stream of ``length`` uint32 words added mod 2^32."""
+    acc = np.zeros(length, dtype=np.uint32)
+    seed = bytes(range(32))
+    times = []
+    for _ in range(reps):
+        t0 = time.process_time()
+        crypto.apply_streams(acc, [(seed, False)])
+        times.append(time.process_time() - t0)
+    return statistics.median(times)
+
+
+def plaintext_round(vecs: list[np.ndarray]) -> None:
+    """Clients serialise fp32; the server decodes and averages."""
+    payloads = [v.astype("<f4").tobytes() for v in vecs]
+    acc = np.zeros(vecs[0].size, np.float64)
     for p in payloads:
         acc += np.frombuffer(p, dtype="<f4")
     acc /= len(payloads)
-    return time.perf_counter() - t0
 
 
-def secure_round(vectors: list[np.ndarray], config: SecAggConfig, *, seed: int) -> dict[str, Any]:
-    """One SecAgg+ round; wall seconds, critical-path seconds and bytes."""
-    ids = [f"c{i}" for i in range(len(vectors))]
-    t0 = time.perf_counter()
-    session = SecAggSession(ids, vector_len=vectors[0].size, config=config, seed=seed)
+def secure_round(vecs: list[np.ndarray], config: SecAggConfig, *, seed: int) -> dict[str, Any]:
+    ids = [f"c{i}" for i in range(len(vecs))]
+    session = SecAggSession(ids, vector_len=vecs[0].size, config=config, seed=seed)
     session.start()
-    uploads = [session.mask(c, v) for c, v in zip(ids, vectors) if session.will_upload(c)]
-    result = session.finish(u for u in uploads if u is not None)
-    wall = time.perf_counter() - t0
+    uploads = [session.mask(c, v) for c, v in zip(ids, vecs) if session.will_upload(c)]
+    session.finish(u for u in uploads if u is not None)
     ph = session.stats["phases"]
-    n, length = len(vectors), vectors[0].size
-    return {
-        "wall_s": wall,
-        "critical_s": sum(p["client_seconds_max"] + p["server_seconds"] for p in ph.values()),
-        "survivors": len(result.survivors),
-        "degree": session.stats["degree"],
-        "threshold": session.stats["threshold"],
-        "masked_expansion": session.stats["upload_expansion"],
-        "upload_expansion": sum(p["bytes_up"] for p in ph.values()) / n / (4.0 * length),
-        "download_per_client": sum(p["bytes_down"] for p in ph.values()) / n,
-    }
+    return {"degree": session.stats["degree"], "threshold": session.stats["threshold"],
+            "critical_s": sum(p["client_seconds_max"] + p["server_seconds"] for p in ph.values()),
+            "upload_expansion": sum(p["bytes_up"] for p in ph.values()) / len(vecs) / (4.0 * vecs[0].size)}
 
 
-def measure_fedlm(n: int, length: int, dropout: float, *, matched: bool, repeats: int) -> dict[str, Any]:
-    vectors = _vectors(n, length)
-    extra = {"neighbours": FLOWER_SHARES - 1, "threshold": FLOWER_THRESHOLD} if matched else {}
-    cfg = SecAggConfig(enabled=True, phase_dropout={"masked_input": dropout} if dropout else {}, **extra)
-    runs, plain = [], []
-    for r in range(repeats):  # interleaved, so both see the same machine load
-        plain.append(plaintext_round(vectors))
-        runs.append(secure_round(vectors, cfg, seed=r))
-    wall = statistics.median(x["wall_s"] for x in runs)
-    base = statistics.median(plain)
-    out = dict(runs[0])
-    out.update(
-        n=n, length=length, dropout=dropout, graph="flower" if matched else "default",
-        plain_s=base, secure_s=wall, added_s=wall - base,
-        critical_added_s=statistics.median(x["critical_s"] for x in runs) - base / n,
-    )
-    out.pop("wall_s")
-    out.pop("critical_s")
-    return out
+def fedlm_inprocess(n: int, length: int, degree: int | None, *, seed: int) -> dict[str, Any]:
+    """One plaintext and one secure round, back to back: added CPU and wall seconds."""
+    vecs = vectors(n, length)
+    c0, w0 = time.process_time(), time.perf_counter()
+    plaintext_round(vecs)
+    c1, w1 = time.process_time(), time.perf_counter()
+    info = secure_round(vecs, config_for(n, degree), seed=seed)
+    c2, w2 = time.process_time(), time.perf_counter()
+    t_stream = stream_seconds(length)
+    d = info["degree"]
+    floor = n * (d + 2) * t_stream
+    added_cpu = (c2 - c1) - (c1 - c0)
+    return {**info, "plain_cpu_s": c1 - c0, "secure_cpu_s": c2 - c1, "added_cpu_s": added_cpu,
+            "added_wall_s": (w2 - w1) - (w1 - w0), "stream_s": t_stream, "floor_s": floor,
+            "floor_ratio": added_cpu / floor}
 
 
-def measure_flower(n: int, length: int, *, rounds: int) -> dict[str, Any] | None:
-    """Flower round seconds with and without SecAgg+ (median over rounds after the first)."""
-    med = {}
-    for secagg in (False, True):
-        cmd = [sys.executable, "-m", "benchmarks._flower_secagg", "--n", str(n), "--length", str(length),
-               "--rounds", str(rounds), "--num-shares", str(FLOWER_SHARES), "--threshold", str(FLOWER_THRESHOLD)]
-        cmd += ["--secagg"] if secagg else []
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
-                              cwd=Path(__file__).resolve().parents[1])
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            sys.stderr.write(f"flower run failed (n={n}, L={length}, secagg={secagg}):\n{proc.stderr[-2000:]}\n")
-            return None
-        times = json.loads(lines[-1])["round_seconds"][1:]  # round 1 starts the Ray actors
-        med[secagg] = statistics.median(times)
-    return {"n": n, "length": length, "plain_s": med[False], "secure_s": med[True],
-            "added_s": med[True] - med[False], "masked_expansion": 2.0}  # int64 masked values
+def flower_run(n: int, length: int, *, shares: int, threshold: int, secagg: bool, rounds: int,
+               actors: int) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "benchmarks._flower_secagg", "--n", str(n), "--length", str(length),
+            "--rounds", str(rounds), "--num-shares", str(shares), "--threshold", str(threshold),
+            "--max-weight", "1", "--actors", str(actors)] + (["--secagg"] if secagg else [])
+    res = run_child(argv, env={"OMP_NUM_THREADS": "1"})
+    times = res["round_seconds"][1:]  # round 1 starts the Ray actors
+    return {"round_s": statistics.median(times), "cpu_per_round_s": res["cpu_s"] / rounds,
+            "cpu_s": res["cpu_s"], "wall_s": res["wall_s"], "peak_mib": res["peak_mib"]}
 
 
-def _append_grid(rows: list[dict[str, Any]], cols: list[str]) -> None:
-    """Append the full grid under its own heading in BENCHMARKS.md (not a prefix of '## secagg')."""
-    header = "## secure aggregation grid (benchmarks.secagg)"
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# fedlm benchmarks\n"
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    lines = ["| " + " | ".join([date, *(_fmt(r.get(c)) for c in cols), machine()]) + " |" for r in rows]
-    if header not in text:
-        text = text.rstrip() + f"\n\n{header}\n\n| " + " | ".join(["date", *cols, "machine"]) + " |\n|" \
-            + "---|" * (len(cols) + 2) + "\n"
-    start = text.index(header)
-    end = text.find("\n## ", start + len(header))
-    section = text[start:] if end == -1 else text[start:end]
-    section = section.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
-    BENCHMARKS_MD.write_text(text[:start] + section + ("" if end == -1 else text[end:]))
+def transport_model(length: int) -> str:
+    """``model.architecture`` of a random tiny Llama with about ``length`` trainable values."""
+    layers = max(1, round((length - 33_408) / 172_288))  # hidden 128: 172,288 per layer, 33,408 outside
+    return (f"{{hidden_size: 128, num_hidden_layers: {layers}, intermediate_size: 384, num_attention_heads: 4,"
+            " num_key_value_heads: 2}")
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
+def fedlm_over_flower(n: int, length: int, degree: int | None, *, secagg: bool, rounds: int, work: Path) -> dict:
+    """fedlm's app in Flower's simulation engine; per-round wall and tree CPU seconds."""
+    from fedlm.config import load_config
+    from fedlm.deploy.simulation_engine import FlowerSimulation
+
+    rows = work / f"rows-{n}.jsonl"
+    if not rows.is_file():
+        with rows.open("w") as fh:
+            for c in range(n):
+                for r in range(8):
+                    fh.write(json.dumps({"client": f"c{c:03d}", "text": f"client {c} line {r} " * 12}) + "\n")
+    sec = ["secure_aggregation.enabled=true"]
+    if degree is not None:
+        cfg = config_for(n, degree)
+        sec += [f"secure_aggregation.neighbours={cfg.neighbours}", f"secure_aggregation.threshold={cfg.threshold}"]
+    config = load_config(None, [
+        "name=secagg-transport", "model.name=tiny-llama", "model.init=random", "lora.enabled=false",
+        f"model.architecture={transport_model(length)}", "data.source=jsonl", f"data.path={rows}",
+        "data.client_field=client", "data.partition=natural", "data.min_client_chars=0", "data.max_clients=null",
+        "data.seq_len=32", f"federation.rounds={rounds}", f"federation.clients_per_round={n}",
+        "federation.local_steps=1", "federation.batch_size=1", f"eval.every={rounds}", "eval.max_clients=1",
+        "eval.max_batches_per_client=1", "output.report=false", f"output.checkpoint_every={rounds}",
+        "deploy.floor_s=900", "deploy.train_s=900", *(sec if secagg else []),
+    ])
+    out = work / f"run-{time.monotonic_ns()}"
+    t0 = time.perf_counter()
+    engine = FlowerSimulation(config, out / "work", out / "run")
+    with TreeMonitor(lambda: [p.popen.pid for p in engine.procs.values()]) as mon, engine:
+        summary = engine.run()
+    rows_ = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    rs = [r["seconds"]["round"] for r in rows_ if r.get("type") == "round"]
+    return {"round_s": statistics.median(rs[1:] or rs), "cpu_s": mon.cpu_s, "cpu_per_round_s": mon.cpu_s / rounds,
+            "wall_s": time.perf_counter() - t0, "trainable": summary.get("trainable_parameters")}
+
+
+def profile_round(n: int, length: int, degree: int | None, top: int = 14) -> list[dict[str, Any]]:
+    """cProfile of one fedlm round: the functions with the most own time."""
+    vecs = vectors(n, length)
+    prof = cProfile.Profile()
+    prof.enable()
+    secure_round(vecs, config_for(n, degree), seed=0)
+    prof.disable()
+    st = pstats.Stats(prof, stream=io.StringIO())
+    total = sum(v[2] for v in st.stats.values())
+    rows = sorted(((v[2], v[3], k) for k, v in st.stats.items()), reverse=True)[:top]
+    return [{"function": f"{Path(k[0]).name}:{k[1]}:{k[2]}", "own_s": own, "cumulative_s": cum,
+             "share": own / total} for own, cum, k in rows]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true",
-                    help="n in {10, 50} at 1M values, 0 and 30%% dropout (plus fedlm alone at n = 100)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="n = 10, L = 100,000, 1 repeat, no transport run")
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--length", type=int, default=1_000_000)
+    ap.add_argument("--degrees", default="2,default", help="neighbours per client; 'default' is fedlm's graph")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4, help="Flower rounds per run (the first is dropped)")
+    ap.add_argument("--actors", type=int, default=2, help="Flower's Ray CPUs (ClientApps at once)")
     ap.add_argument("--no-flower", action="store_true")
+    ap.add_argument("--transport-n", type=int, default=0, help="also run fedlm over Flower messages at this n")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    ns = (10, 50) if args.quick else (10, 50, 100)
-    lengths = (1_000_000,) if args.quick else (100_000, 1_000_000)
-    dropouts = (0.0, 0.3) if args.quick else (0.0, 0.1, 0.3)
-    repeats = 2 if args.quick else 3
-
+    if args.quick:
+        args.n, args.length, args.repeats, args.rounds, args.transport_n = 10, 100_000, 1, 3, 0
+    have_flwr = importlib.util.find_spec("flwr") is not None and not args.no_flower
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    work = Path(tempfile.mkdtemp(prefix="fedlm-secagg-"))
+    n, L = args.n, args.length
+    summary: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    for length in lengths:
-        for n in ns:
-            for d in dropouts:
-                rows.append(measure_fedlm(n, length, d, matched=False, repeats=repeats))
-            rows.append(measure_fedlm(n, length, 0.0, matched=True, repeats=repeats))
-            sys.stderr.write(f"fedlm n={n} L={length} done\n")
-    if args.quick:  # the upload-expansion target is at n = 100
-        rows.append(measure_fedlm(100, 1_000_000, 0.0, matched=False, repeats=1))
+    for dtext in args.degrees.split(","):
+        degree = None if dtext == "default" else int(dtext)
+        probe = SecAggSession([f"c{i}" for i in range(n)], vector_len=8, config=config_for(n, degree), seed=0)
+        d, t = probe.stats["degree"], probe.stats["threshold"]
+        def fedlm_run(degree=degree, seeds=iter(range(1, 10_000))) -> dict[str, Any]:  # noqa: B008
+            return fedlm_inprocess(n, L, degree, seed=next(seeds))
 
-    flower: list[dict[str, Any]] = []
-    have_flwr = importlib.util.find_spec("flwr") is not None
-    if args.no_flower or not have_flwr:
-        sys.stderr.write("Flower column skipped: " + ("--no-flower" if args.no_flower else
-                         "flwr is not installed (pip install -e .[bench])") + "\n")
-    else:
-        for length in lengths:
-            for n in ns:
-                got = measure_flower(n, length, rounds=4)
-                if got is not None:
-                    flower.append(got)
-                sys.stderr.write(f"flower n={n} L={length}: {got}\n")
-
-    def fed(n, length, graph="default", d=0.0):
-        return next((r for r in rows if (r["n"], r["length"], r["graph"], r["dropout"]) == (n, length, graph, d)), None)
-
-    for f in flower:
-        f["graph"], f["dropout"], f["system"] = "flower", 0.0, "flower"
-        for graph in ("default", "flower"):
-            mine = fed(f["n"], f["length"], graph)
-            if mine is not None and mine["added_s"] > 0:
-                f[f"speedup_{graph}"] = f["added_s"] / mine["added_s"]
-    for r in rows:
-        r["system"] = "fedlm"
-    cols = ["system", "n", "length", "dropout", "graph", "degree", "threshold", "survivors", "plain_s",
-            "secure_s", "added_s", "critical_added_s", "masked_expansion", "upload_expansion",
-            "download_per_client", "speedup_default", "speedup_flower"]
-    _append_grid(rows + flower, cols)
-
-    at50 = next((f for f in flower if f["n"] == 50 and f["length"] == 1_000_000), None)
-    big = max((r for r in rows if r["graph"] == "default" and r["dropout"] == 0.0), key=lambda r: (r["n"], r["length"]))
-    headline = {
-        "quick": args.quick,
-        "fedlm_added_s_n50_1M_default": (fed(50, 1_000_000) or {}).get("added_s"),
-        "fedlm_added_s_n50_1M_flower_graph": (fed(50, 1_000_000, "flower") or {}).get("added_s"),
-        "flower_added_s_n50_1M": at50["added_s"] if at50 else None,
-        "speedup_n50_1M_flower_graph": at50.get("speedup_flower") if at50 else None,
-        "speedup_n50_1M_default_graph": at50.get("speedup_default") if at50 else None,
-        "speedup_target": ">= 5",
-        f"upload_expansion_n{big['n']}": big["upload_expansion"],
-        f"masked_expansion_n{big['n']}": big["masked_expansion"],
-        "expansion_target": "<= 1.5 at n=100",
-        "flower": "measured" if flower else "skipped",
-        "grid": rows + flower,
-    }
-    finish("secagg", headline, columns=[
-        "quick", "fedlm_added_s_n50_1M_flower_graph", "fedlm_added_s_n50_1M_default", "flower_added_s_n50_1M",
-        "speedup_n50_1M_flower_graph", "speedup_n50_1M_default_graph", "speedup_target",
-        f"upload_expansion_n{big['n']}", "flower"])
+        runs: dict[str, Any] = {"fedlm": fedlm_run}
+        if have_flwr:
+            runs["flower_plain"] = lambda d=d, t=t: flower_run(n, L, shares=d + 1, threshold=t, secagg=False,
+                                                                rounds=args.rounds, actors=args.actors)
+            runs["flower_secagg"] = lambda d=d, t=t: flower_run(n, L, shares=d + 1, threshold=t, secagg=True,
+                                                                 rounds=args.rounds, actors=args.actors)
+        if args.transport_n:
+            for name, sec in (("fedlm_flower_plain", False), ("fedlm_flower_secagg", True)):
+                runs[name] = lambda degree=degree, sec=sec: fedlm_over_flower(
+                    args.transport_n, L, degree, secagg=sec, rounds=args.rounds, work=work)
+        res = interleave(runs, args.repeats, log=log)
+        fed = res["fedlm"]
+        entry: dict[str, Any] = {
+            "n": n, "length": L, "degree": d, "threshold": t, "graph": dtext,
+            "fedlm_added_cpu_s": spread([r["added_cpu_s"] for r in fed]).as_dict(),
+            "fedlm_added_wall_s": spread([r["added_wall_s"] for r in fed]).as_dict(),
+            "fedlm_critical_s": spread([r["critical_s"] for r in fed]).as_dict(),
+            "floor_s": spread([r["floor_s"] for r in fed]).as_dict(),
+            "stream_ms_per_1M": 1e3 * statistics.median(r["stream_s"] for r in fed) * 1e6 / L,
+            "floor_ratio": spread([r["floor_ratio"] for r in fed]).as_dict(),
+            "upload_expansion": fed[0]["upload_expansion"],
+        }
+        fr = entry["floor_ratio"]
+        entry["floor_goal"] = (f"<= {FLOOR_GOAL}: " + ("met" if fr["max"] <= FLOOR_GOAL else
+                               "missed" if fr["min"] > FLOOR_GOAL else "not separable")
+                               + (f" ({fr['n']} repeats)" if fr["n"] >= 3 else f" (not established: {fr['n']} repeat)"))
+        if have_flwr:
+            fp, fs = res["flower_plain"], res["flower_secagg"]
+            fl_wall = [s["round_s"] - p["round_s"] for p, s in zip(fp, fs)]
+            fl_cpu = [s["cpu_per_round_s"] - p["cpu_per_round_s"] for p, s in zip(fp, fs)]
+            entry["flower_added_wall_s"] = spread(fl_wall).as_dict()
+            entry["flower_added_cpu_s"] = spread(fl_cpu).as_dict()
+            entry["cpu_ratio_flower_over_fedlm"] = ratio_spread(fl_cpu, [r["added_cpu_s"] for r in fed]).as_dict()
+        if args.transport_n:
+            tp, ts = res["fedlm_flower_plain"], res["fedlm_flower_secagg"]
+            entry["transport_n"] = args.transport_n
+            entry["fedlm_flower_added_wall_s"] = spread([s["round_s"] - p["round_s"] for p, s in zip(tp, ts)]).as_dict()
+            entry["fedlm_flower_added_cpu_s"] = spread([s["cpu_per_round_s"] - p["cpu_per_round_s"]
+                                                        for p, s in zip(tp, ts)]).as_dict()
+            entry["transport_length"] = tp[0].get("trainable")
+        if args.profile:
+            entry["profile"] = profile_round(n, L, degree)
+        summary[dtext] = entry
+        for name, rs in res.items():
+            for r in rs:
+                rows.append({"graph": dtext, "n": n, "length": L, "degree": d, "threshold": t, "system": name, **r})
+        log(json.dumps({k: v for k, v in entry.items() if k != "profile"}))
+    if not args.quick:  # the upload-expansion target is at n = 100
+        big = secure_round(vectors(100, 100_000), config_for(100, None), seed=0)
+        summary["upload_expansion_n100"] = {"value": big["upload_expansion"], "goal": "<= 1.5"}
+    cmd = "OMP_NUM_THREADS=1 python -m benchmarks.secagg " + " ".join(sys.argv[1:])
+    record = not (args.no_record or args.quick)
+    write_results(NAME, rows, command=cmd, record=record)
+    write_results(NAME + "_summary", [{"summary": summary}], command=cmd, record=record)
+    print(json.dumps({"benchmark": NAME, "machine": machine(), "load_end": load_average(), "summary": summary}))
 
 
 if __name__ == "__main__":

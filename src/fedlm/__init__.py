@@ -28,6 +28,9 @@ _LAZY = {
     "resume_experiment": "fedlm.commands.experiment",
     "run_experiment": "fedlm.commands.experiment",
     "Simulation": "fedlm.engine.simulation",
+    "build_engine": "fedlm.capabilities",
+    "Capability": "fedlm.engine.capability",
+    "InjectedStages": "fedlm.engine.capability",
     "ClientUpdate": "fedlm.stages",
     "CohortValue": "fedlm.stages",
     "Pipeline": "fedlm.stages",
@@ -43,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Capability",
     "CheckpointError",
     "ClientUpdate",
     "CohortValue",
@@ -50,6 +54,7 @@ __all__ = [
     "DataError",
     "ExperimentConfig",
     "FedlmError",
+    "InjectedStages",
     "ModelError",
     "Pipeline",
     "PipelineError",
@@ -60,6 +65,7 @@ __all__ = [
     "Stage",
     "UpdateRejected",
     "__version__",
+    "build_engine",
     "load_config",
     "resume_experiment",
     "run_experiment",

@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import dp_accounting as dpa
 import numpy as np
@@ -16,10 +17,14 @@ from fedlm.capabilities.dp import DifferentialPrivacy
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.errors import ConfigError
+from fedlm.privacy import sampling as secret
+from fedlm.privacy.records import PrivateRounds
 from fedlm.privacy.stages import DpMeanStage, DpRound
 from fedlm.stages import ClientUpdate, CohortValue, RoundPlan
 
 N_CLIENTS = 12
+SECURE = {"secure_aggregation.enabled": "true", "secure_aggregation.clip_range": 0.5, "secure_aggregation.seed": 5,
+          "federation.weighting": "uniform"}
 
 
 @pytest.fixture
@@ -38,6 +43,11 @@ def _dp(data, **extra):
 def _records(run_dir, kind="round"):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r.get("type") == kind]
+
+
+def _private(run_dir):
+    """The full round records, cohorts and per-client metrics included (private/rounds.jsonl)."""
+    return PrivateRounds(run_dir).read()
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "pld"])
@@ -82,25 +92,30 @@ def test_poisson_cohorts_vary_and_fixed_cohorts_have_k_clients(many_clients, tmp
     run_experiment(cfg, out_dir=tmp_path / "poisson")
     fixed = _dp(many_clients, **{"privacy.noise_multiplier": 1.0, "privacy.sampling": "fixed", "federation.rounds": 1})
     run_experiment(fixed, out_dir=tmp_path / "fixed")
-    assert [len(r["cohort"]) for r in _records(tmp_path / "fixed")] == [3]
+    assert [len(r["cohort"]) for r in _private(tmp_path / "fixed")] == [3]
+    assert [r["cohort_size"] for r in _records(tmp_path / "fixed")] == [3]  # metrics.jsonl: the size only
     ref = RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
     ref.compose(dpa.SampledWithoutReplacementDpEvent(N_CLIENTS, 3, dpa.GaussianDpEvent(0.5)))
     assert _records(tmp_path / "fixed")[0]["privacy"]["epsilon"] == pytest.approx(ref.get_epsilon(1e-3))
-    # Poisson: the cohort is whoever drew u < q; the record says who took part
-    for rec in _records(tmp_path / "poisson"):
+    # Poisson: the cohort is whoever drew u < q; the private record says who took part
+    for rec in _private(tmp_path / "poisson"):
         assert set(rec["cohort"]) == set(rec["clients"])
 
 
 def test_poisson_cohort_has_rate_q():
     class Stub(DifferentialPrivacy):
         def __init__(self):
-            self.sample_rate = 0.1
             self.client_level = True
             self.config = load_config(None, ["privacy.enabled=true", "privacy.noise_multiplier=1.0"])
+            self.plan = SimpleNamespace(sample_rate=0.1)
+            self._key, self.run_dir, self._next_round = None, None, 1
 
-    rng = np.random.default_rng(0)
+    stub, rng = Stub(), np.random.default_rng(0)
     ids = [f"c{i}" for i in range(1000)]
-    sizes = [len(Stub().choose_cohort(rng, ids, ())) for _ in range(200)]
+    sizes = []
+    for r in range(200):  # the engine's generator is not used: the secret key draws each round
+        stub.adopt(SimpleNamespace(round=r))
+        sizes.append(len(stub.choose_cohort(rng, ids, ())))
     assert np.mean(sizes) == pytest.approx(100, abs=2)  # std of the mean: sqrt(90/200) = 0.67
     assert np.std(sizes) == pytest.approx(math.sqrt(90), rel=0.2)
 
@@ -109,7 +124,7 @@ def test_updates_are_clipped_and_the_server_adds_z_c_over_d(many_clients, tmp_pa
     cfg = _dp(many_clients, **{"privacy.noise_multiplier": 0.5, "privacy.clip_norm": 0.01,
                                "federation.rounds": 1, "privacy.sampling": "fixed"})
     run_experiment(cfg, out_dir=tmp_path / "clip")
-    rec = _records(tmp_path / "clip")[0]
+    rec = _private(tmp_path / "clip")[0]
     for m in rec["clients"].values():
         assert m["dp_clip.clip_norm"] == 0.01 and m["dp_clip.pre_clip_norm"] > 0.01  # every update was clipped
     noise = rec["server"]["dp_noise"]
@@ -117,14 +132,29 @@ def test_updates_are_clipped_and_the_server_adds_z_c_over_d(many_clients, tmp_pa
     assert rec["server"]["dp_mean"]["denominator"] == 3.0
 
 
+@pytest.mark.parametrize("mode", ["distributed", "ddgauss", "skellam"])
+def test_distributed_noise_without_secure_aggregation_is_refused_before_training(many_clients, tmp_path, mode):
+    # Each client's share is z C / sqrt(k): without SecAgg+ the server would see every update
+    # with that little noise, and the reported epsilon would not hold against it.
+    cfg = _dp(many_clients, **{"privacy.noise_multiplier": 1.0, "privacy.mode": mode, "federation.weighting": "uniform"})
+    with pytest.raises(ConfigError, match=r"needs secure_aggregation\.enabled=true"):
+        run_experiment(cfg, out_dir=tmp_path / "dist")
+    assert not (tmp_path / "dist" / "metrics.jsonl").exists()
+
+
 def test_distributed_mode_adds_shares_on_clients_and_no_server_noise(many_clients, tmp_path):
     cfg = _dp(many_clients, **{"privacy.noise_multiplier": 1.0, "privacy.mode": "distributed",
-                               "privacy.sampling": "fixed", "federation.rounds": 1})
+                               "privacy.sampling": "fixed", "federation.rounds": 1, **SECURE})
     run_experiment(cfg, out_dir=tmp_path / "dist")
-    rec = _records(tmp_path / "dist")[0]
-    for m in rec["clients"].values():
-        assert m["dp_noise_share.noise_std"] == pytest.approx(1.0 * 1.0 / math.sqrt(3))  # z C / sqrt(k)
-    assert "dp_noise" not in rec["server"] and "dp_mean" in rec["server"]
+    rec = _private(tmp_path / "dist")[0]
+    margin = run_summary(tmp_path / "dist")["privacy"]["encoding_margin"]
+    for m in rec["clients"].values():  # z (C + margin) / sqrt(k): the share covers SecAgg+'s rounding
+        assert m["dp_noise_share.noise_std"] == pytest.approx(1.0 * (1.0 + margin) / math.sqrt(3))
+    assert "dp_noise" not in rec["server"] and "secagg" in rec["server"]
+
+
+def run_summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
 
 
 def _update(cid, value, n):
@@ -206,6 +236,11 @@ def test_resume_continues_the_privacy_ledger(many_clients, tmp_path, monkeypatch
     resumed = resume_experiment(tmp_path / "crashed").summary["privacy"]
     assert resumed["rounds_accounted"] == 3
     assert resumed["epsilon"] == pytest.approx(full["epsilon"], rel=1e-12)
+    # The secret key came back from the checkpoint: round 3's cohort is the one the key draws.
+    key = secret.load_key(tmp_path / "crashed")
+    cohorts = [tuple(r["cohort"]) for r in _private(tmp_path / "crashed")]
+    ids = sorted(f"c{i}" for i in range(N_CLIENTS))
+    assert cohorts == [secret.poisson_cohort(key, r, ids, 3 / N_CLIENTS) for r in (1, 2, 3)]
 
 
 def test_dp_sgd_run_reports_each_clients_opacus_epsilon(many_clients, tmp_path):
@@ -240,3 +275,87 @@ def test_resume_refuses_a_recalibrated_noise_multiplier(many_clients, tmp_path):
     run = run_experiment(cfg, out_dir=tmp_path / "cal1").run_dir
     with pytest.raises(ConfigError, match=r"original federation\.rounds"):
         resume_experiment(run, overrides=["federation.rounds=3"])
+
+
+def _text_of(run_dir):
+    return {name: (run_dir / name).read_text() for name in ("config.yaml", "metrics.jsonl", "summary.json")}
+
+
+def test_two_runs_that_differ_only_in_the_secret_key_sample_different_cohorts(many_clients, tmp_path):
+    cfg = _dp(many_clients, **{"privacy.noise_multiplier": 1.0, "federation.rounds": 3})
+    for name in ("a", "b"):
+        run_experiment(cfg, out_dir=tmp_path / name)
+    keys = [secret.load_key(tmp_path / n) for n in ("a", "b")]
+    cohorts = [[r["cohort"] for r in _private(tmp_path / n)] for n in ("a", "b")]
+    assert keys[0] != keys[1] and cohorts[0] != cohorts[1]
+    ids = sorted(f"c{i}" for i in range(N_CLIENTS))
+    assert [tuple(c) for c in cohorts[0]] == [secret.poisson_cohort(keys[0], r, ids, 0.25) for r in (1, 2, 3)]
+    # The key is in the run directory (0600) and the checkpoint, never in config.yaml or metrics.jsonl;
+    # metrics.jsonl holds no client id of any cohort and no per-client value.
+    run = tmp_path / "a"
+    assert oct((run / "private" / secret.KEY_FILE).stat().st_mode & 0o777) == "0o600"
+    outputs = _text_of(run)
+    assert all(keys[0].hex() not in text for text in outputs.values())
+    assert keys[0].hex() in "".join(p.read_text() for p in (run / "checkpoints").rglob("state.json"))
+    for rec in _records(run):
+        assert rec["cohort"] == [] and set(rec["clients"]) <= {"cohort_mean"}
+        assert not any(f'"{cid}"' in json.dumps(rec) for cid in ids)
+
+
+def test_public_sampling_key_reports_epsilon_without_amplification(many_clients, tmp_path):
+    cfg = _dp(many_clients, **{"privacy.noise_multiplier": 1.0, "privacy.sampling_key": "public"})
+    p = run_experiment(cfg, out_dir=tmp_path / "public").summary["privacy"]
+    ref = RdpAccountant()
+    ref.compose(dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(1.0), 2))  # no PoissonSampledDpEvent around it
+    assert p["epsilon"] == pytest.approx(ref.get_epsilon(1e-3), rel=1e-9)
+    assert p["amplified"] is False and any("sampling_key=public" in c for c in p["caveats"])
+    assert any("noise_seed=1 is set" in c for c in p["caveats"])  # a noise seed in config.yaml is public too
+    amplified = RdpAccountant()
+    amplified.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.25, dpa.GaussianDpEvent(1.0)), 2))
+    assert p["epsilon"] > 2 * amplified.get_epsilon(1e-3)
+    # Public cohorts are reproducible from config.yaml: a second run draws the same ones.
+    run_experiment(cfg, out_dir=tmp_path / "again")
+    assert [r["cohort"] for r in _private(tmp_path / "public")] == [r["cohort"] for r in _private(tmp_path / "again")]
+
+
+@pytest.mark.parametrize("mode", ["distributed", "ddgauss"])
+def test_with_dropouts_the_reported_epsilon_is_at_least_the_survivors_noise(tmp_path, mode):
+    # 40% of a 10-client cohort go silent before the masked-input upload (corrupt_fraction 0: t = 5 of 9).
+    data = write_lm_jsonl(tmp_path / "ten.jsonl", clients=10, rows=4)
+    cfg = _dp(data, **{"privacy.noise_multiplier": 1.0, "privacy.mode": mode, "privacy.sampling": "none",
+                       "federation.clients_per_round": 10, "privacy.delta": 1e-3, **SECURE,
+                       "secure_aggregation.corrupt_fraction": 0.0, "secure_aggregation.modulus_bits": 24,
+                       "secure_aggregation.phase_dropout": '{"masked_input": 0.4}',
+                       "secure_aggregation.bits": 1 if mode == "ddgauss" else 16})
+    p = run_experiment(cfg, out_dir=tmp_path / mode).summary["privacy"]
+    rounds = _private(tmp_path / mode)
+    survivors = [r["server"]["secagg"]["survivors"] for r in rounds]
+    assert survivors == [6, 6]
+    if mode == "distributed":  # Gaussian shares of std z S / sqrt(10): six of them hold z sqrt(6/10)
+        ref = RdpAccountant()
+        ref.compose(dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(math.sqrt(0.6)), 2))
+        recomputed = ref.get_epsilon(1e-3)
+        planned = RdpAccountant()
+        planned.compose(dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(1.0), 2))
+        assert p["epsilon"] > planned.get_epsilon(1e-3)  # what the run claimed before this was priced in
+    else:  # the discrete noise of 6 of 10 shares
+        from fedlm.privacy.distributed.accounting import distributed_epsilon
+
+        d = p["distributed"]
+        recomputed = distributed_epsilon("ddgauss", clip=1.0, gamma=d["gamma"], noise_stddev=d["noise_stddev"] * math.sqrt(0.6),
+                                         num_clients=6, dim=d["dim"], beta=d["beta"], delta=1e-3, rounds=2)
+    assert p["epsilon"] >= recomputed * (1 - 1e-9)
+    assert [r["privacy"]["noise_shares"] for r in rounds] == [{"planned": 10, "in_sum": 6}] * 2
+
+
+def test_dp_sgd_noise_and_batches_are_seeded_from_the_secret_key_not_federation_seed():
+    from fedlm.client.local import TrainOptions
+
+    cfg = load_config(None, ["privacy.dp_sgd.enabled=true"])
+    data = SimpleNamespace(clients={"a": SimpleNamespace(train=[0] * 8), "b": SimpleNamespace(train=[0] * 4)})
+    caps = [DifferentialPrivacy(cfg, data, shapes={"w": (3,)}) for _ in range(2)]
+    plan = RoundPlan(round=2, cohort=("a",), lr=0.1, local_steps=1, seed=7)
+    engine = TrainOptions(steps=1, batch_size=2, lr=0.1, num_examples=8, seed=12345)
+    seeds = [cap.train_options(plan, "a", engine, {}).seed for cap in caps]
+    assert 12345 not in seeds and seeds[0] != seeds[1]  # each run's own secret
+    assert caps[0].train_options(plan, "a", engine, {}).seed == seeds[0]  # and fixed within a run (resume)

@@ -117,7 +117,7 @@ def test_stragglers_are_dropped_or_cut_to_the_time_budget(lm_data):
     assert abs(part["server"]["fednova"]["tau_eff"] - tau_eff) < 1e-12
 
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hetero.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "fedlm" / "examples" / "hetero.yaml"
 DOLLY = SHARED / "dolly-fedit"
 
 

@@ -152,3 +152,44 @@ def test_adaptive_clipping_is_rejected(lm_data):
         _config(lm_data, **SECURE, **{"privacy.enabled": "true", "privacy.mode": "distributed",
                                       "privacy.noise_multiplier": 0.5, "privacy.adaptive_clipping": "true",
                                       "privacy.clipped_count_stddev": 1.0, "privacy.delta": 0.01})
+
+
+@pytest.mark.parametrize("mechanism", ["ddgauss", "skellam"])
+def test_discrete_distributed_dp_runs_over_the_secagg_ring(lm_data, mechanism):
+    # clip -> fp32 -> rotate, round, discrete noise share (ddp_encode) -> mask mod 2^20;
+    # the server unmasks the sum in the ring, decodes it and divides by DP's public D.
+    cfg = _config(lm_data, **SECURE, **{"federation.rounds": 1, "federation.weighting": "uniform",
+                                        "privacy.enabled": "true", "privacy.mode": mechanism,
+                                        "privacy.target_epsilon": 8.0, "privacy.sampling": "none",
+                                        "privacy.delta": 0.01, "secure_aggregation.modulus_bits": 20,
+                                        "secure_aggregation.bits": 1})
+    model, data = prepare(cfg)
+    sim = build_engine(cfg, model, data)
+    client = [s.name for s in sim.client_pipeline.stages]
+    server = [s.name for s in sim.server_pipeline.stages]
+    assert client == ["dp_clip", "encode", "ddp_encode", "secagg_mask"]
+    assert server[:4] == ["secagg", "ddp_decode", "validate", "mean"] and "dp_noise" not in server
+    start = sim.init_state()
+    state, record = sim.run_round(start)
+    assert record["applied"] and record["server"]["secagg"]["survivors"] == 3
+    assert record["server"]["mean"]["denominator"] == pytest.approx(3.0)
+    values = sum(t.numel() for t in start.global_state.values())
+    padded = 1 << (values - 1).bit_length()
+    masked = [m["secagg_mask.bytes"] for m in record["clients"].values()]
+    assert all(3 * (padded + 1) < b < 3 * (padded + 1) + 64 for b in masked)  # 20 bits: 3 bytes a value
+    assert any(not torch.equal(state.global_state[k], start.global_state[k]) for k in start.global_state)
+
+
+def test_central_dp_noise_covers_the_norm_after_int8_and_secagg_rounding(lm_data):
+    cfg = _config(lm_data, **SECURE, **{"federation.rounds": 1, "federation.weighting": "uniform",
+                                        "privacy.enabled": "true", "privacy.noise_multiplier": 1.0,
+                                        "privacy.clip_norm": 0.05, "privacy.sampling": "none", "privacy.delta": 0.01,
+                                        "compression.upload": "int8",
+                                        "compression.upload_params": '{"fixed_scale": 0.1}'})
+    model, data = prepare(cfg)
+    sim = build_engine(cfg, model, data)
+    values = sum(t.numel() for t in sim.init_state().global_state.values())
+    margin = values**0.5 * (0.1 / 127 + step_size(bits=16, clip=0.1)) * (1 + 2**-7)
+    _, record = sim.run_round(sim.init_state())
+    noise = record["server"]["dp_noise"]
+    assert noise["noise_std"] == pytest.approx(1.0 * (0.05 + margin) / 3, rel=1e-6)  # z (C + margin) / D

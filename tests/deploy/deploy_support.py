@@ -1,7 +1,8 @@
-"""Helpers of the Flower deployment tests: configs and an in-process courier."""
+"""Helpers of the Flower deployment tests: configs, an in-process courier and an in-process grid."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fedlm.deploy.client_node import ClientNode
@@ -66,6 +67,58 @@ class LoopbackCourier:
             elif action == REGISTER:
                 out.replies[cid] = node.register()
         return out
+
+
+class FakeGrid:
+    """A Flower ``Grid`` over in-process handlers: node id -> handler(message) -> reply (None: silence).
+
+    ``online`` lists the node ids ``get_node_ids`` reports (default: every handler's).
+    Needs ``flwr.supercore.task_identity.TaskIdentity`` set (the ``task_identity`` fixture).
+    """
+
+    def __init__(self, handlers: dict[int, Callable], online: list[int] | None = None) -> None:
+        self.handlers = handlers
+        self.online = list(handlers) if online is None else online
+        self.replies: dict[str, object] = {}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.online)
+
+    def push_messages(self, msgs) -> list[str]:
+        ids = []
+        for m in msgs:
+            mid = m.object_id
+            m.metadata.__dict__["_message_id"] = mid
+            reply = self.handlers[m.metadata.dst_node_id](m)
+            if reply is not None:
+                self.replies[mid] = reply
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids) -> list:
+        return [self.replies.pop(i) for i in list(ids) if i in self.replies]
+
+
+def reply_with(fields: dict, *, src: int | None = None) -> Callable:
+    """A FakeGrid handler answering every message with ``fields`` (``src``: a forged sender node)."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from fedlm.deploy.messaging import RECORD
+
+    def handler(msg):
+        reply = Message(RecordDict({RECORD: ConfigRecord(dict(fields))}), reply_to=msg)
+        if src is not None:
+            reply.metadata.__dict__["_src_node_id"] = src
+        return reply
+
+    return handler
+
+
+def registration(cid: str) -> dict:
+    import json
+
+    return {"meta": json.dumps({"client_id": cid, "train": 4, "heldout": 2, "chars": 100, "labels": {},
+                                "format": "lm"}).encode()}
 
 
 # Record fields that differ between engines by design: wall-clock timings, and what only a

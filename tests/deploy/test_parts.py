@@ -124,9 +124,16 @@ def test_a_node_formats_its_file_as_the_simulator(tmp_path):
 
 
 def test_cli_writes_the_app_and_its_data(tmp_path, lm_data):
+    import tomllib
+
     from fedlm.cli.main import main
+    from fedlm.deploy.app_writer import pinned_nodes
 
     overrides = [x for o in deploy_overrides(lm_data) for x in ("--set", o)]
-    assert main(["deploy", "app", "--out", str(tmp_path / "app"), "--with-data", *overrides]) == 0
+    assert main(["deploy", "app", "--out", str(tmp_path / "app"), "--with-data", "--client-node", "alpha=11",
+                 "--client-node", "beta=12", *overrides]) == 0
     assert (tmp_path / "app" / "pyproject.toml").is_file()
     assert len(read_manifest(tmp_path / "app" / "data")) == 4  # lm_data holds 4 clients
+    app = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert pinned_nodes(app["config"]) == {"alpha": 11, "beta": 12}  # the node enrolment the server binds
+    assert main(["deploy", "app", "--out", str(tmp_path / "app2"), "--client-node", "alpha", *overrides]) == 2

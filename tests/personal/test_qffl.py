@@ -11,7 +11,7 @@ from fedlm.aggregation.qffl import LOSS_KEY, QFFLMean, qffl_step
 from fedlm.capabilities import build_engine
 from fedlm.commands.experiment import prepare
 from fedlm.config import load_config
-from fedlm.errors import ConfigError, FedlmError
+from fedlm.errors import ConfigError
 from fedlm.stages import ClientUpdate, CohortValue, RoundPlan
 
 PLAN = RoundPlan(round=1, cohort=("a", "b"), lr=0.5, local_steps=1, seed=0)
@@ -50,11 +50,16 @@ def test_higher_q_leans_toward_the_worse_client():
     assert shares[0] == pytest.approx(0.5) and shares[0] < shares[1] < shares[2]
 
 
-def test_stage_needs_each_clients_loss():
+@pytest.mark.parametrize("bad", [{}, {LOSS_KEY: float("nan")}, {LOSS_KEY: -1.0}, {LOSS_KEY: "high"}])
+def test_an_update_without_a_usable_loss_is_rejected_not_fatal(bad):
+    # A client's reported loss is hostile until checked: one bad report must not end the run.
     ups = _updates()
-    ups[1].metrics = {}
-    with pytest.raises(FedlmError, match="clients \\['b'\\] sent none"):
-        QFFLMean(q=1.0).apply(None, CohortValue(ups), PLAN)
+    ups[1].metrics = bad
+    _, out, metrics = QFFLMean(q=1.0).apply(None, CohortValue(ups), PLAN)
+    assert [(x["client_id"], x["reason"]) for x in out.rejected] == [("b", "bad_metric")]
+    alone, _ = qffl_step([ups[0].tensors], [float(ups[0].metrics[LOSS_KEY])], [float(ups[0].num_examples)], q=1.0,
+                         lipschitz=1.0 / PLAN.lr)
+    assert metrics["clients"] == 1 and all(torch.equal(out.aggregate[k], alone[k]) for k in alone)
 
 
 def test_config_rejects_qffl_with_robust_aggregators(lm_data):

@@ -1,6 +1,7 @@
 import hashlib
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,35 @@ def test_dp_weighted_mean_rejects_what_would_void_the_bound():
         dp_weighted_mean(
             [ok], [1.0], clip_norm=1.0, noise_multiplier=1.0, denominator=0, generator=g
         )
+
+
+@pytest.mark.parametrize(("codec", "scale"), [("int8", 0.01), ("int4", 0.02), ("fp16", None), ("fp32", None)])
+def test_after_encoding_every_clients_vector_is_within_the_accounted_bound(codec, scale):
+    # Central DP under SecAgg+: no server re-clip follows the codec and SecAgg+'s rounding,
+    # so the sensitivity the noise covers is the post-encoding bound C + margin.
+    from fedlm.compression.codecs import CODECS
+    from fedlm.config import load_config
+    from fedlm.privacy.plan import plan_dp
+    from fedlm.privacy.secagg.quantize import dequantize, quantize
+
+    c, dim, clip_range = 0.05, 4096, 0.02
+    params = {"compression.upload_params": f'{{"fixed_scale": {scale}}}'} if scale else {}
+    cfg = load_config(None, [f"{k}={v}" for k, v in {
+        "privacy.enabled": "true", "privacy.noise_multiplier": 1.0, "privacy.clip_norm": c, "privacy.delta": 1e-3,
+        "secure_aggregation.enabled": "true", "secure_aggregation.bits": 12, "secure_aggregation.clip_range": clip_range,
+        "federation.weighting": "uniform", "compression.upload": codec, **params}.items()])
+    plan = plan_dp(cfg, population=100, cohort_size=4, dim=dim)
+    assert plan.sensitivity == pytest.approx(c + plan.margin) and plan.margin > 0
+    enc = CODECS.create(codec, **({"fixed_scale": scale} if scale else {}))
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    worst = 0.0
+    for trial in range(40):
+        # Clipped to exactly C; half the trials spread the norm evenly (every coordinate rounds).
+        x = rng.normal(size=dim) if trial % 2 else np.sign(rng.normal(size=dim))
+        x = (x * c / np.linalg.norm(x)).astype(np.float32)
+        decoded = enc.decode(enc.encode({"w": torch.from_numpy(x)}, generator=gen))["w"].numpy()
+        levels = quantize(decoded, bits=12, clip=clip_range, rng=rng)  # SecAgg+'s own rounding
+        summed = dequantize(levels, bits=12, clip=clip_range)  # what enters the secure sum
+        worst = max(worst, float(np.linalg.norm(summed)))
+    assert worst <= plan.sensitivity
+    assert worst > c  # encoding does grow the norm: C alone would not be a bound

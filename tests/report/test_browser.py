@@ -155,3 +155,27 @@ def test_report_renders_in_chromium(finished_run: Path, tmp_path: Path) -> None:
               or (e.get("method") == "Runtime.consoleAPICalled" and e["params"].get("type") == "error")
               or (e.get("method") == "Log.entryAdded" and e["params"]["entry"].get("level") == "error")]
     assert errors == [], errors
+
+
+def _headings(page: Path, profile: Path) -> list[str]:
+    tools = DevTools(profile)
+    try:
+        target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        tools.send("Page.enable", session=session)
+        tools.send("Page.navigate", {"url": page.as_uri()}, session=session)
+        tools.wait_for("Page.loadEventFired")
+        probe = "JSON.stringify([...document.querySelectorAll('h2')].map(h => h.textContent))"
+        value = tools.send("Runtime.evaluate", {"expression": probe, "returnByValue": True}, session=session)
+        return json.loads(value["result"]["value"])
+    finally:
+        tools.close()
+
+
+def test_a_robust_runs_report_shows_its_robustness_section(tmp_path: Path) -> None:
+    data = write_lm_jsonl(tmp_path / "five.jsonl", clients=5)
+    cfg = load_config(None, tiny_overrides(data, **{
+        "federation.clients_per_round": 5, "federation.rounds": 2, "robust.aggregator": "median",
+        "robust.num_byzantine": 1, "attack.kind": "sign_flip", "attack.fraction": 0.2}))
+    run_dir = run_experiment(cfg, out_dir=tmp_path / "run").run_dir
+    assert "Robustness" in _headings(run_dir / "report.html", tmp_path / "profile")

@@ -16,6 +16,8 @@ Lipschitz estimate (the paper sets ``L = 1/eta``, the inverse local learning rat
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from fedlm.aggregation.fedavg import WeightedMean, weighted_mean
@@ -70,10 +72,19 @@ class QFFLMean(WeightedMean):
         self.q, self.lipschitz = q, lipschitz
 
     def apply(self, state: None, value: CohortValue, plan: RoundPlan) -> tuple[None, CohortValue, dict[str, Any]]:
-        updates = [u for u in value.updates if u.tensors is not None]
-        missing = [u.client_id for u in updates if LOSS_KEY not in u.metrics]
-        if missing:
-            raise FedlmError(f"q-FFL needs each update's metrics[{LOSS_KEY!r}]; clients {missing} sent none")
+        updates, rejected = [], list(value.rejected)
+        for u in value.updates:
+            if u.tensors is None:
+                continue
+            loss = u.metrics.get(LOSS_KEY)
+            if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss) and loss >= 0:
+                updates.append(u)
+            else:  # a client's own report: hostile until checked, and q-FFL weighs by it
+                rejected.append({"client_id": u.client_id, "reason": "bad_metric",
+                                 "detail": f"metrics[{LOSS_KEY!r}] must be a finite loss >= 0, got {str(loss)[:40]}"})
+        value = replace(value, updates=updates, rejected=rejected)
+        if not updates:
+            return state, replace(value, aggregate=None), {"clients": 0, "q": self.q}
         losses = [float(u.metrics[LOSS_KEY]) for u in updates]
         step, info = qffl_step([u.tensors for u in updates], losses, self.weights(updates), q=self.q,
                                lipschitz=self.lipschitz or 1.0 / plan.lr)

@@ -11,7 +11,13 @@
   ``summary.json["audit"]`` next to ``summary.json["privacy"]``.
 
 Canary secrets depend only on ``audit.seed``; with ``canary_clients: auto`` the holders are
-drawn by that seed from the clients the data builder keeps.
+drawn by that seed from the clients the data builder keeps. Under client-level DP the
+participants come from the run's private records (``private/rounds.jsonl``), since
+``metrics.jsonl`` no longer lists cohorts.
+
+The client-level one-run audit (``privacy.audit``, an audited epsilon) runs inside the DP
+capability during training; :func:`client_level_audit` recomputes its bound from the
+scores the run kept in ``private/audit.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ from fedlm.data.sources import Record
 from fedlm.engine.capability import Capability, EngineContext, FinishedRun
 from fedlm.privacy.audit import run_audit
 from fedlm.privacy.canaries import Canary, choose_canary_clients, insert_canaries, make_canaries
+from fedlm.privacy.disclosure import AUDIT_FILE, verdict
+from fedlm.privacy.one_run_audit import one_run_audit
+from fedlm.privacy.records import participants
+from fedlm.privacy.sampling import PRIVATE_DIR, read_private
 
 _OWNER = "__canary_owner__"  # temporary field while records are regrouped
 
@@ -99,7 +109,14 @@ def audit_model(
 
 
 def participants_of(metrics_path: Path) -> list[str] | None:
-    """Clients in any round's cohort, read from ``metrics.jsonl`` (None if it is missing)."""
+    """Clients in any round's cohort (None if unknown).
+
+    Under client-level DP the cohorts are kept out of ``metrics.jsonl``, in the run's
+    ``private/rounds.jsonl`` (:mod:`fedlm.privacy.records`), which is read instead.
+    """
+    private = participants(metrics_path.parent)
+    if private is not None:
+        return private
     if not metrics_path.is_file():
         return None
     seen: set[str] = set()
@@ -108,6 +125,29 @@ def participants_of(metrics_path: Path) -> list[str] | None:
         if rec.get("type") == "round":
             seen.update(rec.get("cohort", []))
     return sorted(seen)
+
+
+def client_level_audit(run_dir: Path, *, confidence: float | None = None) -> dict[str, Any] | None:
+    """The run's client-level one-run audit (``privacy.audit``) recomputed from its private record.
+
+    The canary clients' scores and inclusion bits are kept in ``private/audit.json``
+    (mode 0600) at the end of the run; this recomputes the lower bound, at another
+    ``confidence`` if given. None when the run had no such audit. ``fedlm audit`` can
+    put the result under ``summary.json["privacy"]["audit"]``.
+    """
+    path = Path(run_dir) / PRIVATE_DIR / AUDIT_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(read_private(path))
+    conf = float(confidence if confidence is not None else saved["confidence"])
+    res = one_run_audit(saved["scores"], saved["included"], delta=float(saved["delta"]), confidence=conf)
+    eps = saved.get("epsilon_reported")
+    flagged = eps is not None and res.epsilon_lower_bound > float(eps) * (1 + 1e-9)
+    out = {k: v for k, v in saved.items() if k not in ("scores", "included")}
+    out.update(epsilon_lower_bound=res.epsilon_lower_bound, confidence=conf, k_plus=res.k_plus,
+               k_minus=res.k_minus, guesses=res.guesses, correct=res.correct, flag=bool(flagged),
+               verdict=verdict(flagged, eps))
+    return out
 
 
 class CanaryAudit(Capability):
@@ -133,4 +173,4 @@ class CanaryAudit(Capability):
                                      participants=participants_of(run.run_dir / "metrics.jsonl"))}
 
 
-__all__ = ["CanaryAudit", "audit_model", "canary_hook", "participants_of", "planted_canaries"]
+__all__ = ["CanaryAudit", "audit_model", "canary_hook", "client_level_audit", "participants_of", "planted_canaries"]

@@ -94,7 +94,8 @@ class SecureAggregation(Capability):
 
     def server_intake(self) -> list[Stage]:
         order = layout(self.shapes)
-        return [UnmaskStage(shapes=order, max_bytes=self.config.federation.max_update_bytes), SumValidate(shapes=order)]
+        unmask = UnmaskStage(shapes=order, max_bytes=self.config.federation.max_update_bytes, ring=ring_inputs(self.config))
+        return [unmask, SumValidate(shapes=order)]
 
     def mean(self) -> MeanOffer:
         """The server holds only the sum: it divides it (nothing else can see single updates)."""
@@ -112,6 +113,13 @@ class SecureAggregation(Capability):
     def summary(self, run: FinishedRun) -> dict[str, Any]:
         rounds = [r for r in run.records if r.get("type") == "round"]
         return {"secure_aggregation": summarize(rounds)}
+
+
+def ring_inputs(config: ExperimentConfig) -> bool:
+    """Whether clients mask ring elements (distributed DP's discrete mechanisms) instead of floats."""
+    from fedlm.config.privacy import DISCRETE_MODES
+
+    return config.privacy.enabled and config.privacy.mode in DISCRETE_MODES
 
 
 def _upload_codec(config: ExperimentConfig):
@@ -140,6 +148,11 @@ class SecAggRounds:
         self.vector_len = sum(math.prod(s) for s in shapes.values())
         if self.vector_len < 1:
             raise ConfigError("secure aggregation needs at least one trainable parameter")
+        self.ring = ring_inputs(config)
+        if self.ring:  # the mechanism's rotated vector: zero-padded to a power of two
+            from fedlm.privacy.distributed.rotation import padded_dim
+
+            self.vector_len = padded_dim(self.vector_len)
         heaviest = max(train_sizes.items(), key=lambda kv: kv[1], default=("", 1))
         if client_weight(config, heaviest[1]) > self.sa.max_weight:
             raise ConfigError(
@@ -156,7 +169,8 @@ class SecAggRounds:
             session = too_small(plan.cohort)
         else:
             session = SecAggSession(
-                plan.cohort, vector_len=self.vector_len, config=self.sa, round_id=plan.round, seed=seed
+                plan.cohort, vector_len=self.vector_len, config=self.sa, round_id=plan.round, seed=seed,
+                integer_inputs=self.ring,
             )
             with contextlib.suppress(SecAggAborted):  # recorded in session.stats["aborted"]
                 session.start()
@@ -229,4 +243,4 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-__all__ = ["SecAggRounds", "SecureAggregation", "session_seed", "summarize", "too_small"]
+__all__ = ["SecAggRounds", "SecureAggregation", "ring_inputs", "session_seed", "summarize", "too_small"]

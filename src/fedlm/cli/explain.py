@@ -23,12 +23,16 @@ def add_explain_parser(sub) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    """Run ``fedlm explain``; the run directory is checked first (a file or a missing folder is one line)."""
+    from fedlm.commands.run_dir import require_run_dir
+
     if args.explain_command == "contribution":
         from fedlm.commands.explain import explain_run
 
-        print(json.dumps(explain_run(args.run_dir, method=args.method), indent=2))
+        print(json.dumps(explain_run(require_run_dir(args.run_dir), method=args.method), indent=2))
         return 0
     from fedlm.commands.explain import explain_tokens
 
-    print(explain_tokens(args.run, args.prompt, out=args.out, max_new_tokens=args.max_new_tokens, steps=args.steps))
+    print(explain_tokens(require_run_dir(args.run), args.prompt, out=args.out, max_new_tokens=args.max_new_tokens,
+                         steps=args.steps))
     return 0

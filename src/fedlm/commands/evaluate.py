@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-import torch
+from safetensors import SafetensorError, safe_open
 
 from fedlm.capabilities.hetero import fold_saved_residuals
-from fedlm.commands.experiment import final_model_dir
+from fedlm.commands.run_dir import final_model_dir, read_summary, require_run_dir
 from fedlm.config.loader import load_config
 from fedlm.config.schema import ExperimentConfig
 from fedlm.data.federated import FederatedData, build_federated_data
 from fedlm.errors import ModelError
 from fedlm.eval.metrics import LMScore, score_lm
-from fedlm.models.device import module_device, resolve_device, to_device
+from fedlm.models.device import resolve_device
 from fedlm.models.loading import cache_dir, load_base_model, load_tokenizer
 
 
@@ -66,113 +68,116 @@ def load_run_model(run_dir: str | Path, *, device: str = "cpu"):
     """Base model + the run's final adapter (PEFT), or the fully fine-tuned model, on ``device``.
 
     ``device`` is this command's, not the run's ``model.device``: a run trained on a GPU is
-    scored wherever it is read.
+    scored wherever it is read. The adapter's files are checked before the base model
+    loads, so a truncated or missing adapter is a one-line error, not a traceback.
+
+    Raises:
+        FedlmError: ``run_dir`` is not a run directory.
+        ModelError: the final adapter (or model) is missing or unreadable.
     """
     where = resolve_device(device)
-    run_dir = Path(run_dir)
+    run_dir = require_run_dir(run_dir)
     config = load_config(run_dir / "config.yaml")
     adapter = run_dir / final_model_dir(config)
-    if not adapter.is_dir():
-        raise ModelError(f"{adapter} does not exist; the run has not finished (resume it with fedlm run --resume {run_dir})")
+    check_saved_model(adapter, run_dir=run_dir, lora=config.lora.enabled)
     if not config.lora.enabled:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(adapter).to(where)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(adapter).to(where)
+            tok = AutoTokenizer.from_pretrained(adapter)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+            raise ModelError(f"{adapter} is unreadable ({_first_line(exc)}); rerun or resume the run") from None
         model.eval()
-        return config, model, AutoTokenizer.from_pretrained(adapter)
+        return config, model, tok
     base, tok = load_base_model(
             config.model.name, dtype=config.model.dtype, seed=config.model.seed, init=config.model.init,
             architecture=config.model.architecture,
         )
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(base, adapter)
-    fold_saved_residuals(model, adapter)  # FedEx-LoRA: residuals the base weights need
+    try:
+        with warnings.catch_warnings():  # transformers 5 deprecates an attribute PEFT still reads
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(base, adapter)
+        fold_saved_residuals(model, adapter)  # FedEx-LoRA: residuals the base weights need
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+        raise ModelError(f"the adapter in {adapter} does not fit {config.model.name} or is damaged "
+                         f"({_first_line(exc)}); rerun or resume the run") from None
     model.to(where)
     model.eval()
     return config, model, tok
 
 
-@torch.no_grad()
-def generate(run_dir: str | Path, prompt: str, *, max_new_tokens: int = 64, chat: bool = False,
-             device: str = "cpu") -> str:
-    """Greedy continuation of ``prompt`` by base + adapter."""
-    _, model, tok = load_run_model(run_dir, device=device)
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True) if chat else prompt
-    enc = to_device(tok(text, return_tensors="pt", add_special_tokens=False), module_device(model))
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+def check_saved_model(folder: Path, *, run_dir: Path, lora: bool) -> None:
+    """Refuse a missing, truncated or unparsable adapter (or model) folder before any model loads."""
+    if not folder.is_dir():
+        raise ModelError(f"{folder} does not exist; the run has not finished (resume it with fedlm run --resume {run_dir})")
+    config_name, weights = ("adapter_config.json", "adapter_model.safetensors") if lora else ("config.json", "model.safetensors")
+    try:
+        json.loads((folder / config_name).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder / config_name} is missing or not JSON ({_first_line(exc)}); the adapter was not "
+                         f"written completely: resume the run (fedlm run --resume {run_dir}) or run it again") from None
+    files = [folder / weights] if (folder / weights).is_file() or lora else sorted(folder.glob("*.safetensors"))
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as fh:  # the header must cover the whole file
+                fh.keys()
+        except (OSError, SafetensorError) as exc:
+            raise ModelError(f"{file} is truncated or damaged ({_first_line(exc)}); resume the run "
+                             f"(fedlm run --resume {run_dir}) or run it again") from None
 
 
-def evaluate_run(run_dir: str | Path, *, device: str = "cpu") -> dict[str, Any]:
-    """Re-evaluate a run's final adapter on every client's held-out data."""
-    config, model, tok = load_run_model(run_dir, device=device)
-    data = build_federated_data(config.data, tok, cache_dir=cache_dir())
-    total, per_client = LMScore(), {}
-    for cid, c in data.clients.items():
-        s = score_lm(model, c.heldout, pad_id=tok.pad_token_id, batch_size=config.eval.batch_size,
-                     max_batches=config.eval.max_batches_per_client)
-        per_client[cid] = s.as_dict()
-        total = total + s
-    return {**total.as_dict(), "clients": per_client}
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
-def benchmark_scores(
-    *,
-    run_dir: str | Path | None = None,
-    model_name: str | None = None,
-    benchmarks: list[str] | None = None,
-    path: str | None = None,
-    max_items: int | None = None,
-    chat: bool | None = None,
-    batch_size: int | None = None,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Offline benchmark scores of a run's final model, or of a base model alone, on ``device``.
+def evaluate_run(run_dir: str | Path, *, device: str = "cpu", clients: Literal["run", "all"] = "run") -> dict[str, Any]:
+    """Re-evaluate a run's final model on held-out data, saying what was scored.
 
-    Settings come from the run's ``eval_harness`` section (defaults for a base model);
-    the arguments given override them. ``path`` is the dataset folder of the one
-    benchmark asked for.
+    Args:
+        clients: ``run`` scores the run's evaluation clients (``eval.max_clients``, a seeded
+            choice), which reproduces the run's own table; ``all`` scores every client.
+            Either way each client contributes at most ``eval.max_batches_per_client``
+            batches of ``eval.batch_size`` held-out sequences.
 
     Returns:
-        ``{"model": ..., "run": ..., "benchmarks": {name: metrics}}``.
-
-    Raises:
-        ConfigError: neither or both of ``run_dir`` and ``model_name``, or ``path`` with
-            several benchmarks.
+        The pooled metrics, ``clients`` (per client), ``scope`` (what was scored),
+        ``run_table`` (the run's own final figures) and ``note`` (how the two compare).
     """
-    from pydantic import ValidationError
+    from fedlm.capabilities import rows_hook
 
-    from fedlm.config.eval_harness import BENCHMARK_NAMES, EvalHarnessConfig
-    from fedlm.errors import ConfigError
-    from fedlm.eval.benchmarks import EVAL_BENCHMARKS, run_benchmarks
-
-    if (run_dir is None) == (model_name is None):
-        raise ConfigError("give exactly one of --run RUN_DIR and --model NAME (a preset, HF directory or hub id)")
-    if run_dir is not None:
-        config, model, tok = load_run_model(run_dir, device=device)
-        cfg, name = config.eval_harness, config.model.name
+    config, model, tok = load_run_model(run_dir, device=device)
+    data = build_federated_data(config.data, tok, cache_dir=cache_dir(), rows_hook=rows_hook(config))
+    summary = read_summary(Path(run_dir))
+    run_ids = [c for c in ((summary or {}).get("clients") or {}) if c in data.clients]
+    ids = run_ids if clients == "run" and run_ids else list(data.clients)
+    ev = config.eval
+    total, per_client = LMScore(), {}
+    for cid in ids:
+        s = score_lm(model, data.clients[cid].heldout, pad_id=tok.pad_token_id, batch_size=ev.batch_size,
+                     max_batches=ev.max_batches_per_client)
+        per_client[cid] = s.as_dict()
+        total = total + s
+    scores = total.as_dict()
+    batches = f"at most {ev.max_batches_per_client} batch(es)" if ev.max_batches_per_client else "all batches"
+    scope = {"clients": "run" if ids == run_ids else "all", "scored_clients": len(ids), "of_clients": len(data.clients),
+             "per_client": f"{batches} of {ev.batch_size} held-out sequences", "tokens": total.tokens}
+    table = (summary or {}).get("final") or {}
+    run_table = {"perplexity": table.get("perplexity"), "eval_loss": table.get("eval_loss"),
+                 "clients": len(run_ids), "tokens": table.get("tokens")}
+    if not run_ids:
+        note = f"scored all {len(ids)} clients ({batches} each); the run has no summary.json to compare with"
+    elif scope["clients"] == "run":
+        note = (f"scored the run's {len(ids)} evaluation clients (eval.max_clients, of {len(data.clients)}), "
+                f"{batches} of {ev.batch_size} held-out sequences each: the examples of the run's own table "
+                f"(perplexity {run_table['perplexity']:.4g}), so the two agree up to float rounding")
     else:
-        model, tok = load_base_model(model_name)
-        model.to(resolve_device(device))
-        model.eval()
-        cfg, name = EvalHarnessConfig(), model_name
-    changes: dict[str, Any] = {k: v for k, v in
-                               {"benchmarks": benchmarks, "max_items": max_items, "chat": chat, "batch_size": batch_size}.items()
-                               if v is not None}
-    names = changes.get("benchmarks", cfg.benchmarks)
-    if path is not None:
-        if len(names) != 1:
-            raise ConfigError(f"--path names one dataset folder, but {len(names)} benchmarks are asked for {names}; "
-                              "give one --benchmark")
-        changes[EVAL_BENCHMARKS.create(names[0]).config_field] = path
-    unknown = [b for b in names if b not in BENCHMARK_NAMES]
-    if unknown:
-        raise ConfigError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARK_NAMES)}")
-    try:
-        cfg = EvalHarnessConfig(**{**cfg.model_dump(), **changes})
-    except ValidationError as exc:
-        raise ConfigError(f"invalid benchmark settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
-    return {"model": name, "run": str(run_dir) if run_dir is not None else None,
-            "benchmarks": run_benchmarks(cfg, model, tok)}
+        note = (f"scored all {len(ids)} clients, {batches} each; the run's table (perplexity "
+                f"{run_table['perplexity']:.4g}) scored only its {len(run_ids)} evaluation clients "
+                f"(eval.max_clients), so the figures differ by which clients and batches are in the pool; "
+                "pass --clients run to reproduce it")
+    return {**scores, "clients": per_client, "scope": scope, "run_table": run_table, "note": note}
 

@@ -12,9 +12,11 @@ in-process simulator; a deployment's ServerApp gives it the Flower driver.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import fcntl
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,8 +26,11 @@ import torch
 from rich.console import Console
 
 from fedlm.capabilities import build_engine, rows_hook
+from fedlm.commands.model_card import refresh_run_card
 from fedlm.commands.progress import RoundProgress
-from fedlm.config.loader import dump_config, load_config
+from fedlm.commands.quiet import summarised_warnings
+from fedlm.commands.run_dir import config_digest, final_model_dir
+from fedlm.config.loader import dump_config, load_config, require_resolved
 from fedlm.config.schema import ExperimentConfig
 from fedlm.data.federated import FederatedData, build_federated_data
 from fedlm.engine.capability import FinishedRun
@@ -44,24 +49,10 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def final_model_dir(config: ExperimentConfig) -> str:
-    """``adapter`` for LoRA runs, ``model`` for full training (an HF model directory)."""
-    return "adapter" if config.lora.enabled else "model"
-
-
-def config_digest(config: ExperimentConfig) -> str:
-    """Identity of an experiment for resume: everything but the round count, output and deployment settings."""
-    data = config.model_dump(mode="json")
-    data.pop("output", None)
-    data.pop("deploy", None)  # timeouts and node counts may be tuned between a crash and its resume
-    data["federation"].pop("rounds", None)
-    data["model"].pop("device", None)  # a run may resume on another device: state is kept on the CPU
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def prepare(config: ExperimentConfig, *, console: Console | None = None) -> tuple[AdaptedModel, FederatedData]:
     """Load the base model (once) and build the federated data (with the capabilities' rows hooks)."""
     console = console or Console(stderr=True)
+    require_resolved(config)  # e.g. an unset FEDLM_DATA: one line before anything loads
     with console.status(f"loading model {config.model.name}"):
         base, tok = load_base_model(
             config.model.name, dtype=config.model.dtype, seed=config.model.seed, init=config.model.init,
@@ -85,9 +76,11 @@ def run_experiment(
     """Run (or resume) an experiment in process; returns its run directory and summary."""
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
+    run_dir = default_run_dir(config, out_dir)
+    check_run_dir(run_dir, resume=resume)  # before the model loads: a wrong --out costs nothing
     model, data = prepare(config, console=console)
     sim = build_engine(config, model, data)
-    return run_in_dir(sim, config, model, run_dir=default_run_dir(config, out_dir), resume=resume,
+    return run_in_dir(sim, config, model, run_dir=run_dir, resume=resume,
                       console=console, started=t_start, engine="simulation")
 
 
@@ -103,30 +96,43 @@ def run_in_dir(driver: RoundDriver, config: ExperimentConfig, model: AdaptedMode
         driver: what runs each round and evaluation (``Simulation``, or a deployment's server).
         model: the one model the driver's global state lives in (saved as the final adapter).
         engine: the driver's name, recorded in ``summary.json``.
+
+    Raises:
+        CheckpointError: another process writes ``run_dir``; a fresh start in a folder that
+            holds a run; a resume without an intact checkpoint of this config and data.
     """
+    check_run_dir(run_dir, resume=resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir), summarised_warnings(console):
+        return _run(driver, config, model, run_dir=run_dir, resume=resume, console=console, started=started,
+                    engine=engine)
+
+
+def _run(driver: RoundDriver, config: ExperimentConfig, model: AdaptedModel, *, run_dir: Path, resume: bool,
+         console: Console, started: float, engine: str) -> RunResult:
     log = MetricsLog(run_dir / "metrics.jsonl")
     ckpt_dir = run_dir / "checkpoints"
-    digest = config_digest(config)
+    digest, data_digest = config_digest(config), driver.data.digest()
     for cap in driver.capabilities:
         cap.open_run(run_dir)
     if resume:
-        state, initial = resume_state(driver, log, ckpt_dir, digest=digest)
-        console.print(f"resuming {run_dir} after round {state.round}")
+        state, initial, ckpt = resume_state(driver, log, ckpt_dir, digest=digest, data_digest=data_digest)
+        for why in ckpt.damaged:
+            console.print(f"[yellow]skipped a damaged checkpoint[/] {why}")
+        console.print(f"resuming {run_dir} after round {state.round} ({ckpt.path.name})")
     else:
-        if (run_dir / "metrics.jsonl").exists():
-            raise CheckpointError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
         state = driver.init_state()
-        initial = {"type": "eval", "round": 0, **driver.evaluate_round(state)}
-        for cap in driver.capabilities:  # e.g. an attack's success rate before training
-            model.set_state(state.global_state)
-            initial.update(cap.initial_record(state))
+        with console.status("evaluating the initial model on the clients' held-out data"):
+            initial = {"type": "eval", "round": 0, **driver.evaluate_round(state)}
+            for cap in driver.capabilities:  # e.g. an attack's success rate before training
+                model.set_state(state.global_state)
+                initial.update(cap.initial_record(state))
         log.append(initial)
     (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
 
     with RoundProgress(console, total=config.federation.rounds, done=state.round) as progress:
         end = run_rounds(driver, state, config=config, log=log, checkpoints=ckpt_dir, digest=digest,
-                         observer=progress)
+                         data_digest=data_digest, observer=progress)
     state = end.state
 
     records = log.read()
@@ -145,9 +151,11 @@ def run_in_dir(driver: RoundDriver, config: ExperimentConfig, model: AdaptedMode
     run = FinishedRun(state=state, records=records, initial=initial, final=final, driver=driver, run_dir=run_dir)
     for cap in driver.capabilities:
         model.set_state(state.global_state)  # each capability sees the final global model loaded
-        merge_summary(summary, cap.summary(run))
+        with console.status(f"summarising: {cap.name}"):
+            merge_summary(summary, cap.summary(run))
     model.set_state(state.global_state)
     write_json(run_dir / "summary.json", summary)
+    refresh_run_card(run_dir)  # the adapter's model card, filled from the summary
     if config.report.trackers:  # TensorBoard / MLflow (optional extras)
         from fedlm.report.trackers import mirror
 
@@ -157,6 +165,41 @@ def run_in_dir(driver: RoundDriver, config: ExperimentConfig, model: AdaptedMode
 
         write_report(run_dir)
     return RunResult(run_dir, summary)
+
+
+def check_run_dir(run_dir: Path, *, resume: bool) -> None:
+    """Refuse a run directory that cannot take this run, before anything is loaded."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"--out {run_dir} is a file; give a folder for the run directory")
+    if resume:
+        if not run_dir.is_dir():
+            raise CheckpointError(f"there is no run at {run_dir} to resume; check the path, or start a new run")
+        return
+    if (run_dir / "metrics.jsonl").exists() or any((run_dir / "checkpoints").glob("round_*")):
+        raise CheckpointError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --out")
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` for the run: a second fedlm process writing the same run is refused."""
+    path = run_dir / ".lock"
+    fh = path.open("a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise CheckpointError(f"{run_dir} is being written by {holder}; wait for it, or choose another --out") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"fedlm pid {os.getpid()}")
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        fh.close()
 
 
 def merge_summary(summary: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -201,7 +244,7 @@ def build_summary(config, records, initial, final, state: ServerState, *, wall: 
         "wall_seconds": wall,
         "model": config.model.name,
         "trainable_parameters": model.num_trainable(),
-        "data": data.summary(),
+        "data": {**data.summary(), "source": config.data.source, "path": config.data.path},
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -213,5 +256,5 @@ def resume_experiment(run_dir: str | Path, *, overrides: list[str] | None = None
     return run_experiment(config, out_dir=run_dir, resume=True, console=console)
 
 
-__all__ = ["RunResult", "build_summary", "config_digest", "final_model_dir", "prepare", "resume_experiment",
-           "run_experiment", "run_in_dir"]
+__all__ = ["RunResult", "build_summary", "check_run_dir", "config_digest", "final_model_dir", "prepare",
+           "resume_experiment", "run_experiment", "run_in_dir", "run_lock"]

@@ -45,6 +45,9 @@ class RoundProgress(LoopObserver):
                             visible=True)
 
     def client_done(self, client_id: str) -> None:
+        task = self.progress.tasks[self.clients]
+        if task.total is not None and task.completed + 1 > task.total:  # a Poisson cohort may exceed its expected size
+            self.progress.update(self.clients, total=task.completed + 1)
         self.progress.advance(self.clients)
 
     def round_done(self, record: dict[str, Any], evaluation: dict[str, Any] | None) -> None:

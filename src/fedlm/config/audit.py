@@ -1,12 +1,21 @@
-"""Config of the post-training privacy audit: canary exposure and membership inference.
+"""Config of the privacy audits: what the model memorised, and an audited epsilon.
 
-Exposure: Carlini et al. 2019, "The Secret Sharer"; loss-based membership inference:
-Yeom et al. 2018, "Privacy Risk in Machine Learning". The code lives in
-``fedlm.privacy.canaries`` and ``fedlm.privacy.audit``; this module must not import
-torch so that an experiment can be validated before any tensor exists.
+Two audits, two sections:
 
-Canaries are LM text: they are planted as extra texts of their client, which the LM
-format (``data.format="lm"``) trains on.
+* ``audit`` (:class:`AuditConfig`): after training, canary *text* exposure (Carlini et al.
+  2019, "The Secret Sharer") and loss-based membership inference (Yeom et al. 2018,
+  "Privacy Risk in Machine Learning"); code in ``fedlm.privacy.canaries`` and
+  ``fedlm.privacy.audit``. Canaries are LM text, planted as extra texts of their client,
+  which the LM format (``data.format="lm"``) trains on.
+* ``privacy.audit`` (:class:`OneRunAuditConfig`): during training, an empirical lower
+  bound on the client-level epsilon from one run (Steinke, Nasr and Jagielski 2023,
+  "Privacy Auditing with One (1) Training Run"), with canary *clients* whose updates are
+  random directions (Andrew et al. 2024, "One-shot Empirical Privacy Estimation for
+  Federated Learning"); code in ``fedlm.privacy.one_run_audit`` and
+  ``fedlm.privacy.canary_clients``.
+
+This module must not import torch so that an experiment can be validated before any
+tensor exists.
 """
 
 from __future__ import annotations
@@ -138,3 +147,29 @@ class AuditConfig(BaseModel):
                 f"audit.canary_clients names unknown clients {unknown!r}; pick from "
                 f"{shown!r}{' ...' if len(known) > 10 else ''} or use 'auto'"
             )
+
+
+class OneRunAuditConfig(BaseModel):
+    """The client-level one-run audit (Steinke, Nasr and Jagielski 2023) inside a run.
+
+    ``canaries`` canary clients join the population; each is included in the run with
+    probability 1/2 (a secret bit), and an included canary, when sampled like any client,
+    sends a fixed random direction of norm ``privacy.clip_norm`` through the same clip,
+    noise and aggregation. After the run each canary is scored by the inner product of the
+    model's total change with its direction; the audit guesses "included" for the highest
+    scores and "excluded" for the lowest and turns the number of correct guesses into an
+    epsilon that the run provably exceeds with probability ``confidence``. The canaries
+    perturb training a little (each is one more client).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(False, description="Audit the run's client-level epsilon with canary clients.")
+    canaries: int = Field(
+        256, ge=2, le=100_000,
+        description="m, canary clients (each included with probability 1/2); more canaries, tighter bound.",
+    )
+    confidence: float = Field(
+        0.95, gt=0, lt=1, description="Confidence of the audited lower bound (e.g. 0.95)."
+    )
+

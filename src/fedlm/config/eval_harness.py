@@ -1,11 +1,13 @@
 """Config of the offline evaluation harness (multiple-choice and label benchmarks).
 
-The harness scores answer options by log-likelihood, as lm-evaluation-harness does
-(Gao et al. 2021, "A framework for few-shot language model evaluation"); no external judge.
+Multiple-choice and label benchmarks are scored through lm-evaluation-harness (Gao et al.
+2021, "A framework for few-shot language model evaluation"): answer options by
+log-likelihood, no external judge.
 This module must not import torch; ``fedlm.eval.benchmarks`` reads its names and default
 paths from here so they are defined once.
 
-Dataset paths are resolved against the current working directory when the harness runs.
+Dataset paths in a config file are taken from that file's folder (``--set`` ones from the
+current directory); ``$FEDLM_DATA`` may stand for the datasets root.
 The defaults point at ``../shared/datasets/...``, where the project's read-only copies live
 next to the repository; set ``eval_harness.mmlu_path`` / ``eval_harness.pubmedqa_path``
 anywhere else.
@@ -16,9 +18,15 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedlm.errors import ConfigError
+from fedlm.registry import Registry
 
-# Names of the benchmarks registered in fedlm.eval.benchmarks.EVAL_BENCHMARKS.
-BENCHMARK_NAMES: tuple[str, ...] = ("mmlu-medical", "pubmedqa", "qa")
+# The benchmarks: the single source of their names; each entry is the import path of its
+# factory in fedlm.eval.benchmarks, loaded when one is scored.
+EVAL_BENCHMARKS: Registry = Registry("eval benchmark")
+EVAL_BENCHMARKS.register("mmlu-medical", "fedlm.eval.benchmarks:mmlu_medical")
+EVAL_BENCHMARKS.register("pubmedqa", "fedlm.eval.benchmarks:pubmedqa")
+EVAL_BENCHMARKS.register("qa", "fedlm.eval.benchmarks:qa")
+BENCHMARK_NAMES: tuple[str, ...] = tuple(EVAL_BENCHMARKS.in_order())
 DEFAULT_BENCHMARKS: tuple[str, ...] = ("mmlu-medical", "pubmedqa")  # qa has no default file
 
 DEFAULT_DATASETS_ROOT = "../shared/datasets"

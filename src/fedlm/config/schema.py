@@ -7,7 +7,7 @@ value and the fix, and never rewrite them. This module must not import torch.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -26,6 +26,7 @@ from fedlm.config.robust import RobustConfig
 from fedlm.config.secagg import SecAggConfig, check_composition
 from fedlm.config.section import Section
 from fedlm.config.server_opt import ServerOptConfig
+from fedlm.config.strict import check_scalars
 
 DEVICE_PATTERN = re.compile(r"cpu|auto|cuda(:[0-9]+)?")  # model.device, and the commands' --device
 
@@ -199,6 +200,12 @@ class ExperimentConfig(Section):
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_coerced_scalars(cls, raw: Any) -> Any:
+        check_scalars(cls, raw)  # rounds=true, lr=.inf: refused, not read as 1 or accepted
+        return raw
 
     @model_validator(mode="after")
     def _cross_section(self) -> ExperimentConfig:

@@ -62,7 +62,8 @@ class SecAggConfig(BaseModel):
     )
     modulus_bits: int = Field(
         default=32,
-        description="sums are taken mod 2^modulus_bits, in [2, 64]; ceil(m/8) bytes per value on the wire",
+        description="sums are taken mod 2^modulus_bits, in [2, 64]; ceil(m/8) bytes per value on the wire; "
+        "with privacy.mode ddgauss/skellam it is also the mechanism's ring Z_{2^b} (at most 62)",
     )
     clip_range: float = Field(
         default=1.0,
@@ -305,6 +306,23 @@ def check_composition(config: Any) -> None:
         )
     privacy = getattr(config, "privacy", None)
     dp = privacy is not None and privacy.enabled
+    if dp:
+        from fedlm.config.privacy import DISCRETE_MODES, check_trust
+
+        check_trust(config)
+        if privacy.mode in DISCRETE_MODES and sa.bits != 1:
+            raise ConfigError(
+                f"privacy.mode={privacy.mode!r} masks ring elements, not quantised floats, so SecAgg+'s float "
+                f"quantisation (secure_aggregation.bits={sa.bits}) does not apply; every client checks that "
+                "clients x (2^bits - 1) fits the ring, which must count clients only: set secure_aggregation.bits=1"
+            )
+        ring_too_small = sa.modulus_bits > 62 or (k is not None and 2 ** (sa.modulus_bits - 1) <= k)
+        if privacy.mode in DISCRETE_MODES and ring_too_small:
+            raise ConfigError(
+                f"privacy.mode={privacy.mode!r} sums integers in SecAgg+'s ring of secure_aggregation."
+                f"modulus_bits={sa.modulus_bits} bits, which must be at most 62 and leave room for the "
+                f"rounding of {k} clients (2^(bits-1) > clients_per_round); use e.g. modulus_bits=20 or 32"
+            )
     if dp and privacy.adaptive_clipping:
         raise ConfigError(
             "privacy.adaptive_clipping reads each client's clipped/unclipped bit, which secure "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -42,6 +43,21 @@ class FederatedData:
 
     def ids(self) -> list[str]:
         return list(self.clients)
+
+    def digest(self) -> str:
+        """Identity of the data for resume: clients, sizes and every example's token ids.
+
+        Examples that live on other machines (a deployed server's placeholders) count by
+        their number only.
+        """
+        h = hashlib.sha256(self.format.encode())
+        for cid, c in self.clients.items():
+            h.update(f"\0{cid}\0{len(c.train)}\0{len(c.heldout)}".encode())
+            for ex in (*c.train, *c.heldout):
+                if ex is not None:
+                    h.update(np.asarray(ex["input_ids"], dtype=np.int64).tobytes())
+                    h.update(np.asarray(ex["labels"], dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
 
     def summary(self) -> dict:
         """Sizes and non-IID measures for ``fedlm data inspect`` and the report."""

@@ -9,6 +9,8 @@ into a FAB and submits it to a SuperLink. ``fedlm_app.txt`` says how to run it.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +19,35 @@ import tomli_w
 from fedlm.config.loader import dump_config
 from fedlm.config.schema import ExperimentConfig
 from fedlm.deploy.client_node import CONFIG_KEY
+from fedlm.errors import ConfigError
 
 SERVER_APP = "fedlm.deploy.server_app:app"
 CLIENT_APP = "fedlm.deploy.client_app:app"
+CLIENT_NODES = "client-nodes"  # run config: JSON {client id: Flower node id} the server binds
 
 
 def run_config(config: ExperimentConfig, *, out_dir: str = "", nodes: int = 0, resume: bool = False,
-               data_dir: str = "") -> dict[str, Any]:
-    """The run config keys the ServerApp and ClientApp read."""
+               data_dir: str = "", client_nodes: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The run config keys the ServerApp and ClientApp read.
+
+    ``client_nodes``: each client id's Flower node id (what ``flwr supernode register``
+    printed for the client's node key); the server refuses any other node claiming it.
+    """
     return {CONFIG_KEY: dump_config(config), "out-dir": out_dir, "nodes": nodes, "resume": resume,
-            "data-dir": data_dir}
+            "data-dir": data_dir, CLIENT_NODES: json.dumps(dict(client_nodes or {}), sort_keys=True)}
+
+
+def pinned_nodes(run_config: Mapping[str, Any]) -> dict[str, int] | None:
+    """The run config's client id -> node id enrolment, or None when it has none."""
+    text = run_config.get(CLIENT_NODES) or ""
+    try:
+        pinned = json.loads(text) if text else {}
+        ok = isinstance(pinned, dict) and all(isinstance(k, str) and isinstance(v, int) for k, v in pinned.items())
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"run config {CLIENT_NODES!r} must be a JSON object of client id -> node id, got {str(text)[:80]!r}")
+    return pinned or None
 
 
 def write_app(config: ExperimentConfig, folder: Path, **options: Any) -> Path:
@@ -59,4 +80,4 @@ def write_app(config: ExperimentConfig, folder: Path, **options: Any) -> Path:
     return folder
 
 
-__all__ = ["CLIENT_APP", "SERVER_APP", "run_config", "write_app"]
+__all__ = ["CLIENT_APP", "CLIENT_NODES", "SERVER_APP", "pinned_nodes", "run_config", "write_app"]

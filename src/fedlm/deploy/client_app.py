@@ -1,5 +1,9 @@
 """fedlm's Flower ClientApp: every message is handled by a fresh :class:`ClientNode`.
 
+Flower runs it in a new process per message (``--isolation subprocess``), in Ray actors
+(its simulation engine) or, with ``--isolation process``, in fedlm's long-lived worker
+(:mod:`.worker`); the last two keep the config, examples and model warm between messages.
+
 Message types (``query.*`` for the protocol steps, ``train``/``evaluate`` for the work):
 ``query.fedlm_register`` (client id and data sizes), ``query.secagg_keys``,
 ``query.secagg_share``, ``query.secagg_consistency``, ``query.secagg_unmask`` (SecAgg+ phases), ``train`` (one round:

@@ -24,16 +24,23 @@ experiment as YAML under ``fedlm-config``. The node config (set per machine with
     both, the client signs its SecAgg+ keys and checks its neighbours' (a server that swaps
     keys is refused); without, it runs the semi-honest protocol and warns.
 
-Flower starts a process per message, so everything a later message needs is on disk:
-prepared examples are cached by a digest of the data file and ``config.data``.
+Flower's default isolation starts a process per message, so everything a later message
+needs is on disk: prepared examples are cached by a digest of the data file and
+``config.data``, the client's state after each round is kept by round. A long-lived
+ClientApp process (:mod:`.worker`, or a Ray actor in Flower's simulation engine) also keeps
+the parsed config, the prepared examples and the model in memory between messages; the
+engine is built afresh for each message, so a warm process computes what a cold one does.
+Every file here is written with mode 0600 in a format that cannot run code
+(:mod:`.node_state`; no pickle).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import pickle
+import logging
 import sys
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,25 +49,41 @@ import yaml
 
 from fedlm.config.loader import validate_config
 from fedlm.config.schema import ExperimentConfig
-from fedlm.deploy import wire
+from fedlm.deploy import checks, node_state, wire
 from fedlm.deploy.secagg_remote import FORWARDED, ClientMask, ClientStore, client_step
-from fedlm.errors import ConfigError, DataError
+from fedlm.errors import CheckpointError, ConfigError, DataError
 
 if TYPE_CHECKING:  # the data and model stack load only in the messages that train or evaluate
     from fedlm.data.federated import ClientData
 
+log = logging.getLogger(__name__)
+
 CONFIG_KEY = "fedlm-config"  # run config: the experiment as YAML text
+EXAMPLES, STATE = "examples", "client_state"  # node_state kinds
+_WARM_LIMIT = 8  # configs and prepared clients a long-lived process keeps
+_CONFIGS: OrderedDict[str, ExperimentConfig] = OrderedDict()
+_DATA: OrderedDict[str, ClientData] = OrderedDict()
+
+
+def _remember(cache: OrderedDict, key: str, value: Any) -> Any:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > _WARM_LIMIT:
+        cache.popitem(last=False)
+    return value
 
 
 def config_from_run(run_config: Mapping[str, Any]) -> ExperimentConfig:
     text = run_config.get(CONFIG_KEY)
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"the Flower run config lacks {CONFIG_KEY!r}; write the app with `fedlm deploy app`")
-    return validate_config(yaml.safe_load(text) or {})
+    if text in _CONFIGS:
+        return _CONFIGS[text]
+    return _remember(_CONFIGS, text, validate_config(yaml.safe_load(text) or {}))
 
 
 class ClientNode:
-    """A client's view of a deployed run (rebuilt for every message)."""
+    """A client's view of a deployed run (rebuilt for every message; heavy parts are cached)."""
 
     def __init__(self, run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> None:
         self.config = config_from_run(run_config)
@@ -72,7 +95,8 @@ class ClientNode:
         self.client_id = str(node_config.get("client-id") or self.data_path.stem)
         self.index = int(node_config.get("client-index", 0))
         self.state_dir = Path(str(node_config.get("state-dir") or f"{self.data_path}.fedlm")).expanduser()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        node_state.forget_pickles(self.state_dir)
         identity, known = _identity(node_config)
         self.secagg = ClientStore(self.state_dir / "secagg", self.client_id,
                                   config=self.config.secure_aggregation, identity=identity, known=known)
@@ -80,7 +104,11 @@ class ClientNode:
 
     # -- data and state ------------------------------------------------------------------
     def data(self) -> ClientData:
-        """This client's examples, prepared once and cached in ``state-dir``."""
+        """This client's examples, prepared once and cached in ``state-dir`` (and in memory).
+
+        A damaged cache file is reported and rebuilt from the data file: it holds nothing
+        the data file does not.
+        """
         if self._data is not None:
             return self._data
         if not self.data_path.is_file():
@@ -88,11 +116,16 @@ class ClientNode:
         raw = self.data_path.read_bytes()
         key = hashlib.sha256(raw + json.dumps([self.config.data.model_dump(mode="json"), self.config.model.name,
                                                self.index], sort_keys=True).encode()).hexdigest()[:16]
-        cached = self.state_dir / f"examples-{key}.pkl"
-        if cached.is_file():
-            with cached.open("rb") as fh:  # written by this node itself
-                self._data = pickle.load(fh)
+        if key in _DATA:
+            self._data = _DATA[key]
             return self._data
+        cached = self.state_dir / f"examples-{key}.state"
+        if cached.is_file():
+            try:
+                self._data = _remember(_DATA, key, _client_data(node_state.read_tree(cached, kind=EXAMPLES)))
+                return self._data
+            except CheckpointError as exc:
+                log.warning("%s; preparing the examples again from %s", exc, self.data_path)
         from fedlm.data.federated import build_client_data
         from fedlm.models.loading import load_tokenizer
 
@@ -100,27 +133,41 @@ class ClientNode:
         data = build_client_data(self.config.data, rows, load_tokenizer(self.config.model.name), index=self.index)
         if data is None:
             raise DataError(f"{self.data_path} yields fewer than 2 examples; a client needs one to train and one to hold out")
-        with cached.open("wb") as fh:
-            pickle.dump(data, fh)
-        self._data = data
+        node_state.write_tree(cached, {"train": data.train, "heldout": data.heldout, "labels": dict(data.labels),
+                                       "chars": data.chars, "heldout_rows": data.heldout_rows}, kind=EXAMPLES)
+        self._data = _remember(_DATA, key, data)
         return data
 
-    # The state after round r is kept as ``client_state-r{r}.pkl``. A round re-run after
+    # The state after round r is kept as ``client_state-r{r}.state``. A round re-run after
     # the server resumed from an earlier checkpoint starts from the state of the newest
     # round before it, as the simulator does, not from the state its lost first run left.
     def _state_path(self, round_id: int) -> Path:
-        return self.state_dir / f"client_state-r{round_id:06d}.pkl"
+        return self.state_dir / f"client_state-r{round_id:06d}.state"
 
     def _saved_rounds(self) -> list[int]:
-        return sorted(int(p.stem.rsplit("-r", 1)[1]) for p in self.state_dir.glob("client_state-r*.pkl"))
+        rounds = []
+        for p in self.state_dir.glob("client_state-r*.state"):
+            digits = p.stem.rsplit("-r", 1)[1]
+            if digits.isdigit():
+                rounds.append(int(digits))
+        return sorted(rounds)
 
     def load_state(self, before_round: int) -> dict | None:
-        """The state this client kept after its newest round before ``before_round`` (None: none yet)."""
+        """The state this client kept after its newest round before ``before_round`` (None: none yet).
+
+        Raises:
+            CheckpointError: that file is damaged. Starting from an older state or none would
+                silently change the client's training, so it is not treated as absent: the
+                client sends nothing until an operator removes the file (named in the error).
+        """
         earlier = [r for r in self._saved_rounds() if r < before_round]
         if not earlier:
             return None
-        with self._state_path(earlier[-1]).open("rb") as fh:  # personal tensors, optimizer moments, residuals
-            return pickle.load(fh)
+        path = self._state_path(earlier[-1])
+        state = node_state.read_tree(path, kind=STATE)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} holds a {type(state).__name__}, not a client state")
+        return state
 
     def save_state(self, state: dict, round_id: int) -> None:
         """Keep ``state`` as the state after ``round_id``, and enough older ones to resume from.
@@ -128,23 +175,14 @@ class ClientNode:
         A server resumes from a checkpoint at most ``output.checkpoint_every`` rounds old, so
         that many newer states plus one older are kept.
         """
-        path = self._state_path(round_id)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as fh:
-            pickle.dump(state, fh)
-        tmp.replace(path)
+        node_state.write_tree(self._state_path(round_id), state, kind=STATE)
         keep = self.config.output.checkpoint_every + 1
         for old in self._saved_rounds()[:-keep]:
             self._state_path(old).unlink(missing_ok=True)
 
     def mark(self, phase: str, round_id: int) -> None:
-        """Progress marker (``progress.json``): what this client last started.
-
-        Written to a temporary file and renamed, so a reader never sees a half-written one.
-        """
-        tmp = self.state_dir / "progress.json.tmp"
-        tmp.write_text(json.dumps({"phase": phase, "round": round_id}))
-        tmp.replace(self.state_dir / "progress.json")
+        """Progress marker (``progress.json``, mode 0600): what this client last started."""
+        node_state.write_json(self.state_dir / "progress.json", {"phase": phase, "round": round_id})
 
     # -- handlers ------------------------------------------------------------------------
     def register(self) -> wire.Fields:
@@ -157,22 +195,31 @@ class ClientNode:
 
     def secagg_step(self, action: str, fields: wire.Fields) -> wire.Fields:
         self.mark(action, -1)
-        seed = int(wire.read_meta(fields).get("seed", 0))
-        return {"secagg": client_step(self.secagg, action, fields["secagg"], seed=seed), "meta": b"{}"}
+        meta = wire.read_meta(fields, limit=checks.META_LIMIT)
+        seed = checks.as_int(meta.get("seed", 0), "secagg seed", lo=None)
+        return {"secagg": client_step(self.secagg, action, wire.field_bytes(fields, "secagg"), seed=seed),
+                "meta": b"{}"}
 
     def train(self, fields: wire.Fields) -> wire.Fields:
         """Local training and the client stages of one round (``Simulation.client_round``)."""
         from fedlm.compression.stages import decode_broadcast
+        from fedlm.engine.simulation import ClientOutcome
         from fedlm.privacy.secagg.stages import SecAggRound
 
-        meta = wire.read_meta(fields)
+        meta = wire.read_meta(fields, limit=checks.REQUEST_META_LIMIT)
         sim = self._engine(meta)
-        plan = wire.plan_from_fields(fields, sim_field_types(sim))
+        plan = wire.plan_from_fields(fields, sim_field_types(sim), shapes=sim.model.shapes())
         self.mark("train", plan.round)
-        received = decode_broadcast(sim.down_codec, fields["broadcast"])
+        received = decode_broadcast(sim.down_codec, wire.field_bytes(fields, "broadcast"))
         if FORWARDED in fields:  # a SecAgg+ round: this client masks with its own state machine
-            plan = plan.with_fields(SecAggRound(ClientMask(self.secagg, fields[FORWARDED])))
-        outcome = sim.client_round(plan, self.client_id, received, self.load_state(plan.round))
+            plan = plan.with_fields(SecAggRound(ClientMask(self.secagg, wire.field_bytes(fields, FORWARDED))))
+        try:
+            kept = self.load_state(plan.round)
+        except CheckpointError as exc:  # reported to the server as this client's failure, with the reason
+            log.error("%s; client %r sends nothing until the file is removed", exc, self.client_id)
+            return wire.outcome_to_fields(ClientOutcome(self.client_id, failure={
+                "client_id": self.client_id, "reason": "damaged_state", "detail": str(exc)[:300], "side": "client"}))
+        outcome = sim.client_round(plan, self.client_id, received, kept)
         if outcome.state is not None:
             self.save_state(outcome.state, plan.round)
         self.mark("trained", plan.round)
@@ -190,15 +237,17 @@ class ClientNode:
         from fedlm.deploy.model_cache import adapted_model
         from fedlm.eval.metrics import score_lm
 
-        global_state = wire.tensors_from_bytes(fields["state"])
-        asked = wire.read_meta(fields)
+        asked = wire.read_meta(fields, limit=checks.REQUEST_META_LIMIT)
+        model = adapted_model(self.config, warm=True)
+        global_state = wire.tensors_from_bytes(wire.field_bytes(fields, "state"), shapes=model.shapes(),
+                                               what="the global state")
         if asked.get("capability"):
             sim = self._engine(asked)
             cap = next((c for c in sim.capabilities if c.name == asked["capability"]), None)
             kept = self.load_state(before_round=sys.maxsize)
-            answer = cap.client_query(self.client_id, global_state, kept, asked.get("request") or {}) if cap else {}
+            request = checks.as_dict(asked.get("request") or {}, "request")
+            answer = cap.client_query(self.client_id, global_state, kept, request) if cap else {}
             return {"meta": json.dumps({"client_id": self.client_id, "answer": answer}).encode()}
-        model = adapted_model(self.config)
         ev = self.config.eval
         model.set_state(global_state)
         score = score_lm(model.model, self.data().heldout, pad_id=model.tokenizer.pad_token_id,
@@ -211,13 +260,41 @@ class ClientNode:
         from fedlm.deploy.model_cache import adapted_model
         from fedlm.deploy.parts import client_simulation
 
-        return client_simulation(self.config, adapted_model(self.config), meta["clients"], self.client_id,
-                                 self.data(), meta["format"])
+        sizes = _sizes(meta.get("clients"))
+        if self.client_id not in sizes:
+            raise ConfigError(f"the server's federation does not list this client ({self.client_id!r})")
+        fmt = checks.as_str(meta.get("format"), "format", max_len=64)
+        return client_simulation(self.config, adapted_model(self.config, warm=True), sizes, self.client_id,
+                                 self.data(), fmt)
 
 
 def sim_field_types(sim) -> dict[str, type]:
     """The plan field types this client's capabilities declare, by name (what a plan may carry)."""
     return {kind.__name__: kind for cap in sim.capabilities for kind in cap.plan_fields}
+
+
+def _sizes(clients: Any) -> dict[str, dict[str, Any]]:
+    """The federation's client sizes as the server sent them, checked."""
+    out = {}
+    for cid, s in checks.as_dict(clients, "clients").items():
+        s = checks.as_dict(s, f"sizes of {str(cid)[:40]!r}")
+        out[checks.as_str(cid, "client id")] = {
+            "train": checks.as_int(s.get("train"), "train size"), "heldout": checks.as_int(s.get("heldout"), "heldout"),
+            "chars": checks.as_int(s.get("chars"), "chars"), "labels": checks.scalars(s.get("labels") or {}, "labels")}
+    return out
+
+
+def _client_data(tree: Any) -> ClientData:
+    """A :class:`ClientData` from its cached tree; raises CheckpointError when it does not fit."""
+    from fedlm.data.federated import ClientData
+
+    ok = (isinstance(tree, dict) and all(isinstance(tree.get(k), list) for k in ("train", "heldout", "heldout_rows"))
+          and isinstance(tree.get("labels"), dict) and isinstance(tree.get("chars"), int)
+          and all(isinstance(e, dict) and all(isinstance(v, list) for v in e.values())
+                  for e in tree["train"] + tree["heldout"]))
+    if not ok:
+        raise CheckpointError("the cached examples do not have the expected fields")
+    return ClientData(tree["train"], tree["heldout"], Counter(tree["labels"]), tree["chars"], tree["heldout_rows"])
 
 
 def _identity(node_config: Mapping[str, Any]) -> tuple[bytes | None, dict[str, bytes] | None]:

@@ -13,6 +13,8 @@ directory, records, checkpoints and resume are therefore those of the simulator.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +36,8 @@ from fedlm.errors import FedlmError
 from fedlm.eval.metrics import LMScore
 from fedlm.privacy.secagg.stages import SecAggRound
 
+log = logging.getLogger(__name__)
+
 TRAIN, EVALUATE = "train", "evaluate"
 
 
@@ -53,6 +57,11 @@ class DeployedRounds:
         secure = self.sim.capability(SecureAggregation)
         if secure is not None:  # the same SecAgg+ rounds, over the network
             secure.use_opener(RemoteSecAgg(config, secure.opener.vector_len, courier))
+        self.shapes = {k: tuple(v) for k, v in self.sim.shared(self.model.shapes()).items()}
+        # the largest reply accepted before decoding: the config's cap, else float64 plus a
+        # SecAgg+ mask's 8 bytes per value and 1 MiB of framing (honest payloads are far smaller)
+        self.max_bytes = config.federation.max_update_bytes or (
+            16 * sum(math.prod(s) for s in self.shapes.values()) + (1 << 20))
         self.capabilities = self.sim.capabilities
         self.cohort_size = self.sim.cohort_size
         self.eval_ids = self.sim.eval_ids
@@ -79,23 +88,28 @@ class DeployedRounds:
         for cid in requests:
             if cid in got.replies:
                 try:
-                    outcomes.append(wire.outcome_from_fields(got.replies[cid], expect=cid))
-                except FedlmError as exc:
-                    outcomes.append(wire.failed(cid, "unreadable", str(exc)))
+                    outcomes.append(wire.outcome_from_fields(
+                        got.replies[cid], expect=cid, round_id=plan.round, shapes=self.shapes,
+                        max_bytes=self.max_bytes, max_examples=int(self.sizes[cid]["train"])))
+                except FedlmError as exc:  # the node's dropout this round, never the federation's end
+                    log.warning("round %s: client %r sent an unreadable reply: %s", plan.round, cid, exc)
+                    outcomes.append(wire.failed(cid, "unreadable", str(exc)[:500]))
             else:
                 outcomes.append(wire.failed(cid, "dropped", got.missing.get(cid, "no reply")))
             if on_client is not None and outcomes[-1].update is not None:
                 on_client(cid)
         state, record = self.sim.finish_round(state, opened, outcomes, started=t_round)
-        record["deploy"] = {"missing": got.missing, "bytes_down": got.bytes_down, "bytes_up": got.bytes_up}
+        record["deploy"] = {"missing": got.missing, "bytes_down": got.bytes_down, "bytes_up": got.bytes_up,
+                            "train_exchange_seconds": got.seconds}
         return state, record
 
     def evaluate_round(self, state: ServerState, client_ids: list[str] | None = None) -> dict[str, Any]:
         """Federated evaluation: like ``Simulation.evaluate``, from the clients' sums."""
-        replies, missing = self._ask(state, client_ids or self.eval_ids, group=f"eval-{state.round}", request={})
+        replies, missing = self._ask(state, client_ids or self.eval_ids, group=f"eval-{state.round}", request={},
+                                     parse=wire.eval_from_fields)
         total, per_client = LMScore(), {}
         for cid, m in replies.items():
-            score = LMScore(float(m["loss_sum"]), int(m["correct"]), int(m["tokens"]))
+            score = LMScore(m["loss_sum"], m["correct"], m["tokens"])
             per_client[cid] = score.as_dict()
             total = total + score
         return {**total.as_dict(), "clients": per_client, "missing": missing}
@@ -105,11 +119,11 @@ class DeployedRounds:
         """A capability's end-of-run question, answered on each client's node (``client_query``)."""
         replies, _ = self._ask(state, client_ids, group=f"{capability}-{state.round}",
                                request={"capability": capability, "request": request, "clients": self.sizes,
-                                        "format": self.format})
-        return {cid: replies[cid]["answer"] for cid in client_ids if cid in replies}
+                                        "format": self.format}, parse=wire.answer_from_fields)
+        return {cid: replies[cid] for cid in client_ids if cid in replies}
 
-    def _ask(self, state: ServerState, ids: list[str], *, group: str, request: dict[str, Any]
-             ) -> tuple[dict[str, dict], list[str]]:
+    def _ask(self, state: ServerState, ids: list[str], *, group: str, request: dict[str, Any],
+             parse: Callable[..., dict[str, Any]]) -> tuple[dict[str, dict], list[str]]:
         fields = {"state": wire.tensors_to_bytes(state.global_state), "meta": json.dumps(request).encode()}
         got = self.courier.exchange(EVALUATE, {cid: fields for cid in ids}, group=group,
                                     trains="capability" in request)
@@ -117,9 +131,9 @@ class DeployedRounds:
         for cid in ids:
             if cid in got.replies:
                 try:
-                    replies[cid] = wire.read_meta(got.replies[cid])
-                except FedlmError:
-                    continue  # an unreadable answer counts as a missing one
+                    replies[cid] = parse(got.replies[cid], expect=cid)
+                except FedlmError as exc:  # an unreadable answer counts as a missing one
+                    log.warning("%s: client %r sent an unreadable answer: %s", group, cid, exc)
         return replies, sorted(set(ids) - set(replies))
 
 

@@ -5,8 +5,17 @@ a per-run CA, SuperNode authentication on) and one ``flower-supernode`` per clie
 with its own authentication key, allow-listed with ``flwr supernode register``, and its
 own data file and state directory), writes the Flower app, submits it with ``flwr run``
 and waits for the run directory's ``summary.json``. Every process is stopped when the
-federation is closed, on success, error or Ctrl-C (:mod:`.processes`). Everything it
-writes (credentials, Flower's home, logs, node data) lives in its work directory.
+federation is closed, on success, error, Ctrl-C or SIGTERM, and when the launching
+process dies (:mod:`.processes`). Everything it writes (credentials, Flower's home, logs,
+node data) lives in its work directory.
+
+Each node's client id is pinned to the node id ``flwr supernode register`` gave its key
+(run config ``client-nodes``), so the server refuses any other node that claims it. With
+``isolation="process"`` (the default) each SuperNode runs ``--isolation process`` and one
+long-lived fedlm worker (:mod:`.worker`) handles the messages of all of them with the
+model kept in memory, authenticated to each SuperNode's Runtime API by a per-node secret
+(the nodes share this machine; across machines each organisation runs its own worker);
+``isolation="subprocess"`` is Flower's default, a new ClientApp process per message.
 
 Each launch starts a fresh SuperLink (new credentials, an empty database). A resumed
 launch (``resume=True``) keeps the SuperNodes' state directories, where each client
@@ -16,7 +25,13 @@ on with the same client state the simulator would have; a new launch clears them
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import secrets
 import shutil
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +41,12 @@ from fedlm.deploy.app_writer import write_app
 from fedlm.deploy.credentials import NodeKey, TlsFiles, write_node_key, write_tls
 from fedlm.deploy.local_data import ENROLMENT, ClientFile, write_client_files
 from fedlm.deploy.processes import HOST, Proc, Processes, flwr_bin, free_port
-from fedlm.errors import FedlmError
+from fedlm.errors import ConfigError, FedlmError
+from fedlm.privacy.secagg.state import write_private
 
 CONNECTION = "fedlm-local"
+ISOLATION = ("process", "subprocess")
+WORKER_NODES = "worker-nodes.json"  # the SuperNodes the worker serves
 
 
 @dataclass
@@ -42,19 +60,28 @@ class LocalFederation(Processes):
         nodes: SuperNodes to start; must equal the number of clients in ``config.data``.
         start_nodes: start them with the SuperLink (False: only credentials and SuperLink).
         resume: continue the run in ``run_dir`` from its last checkpoint, keeping the nodes' state.
+        isolation: ``"process"``: one long-lived fedlm worker per SuperNode; ``"subprocess"``:
+            Flower's default, a ClientApp process per message.
     """
 
     nodes: int = 1
     start_nodes: bool = True
     resume: bool = False
+    isolation: str = "process"
     port: int = 0
     tls: TlsFiles | None = None
     keys: list[NodeKey] = field(default_factory=list)
     clients: list[ClientFile] = field(default_factory=list)
+    node_ids: dict[str, int] = field(default_factory=dict)  # client id -> its node key's node id
+    runtimes: dict[str, tuple[str, str]] = field(default_factory=dict)  # node name -> Runtime API, secret file
 
     def start(self) -> None:
         """Credentials, the SuperLink, the allow-list and one SuperNode per client."""
+        if self.isolation not in ISOLATION:
+            raise ConfigError(f"isolation={self.isolation!r}; use one of {ISOLATION}")
         self.work.mkdir(parents=True, exist_ok=True)
+        if self.start_nodes:  # first: its imports overlap the SuperLink's start and the keys
+            self._ensure_worker()
         if not self.resume:  # a new run: no client state from an earlier launch in this work directory
             shutil.rmtree(self.work / "nodes", ignore_errors=True)
         for db in self.work.glob("superlink.db*"):  # a fresh SuperLink: this launch's keys only
@@ -78,8 +105,9 @@ class LocalFederation(Processes):
             "--database", str(self.work / "superlink.db"), "--disable-runtime-dependency-installation",
         ])
         self.wait_for_port(self.port, proc=self.procs["superlink"])
-        for key in self.keys:
-            self.flwr("supernode", "register", str(key.public), CONNECTION)
+        self.node_ids = {client.client_id: _node_id(self.flwr_here("supernode", "register", str(key.public),
+                                                                   CONNECTION, "--format", "json"))
+                         for client, key in zip(self.clients, self.keys)}
         for i, client in enumerate(self.clients if self.start_nodes else []):
             self.start_node(i, client)
 
@@ -90,16 +118,60 @@ class LocalFederation(Processes):
         node_config = (f'data-path="{client.file}" client-id="{client.client_id}" '
                        f'client-index={client.client_index} state-dir="{state}" '
                        f'identity-key="{client.identity}" enrolment="{Path(client.file).parent / ENROLMENT}"')
+        runtime = f"{HOST}:{free_port()}"  # the SuperNode's Runtime API, where its ClientApp runs from
         argv = [flwr_bin("flower-supernode"), "--superlink", f"{HOST}:{self.port}", "--root-certificates",
-                str(self.tls.ca), "--node-config", node_config, "--port", str(free_port()), "--max-retries", "3"]
+                str(self.tls.ca), "--node-config", node_config, "--host", HOST, "--port", runtime.rsplit(":", 1)[1],
+                "--max-retries", "3", "--isolation", self.isolation]
         if auth:
             argv += ["--auth-supernode-private-key", str((key or self.keys[i]).private)]
-        return self.spawn(name or f"node-{i}", argv)
+        name = name or f"node-{i}"
+        self._ensure_worker()
+        if self.isolation == "process":  # only the worker, which holds the secret, may take its tasks
+            secret = self.work / "keys" / f"{name}.runtime-secret"
+            write_private(secret, secrets.token_bytes(32))
+            argv += ["--superexec-auth-secret-file", str(secret)]
+            self.runtimes[name] = (runtime, str(secret))
+            self._write_runtimes()
+        return self.spawn(name, argv)
+
+    def restart_node(self, i: int, *, wait_s: float = 180.0) -> Proc:
+        """Start SuperNode ``i`` again after it died, as its organisation would.
+
+        The SuperLink refuses to activate a node id it still counts as online (until two
+        of its 30 s heartbeats are missed), so the node is started again until one is let in.
+
+        Raises:
+            FedlmError: none was let in within ``wait_s``.
+        """
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            log = self.work / "logs" / f"node-{i}.log"
+            offset = log.stat().st_size if log.is_file() else 0
+            proc = self.start_node(i, self.clients[i])
+            while proc.alive() and b"SuperNode ID" not in _read_from(log, offset):
+                time.sleep(0.2)
+            if proc.alive():
+                return proc
+            time.sleep(2.0)  # refused: the old session has not expired yet
+        raise FedlmError(f"SuperNode {i} was not let back in within {wait_s:g} s; see {log}")
+
+    def _ensure_worker(self) -> None:
+        """The one fedlm worker that serves this machine's SuperNodes (``isolation="process"``)."""
+        if self.isolation != "process" or "worker" in self.procs:
+            return
+        self._write_runtimes()
+        self.spawn("worker", [sys.executable, "-m", "fedlm.deploy.worker", "--nodes-file",
+                              str(self.work / WORKER_NODES), "--parent-pid", str(os.getpid())])
+
+    def _write_runtimes(self) -> None:
+        """The worker's list of SuperNodes to serve (a restarted node replaces its old address)."""
+        listed = {address: secret for address, secret in self.runtimes.values()}
+        write_private(self.work / WORKER_NODES, json.dumps(listed, sort_keys=True).encode())
 
     def submit(self) -> Proc:
         """Write the app and start ``flwr run`` (streaming the run's log to ``logs/run.log``)."""
         app = write_app(self.config, self.work / "app", out_dir=str(self.run_dir.resolve()), nodes=self.nodes,
-                        resume=self.resume)
+                        resume=self.resume, client_nodes=self.node_ids)
         return self.spawn("run", [flwr_bin("flwr"), "run", str(app), CONNECTION, "--stream"])
 
     def run(self) -> dict:
@@ -107,4 +179,21 @@ class LocalFederation(Processes):
         return self.wait(self.submit())
 
 
-__all__ = ["CONNECTION", "LocalFederation", "free_port"]
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read()
+    except OSError:
+        return b""
+
+
+def _node_id(out: str) -> int:
+    """The node id in ``flwr supernode register --format json``'s output."""
+    found = re.search(r'"node-id"\s*:\s*(\d+)', out) or re.search(r"SuperNode (\d+) registered", out)
+    if found is None:
+        raise FedlmError(f"`flwr supernode register` printed no node id: {out[-400:]}")
+    return int(found.group(1))
+
+
+__all__ = ["CONNECTION", "ISOLATION", "LocalFederation", "free_port"]

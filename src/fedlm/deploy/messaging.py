@@ -9,10 +9,19 @@ is simply missing from the result: the caller treats it as dropped. A node the S
 reports offline (its heartbeats stopped) is not sent anything, and the SuperLink answers
 for a node that goes offline while a message waits, so a dead node costs about one
 heartbeat period, not a whole timeout.
+
+Who sent a reply is taken from the transport, never from inside the message: a reply is
+matched to the request it answers and must come from the node the request went to
+(``metadata.src_node_id``, which the SuperLink ties to the node's authenticated key).
+Each client id is bound to one node at registration: the node ids the run config pins
+(``client-nodes``, written by ``fedlm deploy local`` from ``flwr supernode register``),
+else the first node that claims it. A node claiming a client id bound to another node,
+or a second client id, is refused and logged; it is never sent a round.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,12 +31,14 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedlm.config.deploy import DeployConfig
-from fedlm.deploy.wire import Fields, read_meta
-from fedlm.errors import FedlmError
+from fedlm.deploy.wire import Fields, register_from_fields
+from fedlm.errors import FedlmError, ProtocolError
+
+log = logging.getLogger(__name__)
 
 RECORD = "fedlm"  # the ConfigRecord holding fedlm's fields in every message
 REGISTER = "query.fedlm_register"
-POLL_S = 0.5  # between pulls (the SuperNodes themselves poll every few seconds)
+POLL_S = 0.1  # between pulls: a local SuperLink answers in milliseconds (SuperNodes poll every 3 s)
 
 
 def to_message(fields: Fields, node_id: int, message_type: str, *, ttl: float, group: str) -> Message:
@@ -36,10 +47,21 @@ def to_message(fields: Fields, node_id: int, message_type: str, *, ttl: float, g
 
 
 def fields_of(msg: Message) -> Fields:
+    """fedlm's fields of a message: its one ConfigRecord, every value bytes.
+
+    Raises:
+        ProtocolError: no such record, or a value that is not bytes (``bytes(10**12)`` of a
+            peer's integer would allocate a terabyte).
+    """
     record = msg.content.config_records.get(RECORD)
     if record is None:
-        raise FedlmError(f"a reply lacks the {RECORD!r} record; is the node running fedlm's ClientApp?")
-    return {k: bytes(v) for k, v in record.items()}
+        raise ProtocolError(f"a message lacks the {RECORD!r} record; is the node running fedlm's ClientApp?")
+    out = {}
+    for k, v in record.items():
+        if not isinstance(v, bytes):
+            raise ProtocolError(f"field {str(k)[:60]!r} of a fedlm message is a {type(v).__name__}, not bytes")
+        out[k] = v
+    return out
 
 
 @dataclass
@@ -50,6 +72,7 @@ class Exchange:
     missing: dict[str, str] = field(default_factory=dict)
     bytes_down: int = 0
     bytes_up: int = 0
+    seconds: float = 0.0  # wall time from the first push to the last reply
 
 
 class Courier:
@@ -58,13 +81,17 @@ class Courier:
     Args:
         grid: the run's grid (deployment or Flower's simulation engine).
         deploy: the timeouts.
+        pinned: client id -> the node id it is enrolled under (None: the first node that
+            registers a client id is bound to it).
     """
 
-    def __init__(self, grid: Grid, deploy: DeployConfig) -> None:
+    def __init__(self, grid: Grid, deploy: DeployConfig, *, pinned: Mapping[str, int] | None = None) -> None:
         self.grid = grid
         self.deploy = deploy
-        self.nodes: dict[str, int] = {}  # client id -> node id
+        self.pinned = dict(pinned) if pinned else None
+        self.nodes: dict[str, int] = {}  # client id -> node id, bound once
         self.clients: dict[str, dict[str, Any]] = {}  # client id -> its register reply
+        self.refused: dict[int, str] = {}  # node id -> why its registration was refused
         self._asked: set[int] = set()
 
     # -- membership ----------------------------------------------------------------------
@@ -100,13 +127,37 @@ class Courier:
             if isinstance(reply, str):
                 continue  # not answering yet: asked again at the next refresh
             self._asked.add(node_id)
-            meta = read_meta(reply)
-            cid = str(meta["client_id"])
-            if cid not in self.nodes:
+            try:
+                meta = register_from_fields(reply)
+            except FedlmError as exc:
+                self.refused[node_id] = f"unreadable registration: {exc}"
+                log.warning("node %s sent an unreadable registration; ignored (%s)", node_id, exc)
+                continue
+            cid = meta["client_id"]
+            why = self.bind(cid, node_id)
+            if why is not None:
+                self.refused[node_id] = why
+                log.warning("refused node %s as client %r: %s", node_id, cid, why)
+                continue
+            if cid not in self.clients:
                 added.append(cid)
-            self.nodes[cid] = node_id  # a restarted node may come back under a new node id
             self.clients[cid] = meta
         return added
+
+    def bind(self, cid: str, node_id: int) -> str | None:
+        """Bind client ``cid`` to ``node_id``; returns why not, or None when bound (or already)."""
+        if self.pinned is not None and self.pinned.get(cid) != node_id:
+            where = self.pinned.get(cid)
+            return (f"client {cid!r} is enrolled under node {where}" if where is not None
+                    else f"client {cid!r} is not in the run's enrolment (client-nodes)")
+        holder = self.nodes.get(cid)
+        if holder is not None and holder != node_id:
+            return f"client {cid!r} is bound to node {holder}"
+        other = next((c for c, n in self.nodes.items() if n == node_id and c != cid), None)
+        if other is not None:
+            return f"node {node_id} already holds client {other!r}"
+        self.nodes[cid] = node_id
+        return None
 
     # -- exchanges -----------------------------------------------------------------------
     def exchange(
@@ -118,6 +169,7 @@ class Courier:
         Each message's timeout is ``deploy.timeout(max(request, reply_bytes), trains=...)``.
         """
         out = Exchange()
+        t0 = time.perf_counter()
         msgs, timeouts, by_node = [], {}, {}
         online = set(self.grid.get_node_ids())  # the SuperLink's view (heartbeats)
         for cid, fields in requests.items():
@@ -138,6 +190,7 @@ class Courier:
             else:
                 out.replies[cid] = reply
                 out.bytes_up += sum(len(v) for v in reply.values())
+        out.seconds = time.perf_counter() - t0
         return out
 
     def _send(self, msgs: list[Message], timeouts: dict[int, float]) -> dict[int, Fields | str]:
@@ -153,7 +206,10 @@ class Courier:
                 node = pending.pop(reply.metadata.reply_to_message_id, None)
                 if node is None:
                     continue
-                if reply.has_error():
+                if reply.metadata.src_node_id != node:  # the sender is the transport's, not the message's
+                    out[node] = f"wrong_sender: a reply for node {node} came from node {reply.metadata.src_node_id}"
+                    log.warning("dropped a reply for node %s from node %s", node, reply.metadata.src_node_id)
+                elif reply.has_error():
                     out[node] = f"error: {reply.error.reason}"
                 else:
                     try:

@@ -3,18 +3,35 @@
 :class:`Processes` is the common part of :class:`~.launcher.LocalFederation` (the
 Deployment Engine on loopback) and :class:`~.simulation_engine.FlowerSimulation`
 (Flower's simulation engine): a work directory with Flower's home and the logs, child
-processes that each run in their own process group (so stopping one stops the apps it
-started), ``flwr`` CLI calls, and waiting for a run's ``summary.json``.
+processes, ``flwr`` CLI calls, and waiting for a run's ``summary.json``.
+
+Nothing it starts outlives it:
+
+* each child runs in its own process group (what it starts in turn stays in that group,
+  unless it makes its own: Flower's ``flower-superexec`` does), and :meth:`Processes.close`
+  stops every process descended from a child, and every process whose environment names
+  this federation's ``FLWR_HOME`` (Flower's processes re-parented after their parent died),
+  group by group, SIGTERM then SIGKILL;
+* on Linux each child gets a parent-death signal (``prctl(PR_SET_PDEATHSIG)``): when the
+  process that started it dies, even by SIGKILL, the kernel sends it SIGKILL, and Flower's
+  own processes below it exit when their parent is gone;
+* while a federation is open, SIGTERM and SIGHUP stop every open federation's processes
+  and raise :class:`Terminated` (a ``KeyboardInterrupt``, so the caller unwinds as after
+  Ctrl-C, which already stops them through the ``with`` block), and an ``atexit`` hook
+  stops whatever is left when the interpreter exits.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +40,16 @@ from fedlm.config.schema import ExperimentConfig
 from fedlm.errors import FedlmError
 
 HOST = "127.0.0.1"
+STOP_WAIT_S = 10.0  # between SIGTERM and SIGKILL
+_PR_SET_PDEATHSIG = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM or SIGHUP while a federation was open (its processes are stopped)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 def free_port() -> int:
@@ -36,6 +63,114 @@ def flwr_bin(name: str) -> str:
     here = Path(sys.executable).parent / name
     return str(here) if here.exists() else name
 
+
+# -- the process tree (Linux /proc; elsewhere only the direct children are known) ------------
+def _table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every process we can see."""
+    out = {}
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            out[int(entry.name)] = (int(fields[1]), int(fields[2]))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return out
+
+
+def descendants(roots: list[int]) -> set[int]:
+    """``roots`` and every process below them."""
+    table = _table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    seen, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo.extend(children.get(pid, []))
+    return seen
+
+
+def _signal_tree(pids: set[int], sig: int) -> None:
+    me = os.getpgrp()
+    groups = {pgid for pid, (_, pgid) in _table().items() if pid in pids} - {me, 0}
+    for pgid in groups:
+        if pgid in pids:  # only groups a process of the tree leads
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def marked(var: str, value: str) -> set[int]:
+    """Processes whose environment holds ``var=value`` (inherited by everything a child starts)."""
+    needle = f"{var}={value}".encode()
+    out = set()
+    for pid in _table():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if needle in fh.read().split(b"\0"):
+                    out.add(pid)
+        except OSError:
+            continue
+    return out
+
+
+def stop_tree(roots: list[int], *, wait_s: float = STOP_WAIT_S, popens: list[subprocess.Popen] = (),
+              also: set[int] = frozenset()) -> None:
+    """SIGTERM every process from ``roots`` down (and ``also``), SIGKILL what is left after ``wait_s``."""
+    tree = (descendants(roots) | descendants(list(also))) - {os.getpid()}
+    if not tree:
+        return
+    _signal_tree(tree, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        for p in popens:
+            p.poll()  # reap our own children, or they stay zombies that look alive
+        if not (tree & _live()):
+            return
+        time.sleep(0.1)
+    _signal_tree(tree & _live(), signal.SIGKILL)
+    for p in popens:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=wait_s)
+
+
+def _live() -> set[int]:
+    """Processes that exist and are not zombies."""
+    out = set()
+    for pid in _table():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                if fh.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                    out.add(pid)
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+def _death_signal_setter():
+    """A preexec function that sets SIGKILL as the child's parent-death signal (Linux; else None)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
+    parent = os.getpid()
+
+    def setter() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nothing would signal us
+            os._exit(1)
+
+    return setter
+
+
 @dataclass
 class Proc:
     name: str
@@ -45,22 +180,55 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def stop(self, *, hard: bool = False, wait_s: float = 10.0) -> None:
-        """Signal the process group (the process and the apps it started)."""
-        if self.popen.poll() is not None:
+    def stop(self, *, hard: bool = False, wait_s: float = STOP_WAIT_S) -> None:
+        """Stop the process and everything below it (``hard``: SIGKILL at once)."""
+        if self.popen.poll() is not None and not descendants([self.popen.pid]) - {self.popen.pid}:
             return
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL if hard else signal.SIGTERM)
-            self.popen.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=wait_s)
-        except ProcessLookupError:
-            pass
+        if hard:
+            tree = descendants([self.popen.pid])
+            _signal_tree(tree, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=wait_s)
+            return
+        stop_tree([self.popen.pid], wait_s=wait_s, popens=[self.popen])
 
 
+# -- open federations and the signals that must stop them -------------------------------------
+_OPEN: list[Processes] = []
+_PREVIOUS: dict[int, object] = {}
+_TRAPPED = (signal.SIGTERM, signal.SIGHUP)
 
-@dataclass
+
+def stop_all() -> None:
+    """Stop the processes of every open federation (signal handlers and ``atexit`` call it)."""
+    for fed in list(_OPEN):
+        fed.close()
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    stop_all()
+    raise Terminated(signum)
+
+
+def _trap() -> None:
+    if _PREVIOUS or threading.current_thread() is not threading.main_thread():
+        return  # already trapped, or signals cannot be handled from here (close() still runs)
+    for sig in _TRAPPED:
+        _PREVIOUS[sig] = signal.signal(sig, _on_signal)
+
+
+def _untrap() -> None:
+    if _OPEN or not _PREVIOUS or threading.current_thread() is not threading.main_thread():
+        return
+    for sig, handler in _PREVIOUS.items():
+        signal.signal(sig, handler)
+    _PREVIOUS.clear()
+
+
+atexit.register(stop_all)
+
+
+@dataclass(eq=False)
 class Processes:
     """A work directory and the processes started for one federation (a context manager)."""
 
@@ -70,6 +238,8 @@ class Processes:
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def __enter__(self):
+        _OPEN.append(self)
+        _trap()
         try:
             self.start()
         except BaseException:
@@ -83,37 +253,90 @@ class Processes:
     def start(self) -> None:
         raise NotImplementedError
 
-
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(FLWR_HOME=str(self.work / "flwr-home"), FLWR_DISABLE_UPDATE_CHECK="1",
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
         return env
 
-
     def spawn(self, name: str, argv: list[str]) -> Proc:
+        """Start ``argv`` in a new process group, logging to ``logs/NAME.log``."""
         log = self.work / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        death = _death_signal_setter()
+
+        def preexec() -> None:  # a group of its own: stopping it stops what it starts
+            os.setpgid(0, 0)
+            if death is not None:
+                death()
+
         with log.open("ab") as fh:
             popen = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env(), cwd=self.work,
-                                     start_new_session=True)
+                                     preexec_fn=preexec)
         self.procs[name] = proc = Proc(name, popen, log)
         return proc
 
-
     def close(self) -> None:
-        """Stop everything this federation started (SuperNodes first, then the SuperLink)."""
-        for name in sorted(self.procs, key=lambda n: n == "superlink"):
-            self.procs[name].stop()
-
+        """Stop everything this federation started, and what those processes started."""
+        try:
+            procs = list(self.procs.values())
+            stop_tree([p.popen.pid for p in procs], popens=[p.popen for p in procs],
+                      also=marked("FLWR_HOME", str(self.work / "flwr-home")))
+        finally:
+            if self in _OPEN:
+                _OPEN.remove(self)
+            _untrap()
 
     def flwr(self, *args: str, timeout: float = 120.0) -> str:
         res = subprocess.run([flwr_bin("flwr"), *args], capture_output=True, text=True, env=self.env(), cwd=self.work,
-                             timeout=timeout, check=False)
+                             timeout=timeout, check=False, preexec_fn=_death_signal_setter())
         if res.returncode != 0:
             raise FedlmError(f"`flwr {' '.join(args)}` failed ({res.returncode}): {res.stdout[-800:]} {res.stderr[-800:]}")
         return res.stdout
 
+    def flwr_here(self, *args: str) -> str:
+        """``flwr ARGS`` run in this process, with this federation's ``FLWR_HOME``; its output.
+
+        The ``flwr`` CLI's imports then cost once per process, not once per call (seconds
+        each on a busy machine).
+
+        Raises:
+            FedlmError: the command failed.
+        """
+        import io
+        import tempfile
+        import warnings
+
+        with warnings.catch_warnings():  # typer's deprecation notices about flwr's own options
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from flwr.cli.app import app
+
+        out, err = io.StringIO(), io.StringIO()
+        saved = os.environ.get("FLWR_HOME")
+        os.environ["FLWR_HOME"] = str(self.work / "flwr-home")
+        with tempfile.TemporaryFile() as raw:  # flwr writes its JSON to file descriptor 1 itself
+            sys.stdout.flush()
+            fd = os.dup(1)
+            os.dup2(raw.fileno(), 1)
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    app(list(args), standalone_mode=False)
+            except SystemExit as exc:
+                if exc.code not in (0, None):
+                    raise FedlmError(f"`flwr {' '.join(args)}` failed ({exc.code}): {out.getvalue()[-800:]} "
+                                     f"{err.getvalue()[-800:]}") from None
+            except Exception as exc:  # click's and flwr's own errors
+                raise FedlmError(f"`flwr {' '.join(args)}` failed: {exc}; {out.getvalue()[-800:]}") from None
+            finally:
+                sys.stdout.flush()
+                os.dup2(fd, 1)
+                os.close(fd)
+                if saved is None:
+                    os.environ.pop("FLWR_HOME", None)
+                else:
+                    os.environ["FLWR_HOME"] = saved
+            raw.seek(0)
+            return out.getvalue() + raw.read().decode(errors="replace")
 
     @staticmethod
     def wait_for_port(port: int, *, proc: Proc, wait_s: float = 120.0) -> None:
@@ -124,9 +347,8 @@ class Processes:
             with socket.socket() as s:
                 if s.connect_ex((HOST, port)) == 0:
                     return
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise FedlmError(f"{proc.name} did not listen on port {port} within {wait_s:g} s; see {proc.log}")
-
 
     def wait(self, run: Proc, *, timeout_s: float | None = None) -> dict:
         """Wait for the run to finish; returns ``summary.json``.
@@ -145,13 +367,12 @@ class Processes:
                     raise FedlmError(f"the run ended without {summary}; see {run.log}:\n{_tail(run.log)}")
             if deadline is not None and time.monotonic() > deadline:
                 raise FedlmError(f"the run did not finish within {timeout_s:g} s; see {run.log}")
-            time.sleep(1.0)
+            time.sleep(0.2)
         try:  # the stream closes when the ServerApp returns (after the report is written)
             run.popen.wait(timeout=120)
         except subprocess.TimeoutExpired:
             run.stop()
         return json.loads(summary.read_text())
-
 
 
 def _tail(path: Path, n: int = 3000) -> str:
@@ -161,4 +382,5 @@ def _tail(path: Path, n: int = 3000) -> str:
         return ""
 
 
-__all__ = ["HOST", "Proc", "Processes", "flwr_bin", "free_port"]
+__all__ = ["HOST", "Proc", "Processes", "Terminated", "descendants", "flwr_bin", "free_port", "marked", "stop_all",
+           "stop_tree"]

@@ -8,7 +8,10 @@ The train message then carries each client's ForwardedShares; the client's MaskS
 masks through :class:`ClientMask`. The server's UnmaskStage calls
 :meth:`RemoteSession.finish`, which sends ``query.secagg_unmask`` (UnmaskRequest ->
 UnmaskShares) to the survivors and reconstructs the sum. A node that does not answer in
-time is a dropout of that phase, exactly as a withheld upload in the simulator.
+time is a dropout of that phase, exactly as a withheld upload in the simulator. A reply
+is attributed to the node the transport says sent it: one carrying another client's
+message (a replayed AdvertiseKeys, say) is refused as ``wrong_sender`` and its node
+counts as dropped, as does one that does not parse.
 
 Client side, a :class:`~fedlm.privacy.secagg.client.SecAggClient` lives on the client's
 disk between messages (Flower starts a process per message): :class:`ClientStore`.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +34,8 @@ import numpy as np
 from fedlm.config.schema import ExperimentConfig
 from fedlm.config.secagg import SecAggConfig
 from fedlm.deploy.messaging import Courier
+from fedlm.deploy.wire import field_bytes
+from fedlm.errors import FedlmError
 from fedlm.privacy.secagg.client import SecAggClient
 from fedlm.privacy.secagg.errors import SecAggAborted, SecAggError
 from fedlm.privacy.secagg.messages import ForwardedShares, Setup, decode
@@ -40,6 +46,8 @@ from fedlm.privacy.secagg.state import write_private
 
 if TYPE_CHECKING:
     from fedlm.stages import RoundPlan
+
+log = logging.getLogger(__name__)
 
 KEYS, SHARE = "query.secagg_keys", "query.secagg_share"
 CONSISTENCY, UNMASK = "query.secagg_consistency", "query.secagg_unmask"
@@ -111,12 +119,20 @@ class RemoteSession(SecAggSession):
         ph["bytes_down"] += sum(len(r["secagg"]) for r in requests.values())
         self.stats["client_errors"].extend((cid, phase, why) for cid, why in got.missing.items() if why.startswith("error"))
         out = []
-        for reply in got.replies.values():
-            ph["bytes_up"] += len(reply.get("secagg", b""))
+        for cid, reply in got.replies.items():  # cid: the node the transport says answered
+            data = reply.get("secagg", b"")
+            ph["bytes_up"] += len(data) if isinstance(data, bytes) else 0
             try:
-                out.append(decode(reply["secagg"]))
-            except (KeyError, SecAggError) as exc:
-                self.stats["rejected"].append(("?", getattr(exc, "reason", "malformed")))
+                msg = decode(field_bytes(reply, "secagg", what="a SecAgg+ reply"))
+            except FedlmError as exc:  # unreadable: that node drops out of the phase
+                self.stats["rejected"].append((cid, getattr(exc, "reason", "malformed")))
+                continue
+            if getattr(msg, "client", None) != cid:  # e.g. a node replaying another node's keys
+                self.stats["rejected"].append((cid, "wrong_sender"))
+                log.warning("round %s %s: node of %r sent a message of %r; dropped", self.round_id, phase, cid,
+                            str(getattr(msg, "client", "?"))[:60])
+                continue
+            out.append(msg)
         return out
 
 

@@ -2,8 +2,9 @@
 
 Run config keys: ``fedlm-config`` (the experiment as YAML), ``out-dir`` (the run
 directory on the SuperLink's machine; empty: ``output.dir`` or ``runs/NAME-TIME``),
-``resume`` (continue from the run directory's last checkpoint) and ``nodes`` (clients
-to wait for before round 1; 0: ``deploy.min_nodes`` or 1).
+``resume`` (continue from the run directory's last checkpoint), ``nodes`` (clients
+to wait for before round 1; 0: ``deploy.min_nodes`` or 1) and ``client-nodes`` (JSON:
+client id -> the Flower node id it is enrolled under; empty: the first node to claim an id).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    from fedlm.deploy.app_writer import pinned_nodes
     from fedlm.deploy.client_node import config_from_run
 
     config = config_from_run(context.run_config)
-    run_dir = run_federation(Courier(grid, config.deploy), dict(context.run_config))
+    courier = Courier(grid, config.deploy, pinned=pinned_nodes(context.run_config))
+    run_dir = run_federation(courier, dict(context.run_config))
     print(f"fedlm: run directory {run_dir.resolve()}", flush=True)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from fedlm.config.schema import ExperimentConfig
 from fedlm.engine.capability import Capability
-from fedlm.engine.checkpoint import ServerState, load_latest, save_checkpoint
+from fedlm.engine.checkpoint import Checkpoint, ServerState, load_latest, save_checkpoint
 from fedlm.errors import CheckpointError
 from fedlm.report.metrics_log import MetricsLog
 
@@ -61,7 +61,7 @@ class LoopEnd:
 
 
 def run_rounds(driver: RoundDriver, state: ServerState, *, config: ExperimentConfig, log: MetricsLog,
-               checkpoints: Path, digest: str, observer: LoopObserver | None = None) -> LoopEnd:
+               checkpoints: Path, digest: str, data_digest: str = "", observer: LoopObserver | None = None) -> LoopEnd:
     """Run rounds from ``state`` until ``federation.rounds`` or a capability's stop reason.
 
     Each round: the stop check (e.g. the privacy budget), the round, every capability's
@@ -87,23 +87,30 @@ def run_rounds(driver: RoundDriver, state: ServerState, *, config: ExperimentCon
             evaluation = {"type": "eval", "round": r, **driver.evaluate_round(state, ids)}
             log.append(evaluation)
         if r % out.checkpoint_every == 0 or r == fed.rounds:
-            save_checkpoint(checkpoints, state, config_digest=digest, keep=out.keep_checkpoints)
+            save_checkpoint(checkpoints, state, config_digest=digest, data_digest=data_digest,
+                            keep=out.keep_checkpoints, records=log.read())
         observer.round_done(record, evaluation)
     return LoopEnd(state, None)
 
 
-def resume_state(driver: RoundDriver, log: MetricsLog, checkpoints: Path, *, digest: str
-                 ) -> tuple[ServerState, dict[str, Any]]:
-    """The last checkpoint and the initial evaluation record, with the log and the capabilities set back to it."""
-    state = load_latest(checkpoints, config_digest=digest)
-    log.truncate_after(state.round)
-    initial = next((r for r in log.read() if r.get("type") == "eval" and r.get("round") == 0), None)
+def resume_state(driver: RoundDriver, log: MetricsLog, checkpoints: Path, *, digest: str, data_digest: str = ""
+                 ) -> tuple[ServerState, dict[str, Any], Checkpoint]:
+    """The newest intact checkpoint and the initial evaluation record, with the log and the
+    capabilities set back to it.
+
+    ``metrics.jsonl`` is rewritten from the checkpoint's own copy of the records, so a log
+    that was deleted, truncated or written past the checkpoint comes back exactly as it was.
+    """
+    ckpt = load_latest(checkpoints, config_digest=digest, data_digest=data_digest)
+    state = ckpt.state
+    log.rewrite(ckpt.records)
+    initial = next((r for r in ckpt.records if r.get("type") == "eval" and r.get("round") == 0), None)
     if initial is None:
-        raise CheckpointError(f"{log.path} lacks the initial evaluation; start the run again without resume")
+        raise CheckpointError(f"{ckpt.path} lacks the initial evaluation; start the run again without resume")
     for cap in driver.capabilities:
         cap.resume(state)
         cap.adopt(state)
-    return state, initial
+    return state, initial, ckpt
 
 
 __all__ = ["LoopEnd", "LoopObserver", "RoundDriver", "resume_state", "run_rounds"]

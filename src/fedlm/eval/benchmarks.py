@@ -1,220 +1,162 @@
-"""Benchmark loaders (MMLU-Redux medical, PubMedQA, QA JSONL) and the benchmark registry.
+"""The benchmark registry and the calls the rest of fedlm makes: ``run_benchmark(s)``.
 
-* MMLU-Redux (Gema et al. 2024, "Are We Done with MMLU?") re-annotates MMLU questions with
-  an ``error_type``; only rows marked ``ok`` are kept, as its authors recommend.
-* PubMedQA (Jin et al. 2019) PQA-L: 1,000 expert-labelled yes/no/maybe items, 500 of them
-  the official test set.
+* ``mmlu-medical`` (MMLU-Redux, Gema et al. 2024) and ``pubmedqa`` (PQA-L, Jin et al. 2019)
+  are scored by lm-evaluation-harness over the local files: :func:`score_benchmark` writes
+  the tasks for the dataset folder (:mod:`fedlm.eval.lm_tasks`) into a temporary folder and
+  scores them with the model object fedlm holds (:mod:`fedlm.eval.likelihood`).
+* ``qa`` generates answers and scores them by exact match and ROUGE-L, by hand
+  (:mod:`fedlm.eval.harness` says why lm-eval cannot serve it).
 
 Paths come from arguments or ``EvalHarnessConfig``; relative paths are resolved against the
-current working directory, and the defaults are ``../shared/datasets/<name>``. Every parse
-problem raises ``DataError`` naming the file and the line (CSV, JSONL) or item id (JSON).
+current working directory, and the defaults are ``../shared/datasets/<name>``.
+:func:`dataset_folder` maps a datasets root (``$FEDLM_DATA``) to a benchmark's folder.
+The loaders are re-exported from :mod:`fedlm.eval.loaders`, where they live.
 """
 
 from __future__ import annotations
 
-import ast
-import csv
-import io
-import json
-from collections.abc import Callable, Collection, Sequence
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
 from fedlm.config.eval_harness import (
     DEFAULT_MMLU_PATH,
     DEFAULT_PUBMEDQA_PATH,
+    EVAL_BENCHMARKS,
     EvalHarnessConfig,
 )
 from fedlm.errors import DataError
-from fedlm.eval.harness import (
-    LETTERS,
-    LabelItem,
-    MCItem,
-    QAItem,
-    label_accuracy,
-    multiple_choice_accuracy,
-    qa_generation_scores,
-)
-from fedlm.registry import Registry
-
-MMLU_COLUMNS = ("question", "choices", "answer", "error_type")
-PUBMEDQA_SPLITS = ("test", "train", "all")
-
-
-def load_mmlu_redux(
-    folder: str | Path,
-    *,
-    subjects: Sequence[str] | None = None,
-    error_types: Collection[str] | None = ("ok",),
-) -> list[MCItem]:
-    """Multiple-choice items from MMLU-Redux CSVs named ``mmlu_<subject>.csv``.
-
-    Each file is ``,``- or ``;``-separated (detected from its header) with columns
-    ``question``, ``choices`` (a Python/JSON list literal of strings), ``answer`` (0-based
-    index, or a letter A, B, ...) and ``error_type``.
-
-    Args:
-        folder: the folder holding the CSVs.
-        subjects: subject names (``"anatomy"`` for ``mmlu_anatomy.csv``); None loads every
-            ``mmlu_*.csv`` in the folder, sorted by name.
-        error_types: keep rows whose ``error_type``, compared case-insensitively with ``_``
-            read as a space, is in this set; rows with any other value (including empty)
-            are dropped. None keeps every row.
-
-    Raises:
-        DataError: the folder or a subject file is missing, or a row is malformed.
-    """
-    folder = _existing_dir(folder, field="eval_harness.mmlu_path")
-    if subjects is None:
-        files = sorted(folder.glob("mmlu_*.csv"))
-        if not files:
-            raise DataError(
-                f"{folder} holds no mmlu_<subject>.csv file; set eval_harness.mmlu_path"
-            )
-    else:
-        files = [folder / f"mmlu_{s}.csv" for s in subjects]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise DataError(f"{folder} lacks {missing}; check the subject names")
-    keep = None if error_types is None else {_error_key(e) for e in error_types}
-    items: list[MCItem] = []
-    for path in files:
-        items += _read_mmlu_csv(path, keep=keep)
-    return items
-
-
-def load_pubmedqa(folder: str | Path, *, split: str = "test") -> list[LabelItem]:
-    """PubMedQA PQA-L items from ``ori_pqal.json`` and ``test_ground_truth.json``.
-
-    The prompt joins the abstract's context paragraphs with spaces:
-    ``"Abstract: <contexts>\\nQuestion: <question>"``; the label is ``final_decision``.
-
-    Args:
-        folder: the folder holding both JSON files.
-        split: "test" (the 500 official test ids, in the ground-truth file's order),
-            "train" (the other labelled items) or "all" (all 1,000, in file order).
-
-    Raises:
-        DataError: a file is missing or not valid JSON, an item lacks a field, or a test
-            label disagrees with the item's ``final_decision``.
-    """
-    if split not in PUBMEDQA_SPLITS:
-        raise DataError(
-            f"PubMedQA split {split!r} is unknown; choose one of {list(PUBMEDQA_SPLITS)}"
-        )
-    folder = _existing_dir(folder, field="eval_harness.pubmedqa_path")
-    items_path, truth_path = folder / "ori_pqal.json", folder / "test_ground_truth.json"
-    raw, truth = _read_json_object(items_path), _read_json_object(truth_path)
-    if split == "test":
-        ids = list(truth)
-    else:
-        ids = [pid for pid in raw if split == "all" or pid not in truth]
-    items = []
-    for pid in ids:
-        if pid not in raw:
-            raise DataError(f"{truth_path}: test id {pid!r} is not in {items_path.name}")
-        item = _pubmedqa_item(raw[pid], pid, items_path)
-        if pid in truth and truth[pid] != item.label:
-            raise DataError(
-                f"{truth_path}: id {pid!r} is labelled {truth[pid]!r} but {items_path.name} says "
-                f"{item.label!r}; the two files come from different releases"
-            )
-        items.append(item)
-    return items
-
-
-def load_qa_jsonl(
-    path: str | Path,
-    *,
-    question_field: str = "question",
-    answer_field: str = "answer",
-    id_field: str | None = None,
-    context_field: str | None = None,
-) -> list[QAItem]:
-    """Question/answer pairs from a JSONL file (one object per line, blank lines skipped) or
-    a JSON file holding one array of objects (Dolly's ``global_test.json``).
-
-    The answer field holds one string or a list of acceptable strings. A non-empty
-    ``context_field`` is appended to the question after a blank line.
-
-    Raises:
-        DataError: the file is missing, or a row is not a JSON object with the fields.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"QA file {path} does not exist; check the path (eval_harness.qa_path)")
-    items = []
-    for where, row in _json_rows(path):
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        question = row.get(question_field)
-        if not isinstance(question, str) or not question.strip():
-            raise DataError(f"{where}: field {question_field!r} is missing or not a non-empty string")
-        context = row.get(context_field) if context_field else None
-        if isinstance(context, str) and context.strip():
-            question = f"{question.strip()}\n\n{context.strip()}"
-        answers = row.get(answer_field)
-        answers = [answers] if isinstance(answers, str) else answers
-        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-            raise DataError(f"{where}: field {answer_field!r} must be a string or a list of strings")
-        ident = str(row.get(id_field, "")) if id_field else ""
-        items.append(QAItem(question=question, answers=tuple(answers), id=ident))
-    return items
-
-
-def _json_rows(path: Path):
-    """``(where, row)`` for each object of a JSON array file or of a JSONL file."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):  # one array; a .jsonl line may be a list
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-        yield from ((f"{path}: item {i}", row) for i, row in enumerate(rows))
-        return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        yield f"{path}:{lineno}", row
-
-
-# ---------------------------------------------------------------------------- registry
+from fedlm.eval.harness import qa_generation_scores
+from fedlm.eval.likelihood import label_metrics, mc_metrics, score_tasks
+from fedlm.eval.lm_tasks import write_tasks
+from fedlm.eval.loaders import load_mmlu_redux, load_pubmedqa, load_qa_jsonl
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A named benchmark: how to load its folder and how to score the loaded items."""
+    """A named benchmark: where its data is, and how to score a model on that folder.
+
+    ``score(model, tokenizer, folder, *, chat, batch_size, max_items, progress, console,
+    load_options, score_options) -> metrics``.
+    """
 
     name: str
     config_field: str  # the EvalHarnessConfig field holding its path
     default_path: str
-    load: Callable[[Path], list]
     score: Callable[..., dict]
 
+    @property
+    def folder_name(self) -> str:
+        """Its folder's name under a datasets root ("" when it names a file, as qa does)."""
+        return Path(self.default_path).name
 
-EVAL_BENCHMARKS: Registry[Benchmark] = Registry("eval benchmark")
-EVAL_BENCHMARKS.register(
-    "mmlu-medical",
-    lambda: Benchmark(
-        "mmlu-medical", "mmlu_path", DEFAULT_MMLU_PATH, load_mmlu_redux, multiple_choice_accuracy
-    ),
-)
-EVAL_BENCHMARKS.register(
-    "qa",
-    lambda: Benchmark("qa", "qa_path", "", load_qa_jsonl, qa_generation_scores),
-)
-EVAL_BENCHMARKS.register(
-    "pubmedqa",
-    lambda: Benchmark(
-        "pubmedqa", "pubmedqa_path", DEFAULT_PUBMEDQA_PATH, load_pubmedqa, label_accuracy
-    ),
-)
+
+def _lm_eval_scorer(name: str, summarise: Callable[..., dict]) -> Callable[..., dict]:
+    """A scorer that writes benchmark ``name``'s lm-eval tasks and summarises the items."""
+
+    def score(model, tokenizer, folder: Path, *, chat: bool, batch_size: int,
+              max_items: int | None, progress: bool = True, console: Console | None = None,
+              load_options: dict | None = None, score_options: dict | None = None) -> dict:
+        with tempfile.TemporaryDirectory(prefix=f"fedlm-{name}-tasks-") as tmp:
+            task_set = write_tasks(name, folder, tmp, **(load_options or {}))
+            scores = score_tasks(model, tokenizer, task_set, chat=chat, batch_size=batch_size,
+                                 max_items=max_items, progress=progress, console=console,
+                                 **(score_options or {}))
+        return summarise(scores, task_set)
+
+    return score
+
+
+def _qa_scorer(model, tokenizer, path: Path, *, chat: bool, batch_size: int,
+               max_items: int | None, progress: bool = True, console: Console | None = None,
+               load_options: dict | None = None, score_options: dict | None = None) -> dict:
+    items = load_qa_jsonl(path, **(load_options or {}))
+    return qa_generation_scores(model, tokenizer, items, chat=chat, batch_size=batch_size,
+                                max_items=max_items, **(score_options or {}))
+
+
+# The factories ``fedlm.config.eval_harness.EVAL_BENCHMARKS`` names (the single source of benchmark names).
+def mmlu_medical() -> Benchmark:
+    return Benchmark("mmlu-medical", "mmlu_path", DEFAULT_MMLU_PATH, _lm_eval_scorer("mmlu-medical", mc_metrics))
+
+
+def pubmedqa() -> Benchmark:
+    return Benchmark("pubmedqa", "pubmedqa_path", DEFAULT_PUBMEDQA_PATH,
+                     _lm_eval_scorer("pubmedqa", lambda scores, _: label_metrics(scores)))
+
+
+def qa() -> Benchmark:
+    return Benchmark("qa", "qa_path", "", _qa_scorer)
+
+
+def dataset_folder(name: str, root: str | Path) -> Path:
+    """Benchmark ``name``'s folder under a datasets root laid out like ``shared/datasets``
+    (``root/mmlu-redux-medical``, ``root/pubmedqa``), e.g. ``$FEDLM_DATA``.
+
+    Raises:
+        ConfigError: ``name`` is not registered.
+        DataError: the benchmark reads a file the user names (qa), not a folder.
+    """
+    spec = EVAL_BENCHMARKS.create(name)
+    if not spec.folder_name:
+        raise DataError(f"{name} reads a file you name (eval_harness.{spec.config_field}); "
+                        "it has no folder under a datasets root")
+    return Path(root).expanduser() / spec.folder_name
+
+
+def score_benchmark(
+    name: str,
+    model: torch.nn.Module,
+    tokenizer,
+    folder: str | Path,
+    *,
+    max_items: int | None = None,
+    chat: bool = False,
+    batch_size: int = 8,
+    progress: bool = True,
+    console: Console | None = None,
+    load_options: dict | None = None,
+    score_options: dict | None = None,
+) -> dict:
+    """Score benchmark ``name`` on the dataset in ``folder`` (a file for ``qa``).
+
+    Args:
+        name: "mmlu-medical", "pubmedqa" or "qa".
+        model, tokenizer: a transformers causal LM (PEFT-wrapped or not) and its tokenizer.
+        folder: the dataset's folder; relative paths are taken from the working directory.
+        max_items: at most this many items, evenly spaced (None: all).
+        chat: score in the tokenizer's chat template.
+        batch_size: rows per forward pass.
+        progress: draw a progress bar with an ETA (the qa benchmark draws none).
+        console: where to draw it (a stderr console by default); a caller showing its own
+            live display passes its console, and the bar nests in it.
+        load_options: passed to the task writer or loader (PubMedQA's ``split``, MMLU's
+            ``subjects``, qa's field names).
+        score_options: passed to the scorer (``trim_logits``, ``max_length``; qa's
+            ``max_new_tokens``).
+
+    Returns:
+        The scorer's metrics plus ``"benchmark"`` and ``"path"``.
+
+    Raises:
+        ConfigError: ``name`` is not registered.
+        DataError: the dataset is absent or malformed.
+    """
+    spec = EVAL_BENCHMARKS.create(name)
+    folder = Path(folder).expanduser()
+    if not str(folder) or not folder.exists():
+        raise DataError(
+            f"{name}: dataset folder {folder} (resolved to {folder.resolve()}) does not exist; "
+            f"set eval_harness.{spec.config_field} or pass path="
+        )
+    result = spec.score(model, tokenizer, folder, chat=chat, batch_size=batch_size,
+                        max_items=max_items, progress=progress, console=console,
+                        load_options=load_options, score_options=score_options)
+    return {"benchmark": name, "path": str(folder), **result}
 
 
 def run_benchmark(
@@ -228,35 +170,30 @@ def run_benchmark(
     batch_size: int = 8,
     load_options: dict | None = None,
     score_options: dict | None = None,
+    progress: bool = True,
+    console: Console | None = None,
 ) -> dict:
-    """Load benchmark ``name`` from ``path`` (default ``../shared/datasets/...``) and score it.
-
-    ``load_options`` and ``score_options`` go to the benchmark's loader and scorer (the
-    ``qa`` benchmark's field names and ``max_new_tokens``).
-
-    Returns:
-        The scorer's metrics plus ``"benchmark"`` and ``"path"``.
-
-    Raises:
-        ConfigError: ``name`` is not registered.
-        DataError: the dataset folder is absent or malformed.
-    """
+    """:func:`score_benchmark` with the folder defaulting to ``../shared/datasets/...``."""
     spec = EVAL_BENCHMARKS.create(name)
-    folder = Path(path if path is not None else spec.default_path).expanduser()
-    if not folder.exists() or not str(folder):
-        raise DataError(
-            f"{name}: dataset folder {folder} (resolved to {folder.resolve()}) does not exist; "
-            f"set eval_harness.{spec.config_field} or pass path="
-        )
-    result = spec.score(
-        model, tokenizer, spec.load(folder, **(load_options or {})), chat=chat, batch_size=batch_size,
-        max_items=max_items, **(score_options or {}),
+    return score_benchmark(
+        name, model, tokenizer, path if path is not None else spec.default_path,
+        max_items=max_items, chat=chat, batch_size=batch_size, progress=progress,
+        console=console, load_options=load_options, score_options=score_options,
     )
-    return {"benchmark": name, "path": str(folder), **result}
 
 
-def run_benchmarks(cfg: EvalHarnessConfig, model: torch.nn.Module, tokenizer) -> dict[str, dict]:
-    """Run every benchmark of ``cfg`` in order; ``{name: metrics}``."""
+def run_benchmarks(
+    cfg: EvalHarnessConfig,
+    model: torch.nn.Module,
+    tokenizer,
+    *,
+    progress: bool = True,
+    console: Console | None = None,
+) -> dict[str, dict]:
+    """Run every benchmark of ``cfg`` in order; ``{name: metrics}``.
+
+    ``progress`` and ``console`` as for :func:`score_benchmark`.
+    """
     return {
         name: run_benchmark(
             name,
@@ -266,6 +203,8 @@ def run_benchmarks(cfg: EvalHarnessConfig, model: torch.nn.Module, tokenizer) ->
             max_items=cfg.max_items,
             chat=cfg.chat,
             batch_size=cfg.batch_size,
+            progress=progress,
+            console=console,
             **(_qa_options(cfg) if name == "qa" else {}),
         )
         for name in cfg.benchmarks
@@ -280,141 +219,14 @@ def _qa_options(cfg: EvalHarnessConfig) -> dict[str, dict]:
     }
 
 
-# ---------------------------------------------------------------------------- parsing
-
-
-def _existing_dir(folder: str | Path, *, field: str) -> Path:
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise DataError(
-            f"dataset folder {folder} (resolved to {folder.resolve()}) does not exist; set {field}"
-        )
-    return folder
-
-
-def _error_key(value: str) -> str:
-    return " ".join(value.replace("_", " ").lower().split())
-
-
-def _read_mmlu_csv(path: Path, *, keep: set[str] | None) -> list[MCItem]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    header = text.split("\n", 1)[0]
-    # Some files use ';' and some ','; the separator is the one that yields the columns.
-    delimiter = next(
-        (
-            d
-            for d in (",", ";")
-            if set(MMLU_COLUMNS) <= {c.strip() for c in next(csv.reader([header], delimiter=d))}
-        ),
-        None,
-    )
-    if delimiter is None:
-        raise DataError(
-            f"{path}:1: header {header.strip()[:120]!r} lacks columns {list(MMLU_COLUMNS)} "
-            "with ',' or ';' as separator"
-        )
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    subject = path.stem.removeprefix("mmlu_")
-    items: list[MCItem] = []
-    try:
-        for row in reader:
-            # line_num is the row's last line: quoted fields may span lines.
-            where = f"{path}:{reader.line_num}"
-            items += _mmlu_row(row, where, delimiter=delimiter, subject=subject, keep=keep)
-    except csv.Error as exc:
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
-    return items
-
-
-def _mmlu_row(
-    row: dict, where: str, *, delimiter: str, subject: str, keep: set[str] | None
-) -> list[MCItem]:
-    """The row as a one-item list, or [] when its error_type is filtered out."""
-    if None in row or any(value is None for value in row.values()):
-        raise DataError(
-            f"{where}: expected {len(row) - (None in row)} fields separated by {delimiter!r}, "
-            "got a different number (quote fields that contain the separator)"
-        )
-    if keep is not None and _error_key(row["error_type"]) not in keep:
-        return []
-    choices = _parse_choices(row["choices"], where)
-    return [
-        MCItem(
-            question=row["question"].strip(),
-            choices=choices,
-            answer=_parse_answer(row["answer"], len(choices), where),
-            subject=subject,
-        )
-    ]
-
-
-def _parse_choices(cell: str, where: str) -> tuple[str, ...]:
-    try:
-        value = ast.literal_eval(cell.strip())  # a Python or JSON list literal, never code
-    except (ValueError, SyntaxError):
-        raise DataError(f"{where}: choices {cell[:80]!r} is not a list literal") from None
-    if not isinstance(value, list | tuple) or not all(isinstance(c, str) for c in value):
-        raise DataError(f"{where}: choices must be a list of strings, got {cell[:80]!r}")
-    if not 2 <= len(value) <= len(LETTERS):
-        raise DataError(f"{where}: {len(value)} choices; need 2..{len(LETTERS)}")
-    return tuple(value)
-
-
-def _parse_answer(cell: str, n: int, where: str) -> int:
-    cell = cell.strip()
-    if cell.isdigit():
-        index = int(cell)
-    elif len(cell) == 1 and cell.upper() in LETTERS:
-        index = LETTERS.index(cell.upper())
-    else:
-        raise DataError(f"{where}: answer {cell!r} is neither an index 0..{n - 1} nor a letter")
-    if index >= n:
-        raise DataError(f"{where}: answer {cell!r} is outside the {n} choices")
-    return index
-
-
-def _read_json_object(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(
-            f"{path} does not exist; set eval_harness.pubmedqa_path to PubMedQA's data folder"
-        )
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(value, dict):
-        raise DataError(
-            f"{path}: expected a JSON object keyed by PubMed id, got {type(value).__name__}"
-        )
-    return value
-
-
-def _pubmedqa_item(raw: object, pid: str, path: Path) -> LabelItem:
-    where = f"{path}: item {pid!r}"
-    if not isinstance(raw, dict):
-        raise DataError(f"{where}: expected an object, got {type(raw).__name__}")
-    question, contexts, label = raw.get("QUESTION"), raw.get("CONTEXTS"), raw.get("final_decision")
-    if not isinstance(question, str) or not question.strip():
-        raise DataError(f"{where}: QUESTION is missing or empty")
-    if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
-        raise DataError(f"{where}: CONTEXTS must be a list of strings")
-    if label not in ("yes", "no", "maybe"):
-        raise DataError(f"{where}: final_decision {label!r} is not yes/no/maybe")
-    context = " ".join(c.strip() for c in contexts)
-    return LabelItem(
-        prompt=f"Abstract: {context}\nQuestion: {question.strip()}", label=label, id=pid
-    )
-
-
 __all__ = [
     "EVAL_BENCHMARKS",
     "Benchmark",
+    "dataset_folder",
     "load_mmlu_redux",
     "load_pubmedqa",
     "load_qa_jsonl",
     "run_benchmark",
     "run_benchmarks",
+    "score_benchmark",
 ]

@@ -1,58 +1,39 @@
-"""Offline benchmark scoring: generated QA, plus the option scoring it re-exports.
+"""Offline benchmark scoring: generated QA here, option scoring re-exported.
 
-Generated answers (QA benchmarks) are greedy continuations of the question, by default in
-a user turn of the tokenizer's chat template, cut at EOS or the end-of-turn token, and
-scored against every reference answer with SQuAD exact match and ROUGE-L F1
-(:mod:`fedlm.eval.text_metrics`); an item scores its best reference, and the benchmark the
-mean over items, in [0, 1].
+Multiple-choice and label benchmarks (MMLU-Redux medical, PubMedQA) are scored by
+lm-evaluation-harness (:mod:`fedlm.eval.likelihood`, tasks in :mod:`fedlm.eval.lm_tasks`);
+its public names are re-exported here, so ``fedlm.eval.harness`` stays the one import for
+every benchmark score.
 
-Multiple-choice and label tasks are scored by option log-likelihood in
-:mod:`fedlm.eval.likelihood` (prompt formats, ``acc`` and ``acc_norm`` are documented
-there). Its public names are re-exported here, so ``fedlm.eval.harness`` stays the one
-import for every benchmark score.
+Generated answers (the ``qa`` benchmark) stay hand-written, because lm-eval cannot serve
+them as fedlm defines them: the file is any user JSON/JSONL with configurable fields and
+several reference answers per item, scored by SQuAD exact match and ROUGE-L F1 taking the
+best reference (:mod:`fedlm.eval.text_metrics`); lm-eval has neither metric over several
+references, and no published lm-eval figure exists for such a file to compare with.
+Answers are greedy continuations of the question, by default in a user turn of the
+tokenizer's chat template, cut at EOS or the end-of-turn token, batched left-padded; an
+item scores its best reference, and the benchmark the mean over items, in [0, 1].
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from fedlm.errors import DataError
+from fedlm.eval.items import LETTERS, PUBMEDQA_LABELS, LabelItem, MCItem, QAItem
 from fedlm.eval.likelihood import (
-    LETTERS,
-    PUBMEDQA_LABELS,
-    LabelItem,
-    MCItem,
-    _context,
-    _max_length,
-    _mean,
-    _pad_id,
-    label_accuracy,
-    label_prompt,
+    ItemScore,
+    label_metrics,
     macro_f1,
-    mc_prompt,
-    multiple_choice_accuracy,
-    score_choices,
+    make_lm,
+    mc_metrics,
+    score_tasks,
     subsample,
 )
-
-# Not in __all__ but reachable here as before (the tests check batching through them).
-from fedlm.eval.likelihood import Normalize as Normalize
-from fedlm.eval.likelihood import _encode_pair as _encode_pair
-from fedlm.eval.likelihood import _loglikelihoods as _loglikelihoods
 from fedlm.eval.text_metrics import exact_match, rouge_l_f1
 from fedlm.models.device import module_device
-
-
-@dataclass(frozen=True)
-class QAItem:
-    """A question with one or more acceptable reference answers, for generation."""
-
-    question: str
-    answers: tuple[str, ...]
-    id: str = ""
 
 
 @torch.no_grad()
@@ -157,19 +138,44 @@ def _until_stop(ids: list[int], stops: list[int]) -> list[int]:
     return ids
 
 
+def _context(tokenizer, prompt: str, *, chat: bool) -> str:
+    if not chat:
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("chat=True needs a tokenizer with a chat template; use chat=False")
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise DataError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+    return pad
+
+
+def _max_length(model) -> int:
+    return int(getattr(getattr(model, "config", None), "max_position_embeddings", None) or 2048)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
 __all__ = [
     "LETTERS",
     "PUBMEDQA_LABELS",
+    "ItemScore",
     "LabelItem",
     "MCItem",
     "QAItem",
     "generate_answers",
-    "label_accuracy",
-    "label_prompt",
+    "label_metrics",
     "macro_f1",
-    "mc_prompt",
-    "multiple_choice_accuracy",
+    "make_lm",
+    "mc_metrics",
     "qa_generation_scores",
-    "score_choices",
+    "score_tasks",
     "subsample",
 ]

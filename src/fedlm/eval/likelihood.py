@@ -1,214 +1,196 @@
-"""Option scoring by log-likelihood: multiple-choice and label benchmarks.
+"""Option scoring by log-likelihood, through lm-evaluation-harness.
 
-Multiple-choice and label tasks are scored the way lm-evaluation-harness does (Gao et al.
-2021, "A framework for few-shot language model evaluation"): each option is a continuation
-of the prompt, its score is the summed log-probability of its tokens, and the prediction is
-the best-scoring option. No judge model is involved. (Generated answers, scored by exact
-match and ROUGE-L, are :mod:`fedlm.eval.harness`'s, which re-exports everything here.)
+Multiple-choice and label benchmarks are scored by lm-eval itself (Gao et al. 2021, "A
+framework for few-shot language model evaluation"): each option is a continuation of the
+prompt, its score the summed log-probability of its tokens, the prediction the best one;
+``acc_norm`` divides by the option's length in characters. fedlm hands lm-eval's ``HFLM``
+the model it already holds (base + adapter, or merged), so nothing is downloaded and the
+numbers are the ones ``lm_eval --model hf`` gives for the same weights and task YAMLs
+(:mod:`fedlm.eval.lm_tasks`).
 
-Prompt formats (documented here because scores depend on them):
-
-* Multiple choice (MMLU, Hendrycks et al. 2021, "Measuring Massive Multitask Language
-  Understanding"; letters scored as in lm-evaluation-harness's MMLU task)::
-
-      Question: <question>
-      A. <choice 0>
-      B. <choice 1>
-      ...
-      Answer:
-
-  and the options are the continuations ``" A"``, ``" B"``, ...
-* Labels (PubMedQA, Jin et al. 2019, "PubMedQA: A Dataset for Biomedical Research Question
-  Answering"): ``"<item prompt>\\nAnswer:"`` with continuations ``" yes"``, ``" no"``,
-  ``" maybe"``.
-* ``chat=True`` puts the prompt in a user turn of the tokenizer's chat template, opens the
-  assistant turn, and scores the option with its leading whitespace removed (``"A"``), since
-  the assistant's answer starts a fresh line.
-
-Two scores per option: ``acc`` uses the summed log-likelihood; ``acc_norm`` divides it by
-the option's length in characters (lm-evaluation-harness's ``acc_norm``), which removes the
-bias towards short options. For single-letter options the two agree.
+Speed comes from lm-eval's batching: requests run longest first, ``batch_size`` rows per
+forward pass, and options that differ only in their last token (the letters A-D, yes/no)
+share one row, so an MMLU item costs one forward pass, not four. fedlm adds one thing:
+``logits_to_keep`` asks the model for the logits of the positions lm-eval reads, not of
+the whole prompt; the vocabulary projection and lm-eval's log-softmax over the rest are
+skipped (``trim_logits``; the tests check the scores are unchanged).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
 import torch
+from rich.console import Console
 
-from fedlm.errors import DataError
-from fedlm.models.device import module_device
-
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-PUBMEDQA_LABELS: tuple[str, ...] = ("yes", "no", "maybe")
-Normalize = Literal["token", "char"] | None
+from fedlm.errors import DataError, ModelError
+from fedlm.eval.items import PUBMEDQA_LABELS
+from fedlm.eval.lm_progress import quiet_lm_eval
+from fedlm.eval.lm_tasks import TaskSet
 
 
 @dataclass(frozen=True)
-class MCItem:
-    """One multiple-choice question; ``answer`` is the index of the right choice."""
+class ItemScore:
+    """lm-eval's scores of one item.
 
-    question: str
+    Attributes:
+        task: the lm-eval task it belongs to.
+        index: its position in the task's documents (lm-eval's ``doc_id``).
+        choices: the options as scored (continuations, delimiter stripped).
+        gold: index of the right option.
+        loglikelihoods: summed log-probability of each option, in nats.
+        hit_norm: lm-eval's ``acc_norm`` for the item (character-normalised argmax is gold).
+    """
+
+    task: str
+    index: int
     choices: tuple[str, ...]
-    answer: int
-    subject: str = ""
+    gold: int
+    loglikelihoods: tuple[float, ...]
+    hit_norm: bool
 
-    def __post_init__(self) -> None:
-        if not 2 <= len(self.choices) <= len(LETTERS):
-            raise DataError(
-                f"MCItem needs 2..{len(LETTERS)} choices, got {len(self.choices)} "
-                f"for question {self.question[:60]!r}"
-            )
-        if not 0 <= self.answer < len(self.choices):
-            raise DataError(
-                f"MCItem answer {self.answer} is outside 0..{len(self.choices) - 1} "
-                f"for question {self.question[:60]!r}"
-            )
+    @property
+    def pred(self) -> int:
+        """The best option; the first on ties (lm-eval's ``np.argmax``)."""
+        return max(range(len(self.loglikelihoods)), key=self.loglikelihoods.__getitem__)
 
+    @property
+    def hit(self) -> bool:
+        return self.pred == self.gold
 
-@dataclass(frozen=True)
-class LabelItem:
-    """A prompt whose answer is one label from a fixed set (yes/no/maybe)."""
-
-    prompt: str
-    label: str
-    id: str = ""
+    @property
+    def gold_prob(self) -> float:
+        """The softmax over the options' log-likelihoods, at the right option."""
+        return torch.softmax(torch.tensor(self.loglikelihoods, dtype=torch.float64), 0)[
+            self.gold
+        ].item()
 
 
-
-def mc_prompt(item: MCItem) -> str:
-    """The lettered multiple-choice prompt (see the module docstring)."""
-    lines = [f"Question: {item.question.strip()}"]
-    lines += [f"{LETTERS[i]}. {choice.strip()}" for i, choice in enumerate(item.choices)]
-    lines.append("Answer:")
-    return "\n".join(lines)
-
-
-def label_prompt(item: LabelItem) -> str:
-    """The label prompt: the item's prompt followed by ``\\nAnswer:``."""
-    return f"{item.prompt.rstrip()}\nAnswer:"
-
-
-def score_choices(
+def make_lm(
     model: torch.nn.Module,
     tokenizer,
-    prompt: str,
-    choices: Sequence[str],
     *,
-    chat: bool = False,
-    normalize: Normalize = None,
+    batch_size: int = 8,
     max_length: int | None = None,
-) -> list[float]:
-    """Log-likelihood of each continuation in ``choices`` given ``prompt``, one forward pass.
+    trim_logits: bool = True,
+):
+    """lm-eval's ``HFLM`` around ``model`` (a transformers causal LM, PEFT-wrapped or not).
 
     Args:
-        model: a causal LM returning ``.logits`` of shape (B, T, V).
-        tokenizer: its tokenizer (needs a chat template when ``chat``).
-        prompt: the context; options are appended to it verbatim (include the space: " A").
-        choices: the continuations to score.
-        chat: wrap the prompt in the chat template and strip the options' leading spaces.
-        normalize: None for the sum of token log-probs (nats); "token" divides by the
-            option's token count; "char" by its character count (lm-eval ``acc_norm``).
-        max_length: longest sequence fed to the model; longer prompts lose tokens from the
-            left. Defaults to the model's ``max_position_embeddings``.
+        model: the model object; lm-eval puts it in eval mode.
+        tokenizer: its tokenizer (a transformers tokenizer).
+        batch_size: rows per forward pass.
+        max_length: longest sequence; longer contexts lose tokens from the left (lm-eval's
+            rule). Defaults to the model's ``max_position_embeddings``.
+        trim_logits: compute logits only where lm-eval reads them (see the module docstring).
 
-    Returns:
-        One score per choice, in order; higher is more likely.
+    Raises:
+        ModelError: the model is not a transformers model lm-eval can drive.
     """
-    texts = [_continuation(c, chat=chat) for c in choices]
-    context = _context(tokenizer, prompt, chat=chat)
-    requests = [_encode_pair(tokenizer, context, text) for text in texts]
-    sums = _loglikelihoods(
-        model,
-        requests,
-        pad_id=_pad_id(tokenizer),
-        batch_size=max(len(requests), 1),
-        max_length=max_length or _max_length(model),
-    )
-    return [
-        _normalized(s, len(req[1]), len(t), normalize) for s, req, t in zip(sums, requests, texts)
-    ]
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if not hasattr(model, "config") or not hasattr(model, "device"):
+        raise ModelError(
+            f"lm-eval scores transformers models; got {type(model).__name__} without "
+            "config/device. Load it with fedlm.models.load_base_model or from an HF directory"
+        )
+    return _lm_class()(model, tokenizer, batch_size=batch_size, max_length=max_length,
+                       trim_logits=trim_logits)
 
 
-def multiple_choice_accuracy(
+def score_tasks(
     model: torch.nn.Module,
     tokenizer,
-    items: Sequence[MCItem],
+    task_set: TaskSet,
     *,
-    chat: bool = False,
     batch_size: int = 8,
+    chat: bool = False,
     max_items: int | None = None,
     max_length: int | None = None,
-) -> dict:
-    """Letter-scored multiple-choice accuracy (see the module docstring for the prompt).
+    trim_logits: bool = True,
+    progress: bool = True,
+    console: Console | None = None,
+) -> list[ItemScore]:
+    """Score the tasks of ``task_set`` with lm-eval; one :class:`ItemScore` per item.
+
+    Args:
+        model, tokenizer: as for :func:`make_lm`.
+        task_set: tasks written by :func:`fedlm.eval.lm_tasks.write_tasks`.
+        batch_size, max_length, trim_logits: as for :func:`make_lm`.
+        chat: apply the tokenizer's chat template (lm-eval's ``apply_chat_template``;
+            the option then follows the assistant turn without a leading space).
+        max_items: at most this many items, evenly spaced over all tasks (:func:`subsample`).
+        progress: draw a progress bar with an ETA and summarise warnings.
+        console: where to draw (a stderr console by default); pass the caller's own so the
+            bar nests in its live display.
 
     Returns:
-        ``{"accuracy", "acc_norm", "gold_prob", "count", "subjects": {subject: {"accuracy",
-        "count"}}}``; accuracies are fractions in [0, 1]; ``gold_prob`` is the mean share of
-        the softmax over the options' summed log-likelihoods that falls on the right one.
+        Items in task order, then document order.
+
+    Raises:
+        DataError: lm-eval reads a different number of items than fedlm's loader.
     """
-    items = subsample(items, max_items)
-    prompts = [mc_prompt(item) for item in items]
-    options = [[f" {LETTERS[i]}" for i in range(len(item.choices))] for item in items]
-    best, best_norm, probs = _choose(
-        model, tokenizer, prompts, options, chat=chat, batch_size=batch_size, max_length=max_length
-    )
-    hits = [int(p == item.answer) for p, item in zip(best, items)]
-    hits_norm = [int(p == item.answer) for p, item in zip(best_norm, items)]
-    per_subject: dict[str, list[int]] = {}
-    for hit, item in zip(hits, items):
-        per_subject.setdefault(item.subject, []).append(hit)
+    from lm_eval import evaluator
+    from lm_eval.tasks import TaskManager
+
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise DataError("chat=True needs a tokenizer with a chat template; use chat=False")
+    samples = lm_eval_samples(task_set, max_items)
+    names = list(samples) if samples is not None else list(task_set.tasks)
+    was_training = model.training
+    try:
+        with quiet_lm_eval(show=progress, console=console, label=task_set.benchmark):
+            manager = TaskManager(include_path=str(task_set.include_path), include_defaults=False)
+            tasks = manager.load(names)
+            _check_counts(tasks["tasks"], task_set)
+            for task in tasks["tasks"].values():
+                if task.get_config("num_fewshot") is None:  # as lm-eval's simple_evaluate
+                    task.set_config(key="num_fewshot", value=0)
+            lm = make_lm(model, tokenizer, batch_size=batch_size, max_length=max_length,
+                         trim_logits=trim_logits)
+            out = evaluator.evaluate(lm, tasks, samples=samples, bootstrap_iters=0,
+                                     log_samples=True, apply_chat_template=chat)
+    finally:
+        model.train(was_training)
+    return [_item(name, s) for name in names for s in sorted(out["samples"][name],
+                                                             key=lambda s: s["doc_id"])]
+
+
+def mc_metrics(scores: Sequence[ItemScore], task_set: TaskSet) -> dict:
+    """``{"accuracy", "acc_norm", "gold_prob", "count", "subjects": {label: {"accuracy",
+    "count"}}}``; accuracies are fractions in [0, 1], means over items (lm-eval's group
+    ``acc`` with ``weight_by_size``)."""
+    label = dict(zip(task_set.tasks, task_set.labels))
+    per: dict[str, list[bool]] = {}
+    for s in scores:
+        per.setdefault(label[s.task], []).append(s.hit)
     return {
-        "accuracy": _mean(hits),
-        "acc_norm": _mean(hits_norm),
-        "gold_prob": _mean([p[item.answer] for p, item in zip(probs, items)]),
-        "count": len(items),
-        "subjects": {
-            s: {"accuracy": _mean(h), "count": len(h)} for s, h in sorted(per_subject.items())
-        },
+        "accuracy": _mean([s.hit for s in scores]),
+        "acc_norm": _mean([s.hit_norm for s in scores]),
+        "gold_prob": _mean([s.gold_prob for s in scores]),
+        "count": len(scores),
+        "subjects": {k: {"accuracy": _mean(v), "count": len(v)} for k, v in sorted(per.items())},
     }
 
 
-def label_accuracy(
-    model: torch.nn.Module,
-    tokenizer,
-    items: Sequence[LabelItem],
-    *,
-    labels: Sequence[str] = PUBMEDQA_LABELS,
-    chat: bool = False,
-    batch_size: int = 8,
-    max_items: int | None = None,
-    max_length: int | None = None,
-) -> dict:
-    """Classify each item by scoring every label as a continuation (PubMedQA's yes/no/maybe).
-
-    Returns:
-        ``{"accuracy", "acc_norm", "macro_f1", "gold_prob", "count", "predicted": {label: n}}``;
-        ``macro_f1`` uses the summed-log-likelihood predictions; ``gold_prob`` as in
-        :func:`multiple_choice_accuracy`.
-    """
-    unknown = sorted({item.label for item in items} - set(labels))
-    if unknown:
-        raise DataError(f"items carry label(s) {unknown} outside the label set {list(labels)}")
-    items = subsample(items, max_items)
-    prompts = [label_prompt(item) for item in items]
-    options = [[f" {label}" for label in labels] for _ in items]
-    best, best_norm, probs = _choose(
-        model, tokenizer, prompts, options, chat=chat, batch_size=batch_size, max_length=max_length
-    )
-    gold = [item.label for item in items]
-    pred = [labels[i] for i in best]
-    pred_norm = [labels[i] for i in best_norm]
+def label_metrics(scores: Sequence[ItemScore], *, labels: Sequence[str] = PUBMEDQA_LABELS) -> dict:
+    """``{"accuracy", "acc_norm", "macro_f1", "gold_prob", "count", "predicted": {label: n}}``;
+    ``macro_f1`` uses the summed-log-likelihood predictions."""
+    gold = [s.choices[s.gold] for s in scores]
+    pred = [s.choices[s.pred] for s in scores]
     counts = Counter(pred)
     return {
-        "accuracy": _mean([int(p == g) for p, g in zip(pred, gold)]),
-        "acc_norm": _mean([int(p == g) for p, g in zip(pred_norm, gold)]),
+        "accuracy": _mean([s.hit for s in scores]),
+        "acc_norm": _mean([s.hit_norm for s in scores]),
         "macro_f1": macro_f1(gold, pred, labels=labels),
-        "gold_prob": _mean([p[list(labels).index(g)] for p, g in zip(probs, gold)]),
-        "count": len(items),
+        "gold_prob": _mean([s.gold_prob for s in scores]),
+        "count": len(scores),
         "predicted": {label: counts.get(label, 0) for label in labels},
     }
 
@@ -233,7 +215,7 @@ def subsample(items: Sequence, max_items: int | None) -> list:
     """At most ``max_items`` items, evenly spaced over the list (deterministic).
 
     Even spacing keeps every subject of a file-ordered benchmark represented, which taking
-    the first ``max_items`` would not.
+    the first ``max_items`` (lm-eval's ``--limit``) would not.
     """
     items = list(items)
     if max_items is None or max_items >= len(items):
@@ -243,160 +225,108 @@ def subsample(items: Sequence, max_items: int | None) -> list:
     return [items[i * len(items) // max_items] for i in range(max_items)]
 
 
+def lm_eval_samples(task_set: TaskSet, max_items: int | None) -> dict[str, list[int]] | None:
+    """lm-eval's ``samples`` (indices per task; the CLI's ``--samples``) for an evenly spaced
+    subset of ``max_items`` over all tasks, or None for all items."""
+    if max_items is None or max_items >= task_set.total:
+        return None
+    every = [(t, i) for t, n in zip(task_set.tasks, task_set.counts) for i in range(n)]
+    chosen: dict[str, list[int]] = {}
+    for task, index in subsample(every, max_items):
+        chosen.setdefault(task, []).append(index)
+    return chosen
+
+
 # ---------------------------------------------------------------------------- internals
-# ``_context``, ``_pad_id``, ``_max_length`` and ``_mean`` serve harness's generation too.
 
 
-def _choose(
-    model, tokenizer, prompts, options, *, chat, batch_size, max_length
-) -> tuple[list[int], list[int], list[list[float]]]:
-    """Argmax option per prompt by summed and by char-normalised log-likelihood.
+@functools.cache
+def _lm_class() -> type:
+    """``FedlmLM``, built on first use: importing lm-eval takes seconds, and most fedlm
+    commands never score a benchmark."""
+    from lm_eval.models.huggingface import HFLM
 
-    Also each prompt's softmax over its options' summed log-likelihoods: how much of the
-    choice's probability mass the model puts on each option, a score that moves before
-    any argmax does.
+    class FedlmLM(HFLM):
+        """``HFLM`` over a model object, asking it only for the logits lm-eval reads."""
+
+        def __init__(self, model, tokenizer, *, batch_size: int, max_length: int | None,
+                     trim_logits: bool) -> None:
+            super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                             max_length=max_length)
+            self._trim = trim_logits and _accepts_logits_to_keep(model)
+            self._max_cont: int | None = None
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
+                                  override_bs: int | None = None):
+            # requests: ((context, continuation), context ids, continuation ids)
+            self._max_cont = max((len(r[2]) for r in requests), default=1)
+            try:
+                return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+            finally:
+                self._max_cont = None
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            if (not self._trim or self._max_cont is None or attn_mask is not None
+                    or labels is not None or self.mixed_precision_dtype is not None):
+                return super()._model_call(inps, attn_mask, labels)
+            keep = logits_needed(inps, self._max_cont)
+            with torch.no_grad():
+                return self.model(inps, logits_to_keep=keep).logits  # (B, keep, V)
+
+    return FedlmLM
+
+
+def logits_needed(inps: torch.Tensor, max_cont: int) -> int:
+    """How many trailing positions of a right-padded (B, T) batch lm-eval reads.
+
+    Row r is read at [len_r - cont_r, len_r). lm-eval pads with id 0, so the last non-zero
+    id bounds each length from below (a real trailing id 0 only makes the bound smaller,
+    keeping more positions); ``max_cont`` bounds every continuation from above. lm-eval
+    places shorter logits by their offset from the end, so the last ``T - start`` suffice.
     """
-    requests, spans, lengths = [], [], []
-    for prompt, opts in zip(prompts, options):
-        context = _context(tokenizer, prompt, chat=chat)
-        texts = [_continuation(o, chat=chat) for o in opts]
-        spans.append((len(requests), len(requests) + len(texts)))
-        requests += [_encode_pair(tokenizer, context, t) for t in texts]
-        lengths += [len(t) for t in texts]
-    sums = _loglikelihoods(
-        model,
-        requests,
-        pad_id=_pad_id(tokenizer),
-        batch_size=batch_size,
-        max_length=max_length or _max_length(model),
-    )
-    best, best_norm, probs = [], [], []
-    for lo, hi in spans:
-        best.append(max(range(hi - lo), key=lambda i: sums[lo + i]))  # first on ties
-        best_norm.append(max(range(hi - lo), key=lambda i: sums[lo + i] / lengths[lo + i]))
-        probs.append(torch.softmax(torch.tensor(sums[lo:hi], dtype=torch.float64), 0).tolist())
-    return best, best_norm, probs
+    T = inps.shape[1]
+    positions = torch.arange(1, T + 1, device=inps.device)
+    lengths = ((inps != 0) * positions).amax(dim=1)  # (B,): last non-zero position + 1
+    start = max(0, int(lengths.min()) - max_cont)
+    return T - start
 
 
-@torch.no_grad()
-def _loglikelihoods(
-    model: torch.nn.Module,
-    requests: Sequence[tuple[list[int], list[int]]],
-    *,
-    pad_id: int,
-    batch_size: int,
-    max_length: int,
-) -> list[float]:
-    """Sum of log p(continuation tokens | context tokens) for each (context, continuation).
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
-    Sequences longer than ``max_length`` lose context tokens from the left. Requests run
-    longest first so each right-padded batch wastes little; results come back in order.
-    """
-    if batch_size < 1:
-        raise DataError(f"batch_size must be >= 1, got {batch_size}")
-    model.eval()
-    seqs = []
-    for ctx, cont in requests:
-        if len(cont) >= max_length:
+
+def _check_counts(tasks: dict[str, Any], task_set: TaskSet) -> None:
+    expected = dict(zip(task_set.tasks, task_set.counts))
+    for name, task in tasks.items():
+        if len(task.eval_docs) != expected[name]:
             raise DataError(
-                f"an option of {len(cont)} tokens does not fit max_length={max_length} "
-                "with any context; shorten the option or raise max_length"
+                f"lm-eval task {name} reads {len(task.eval_docs)} items but fedlm's loader "
+                f"reads {expected[name]} from the same file; the two disagree on which rows "
+                "to keep (see fedlm/eval/tasks/docs.py)"
             )
-        seqs.append(((ctx + cont)[-max_length:], len(cont)))
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
-    result = [0.0] * len(seqs)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        width = max(len(seqs[i][0]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)  # (B, T), right-padded
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids[row, : len(seqs[i][0])] = torch.tensor(seqs[i][0])
-            mask[row, : len(seqs[i][0])] = 1
-        device = module_device(model)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
-        for row, i in enumerate(chunk):
-            n, c = len(seqs[i][0]), seqs[i][1]
-            # Positions n-c-1 .. n-2 predict the continuation tokens at n-c .. n-1.
-            logp = torch.log_softmax(logits[row, n - c - 1 : n - 1].float(), dim=-1)  # (c, V)
-            result[i] = float(logp.gather(-1, ids[row, n - c : n, None].to(device)).sum())
-    return result
 
 
-def _context(tokenizer, prompt: str, *, chat: bool) -> str:
-    if not chat:
-        return prompt
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError("chat=True needs a tokenizer with a chat template; use chat=False")
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
-
-
-def _continuation(option: str, *, chat: bool) -> str:
-    return option.lstrip() if chat else option
-
-
-def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of (context, continuation), split where the joint encoding leaves the context.
-
-    Encoding the joint text and splitting at the common prefix keeps the tokens the model
-    would see in running text, even where a tokenizer merges across the boundary.
-    """
-    if not continuation:
-        raise DataError("an option is empty; every option must have at least one character")
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    split = 0
-    for a, b in zip(ctx, whole):
-        if a != b:
-            break
-        split += 1
-    split = min(split, len(whole) - 1)  # at least one continuation token
-    head = whole[:split]
-    if not head:  # nothing to condition on: start from BOS/EOS like a fresh document
-        bos = (
-            tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        )
-        head = [bos]
-    return head, whole[split:]
-
-
-def _normalized(total: float, tokens: int, chars: int, normalize: Normalize) -> float:
-    if normalize is None:
-        return total
-    if normalize == "token":
-        return total / tokens
-    if normalize == "char":
-        return total / chars
-    raise DataError(f"normalize must be None, 'token' or 'char', got {normalize!r}")
-
-
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise DataError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
-    return pad
-
-
-def _max_length(model) -> int:
-    return int(getattr(getattr(model, "config", None), "max_position_embeddings", None) or 2048)
+def _item(task: str, sample: dict) -> ItemScore:
+    choices = tuple(cont.strip() for _, cont in sample["arguments"])
+    target = sample["target"]
+    gold = choices.index(target) if isinstance(target, str) else int(target)
+    lls = tuple(float(r[0]) for r in sample["filtered_resps"])  # (loglikelihood, is_greedy)
+    return ItemScore(task, int(sample["doc_id"]), choices, gold, lls, bool(sample["acc_norm"]))
 
 
 def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
+    return math.fsum(values) / len(values) if values else float("nan")
 
 
 __all__ = [
-    "LETTERS",
-    "PUBMEDQA_LABELS",
-    "LabelItem",
-    "MCItem",
-    "label_accuracy",
-    "label_prompt",
+    "ItemScore",
+    "label_metrics",
+    "lm_eval_samples",
+    "logits_needed",
     "macro_f1",
-    "mc_prompt",
-    "multiple_choice_accuracy",
-    "score_choices",
+    "make_lm",
+    "mc_metrics",
+    "score_tasks",
     "subsample",
 ]

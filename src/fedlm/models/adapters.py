@@ -19,6 +19,8 @@ from transformers import PreTrainedModel
 
 from fedlm.config.schema import LoraConfig
 from fedlm.errors import ModelError
+from fedlm.models import provenance
+from fedlm.models.card import base_card
 from fedlm.models.device import resolve_device
 from fedlm.stages import TensorDict
 
@@ -137,9 +139,19 @@ class AdaptedModel:
 
     def save(self, directory: str | Path) -> None:
         """Save in HF format: a PEFT adapter, or (full training) a standard model directory
-        that ``AutoModelForCausalLM.from_pretrained`` loads, tokenizer included."""
+        that ``AutoModelForCausalLM.from_pretrained`` loads, tokenizer included.
+
+        An adapter names a base a user can resolve (``adapter_config.json``), records the exact
+        base weights (``base_model.json``, see :mod:`fedlm.models.provenance`) and gets a model
+        card in place of PEFT's empty template; ``fedlm export`` fills in the run's figures.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        record = provenance.record_of(self.base_model)
         self.model.save_pretrained(directory)
-        if not self.lora.enabled:
+        if self.lora.enabled:
+            provenance.write_adapter_base(directory, record)
+        else:
             self.tokenizer.save_pretrained(directory)
+        lora = {"r": self.lora.r, "alpha": self.lora.alpha, "target_modules": self.target_modules} if self.lora.enabled else None
+        (directory / "README.md").write_text(base_card(record, lora=lora), encoding="utf-8")

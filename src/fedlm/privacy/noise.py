@@ -80,6 +80,55 @@ def sensitivity(
     raise ConfigError(f"weighting must be 'uniform' or 'capped', got {weighting!r}")
 
 
+def encoding_margin(
+    *,
+    dim: int,
+    clip_norm: float,
+    codec: str,
+    fixed_scale: float | None = None,
+    secagg_bits: int | None = None,
+    secagg_clip_range: float | None = None,
+) -> float:
+    """How much the L2 norm of a clipped update can grow before it is summed.
+
+    Without secure aggregation the server re-clips each decoded update to ``C``
+    (:class:`~fedlm.privacy.stages.DpMeanStage`), so nothing grows: pass ``secagg_bits=None``
+    and the margin is 0. Under secure aggregation no re-clip can follow, and the vector
+    summed is the clipped update after the upload codec and SecAgg+'s quantisation, each of
+    which moves every coordinate by less than its own worst case:
+
+    * ``fp32``: 0; ``fp16``: ``2^-11 |x_j|`` or the half-ulp ``2^-25`` of a subnormal;
+      ``bf16``: ``2^-8 |x_j|`` or ``2^-134``;
+    * ``int8`` / ``int4`` at ``fixed_scale`` ``s``: stochastic rounding to ``s / 127`` or
+      ``s / 7`` steps, less than one step (:mod:`fedlm.compression.quantize`);
+    * SecAgg+: less than one step ``2 c / (2^b - 1)`` (times ``1 + LEVEL_SLACK``) of its
+      ``b``-bit quantisation in ``[-c, c]``, after clipping each coordinate to ``[-c, c]``
+      (which only shrinks the norm).
+
+    So ``||x_summed|| <= C + margin`` with ``margin = rel C + sqrt(dim) * abs``: the
+    accounted sensitivity is ``C + margin`` (``(C + margin) w_max`` with capped weights).
+
+    Raises:
+        ConfigError: a codec without a bound (it is not secure-aggregation compatible).
+    """
+    from fedlm.privacy.secagg.quantize import LEVEL_SLACK, step_size
+
+    if secagg_bits is None:
+        return 0.0
+    rel, per_coord = {"fp32": (0.0, 0.0), "fp16": (2.0**-11, 2.0**-25), "bf16": (2.0**-8, 2.0**-134)}.get(
+        codec, (None, None))
+    if rel is None:
+        levels = {"int8": 127, "int4": 7}.get(codec)
+        if levels is None or fixed_scale is None:
+            raise ConfigError(
+                f"compression.upload={codec!r} has no norm bound under secure aggregation; use fp32, fp16, "
+                "bf16, or int8/int4 with a shared fixed_scale"
+            )
+        rel, per_coord = 0.0, float(fixed_scale) / levels * (1.0 + LEVEL_SLACK)  # float32 arithmetic
+    per_coord += step_size(bits=secagg_bits, clip=float(secagg_clip_range)) * (1.0 + LEVEL_SLACK)
+    return rel * float(clip_norm) + math.sqrt(dim) * per_coord
+
+
 def capped_weights(num_examples: Sequence[int], max_weight: float) -> list[float]:
     """Per-client weights ``min(n_i, w_max)`` (McMahan et al. 2018, Sec. 3).
 

@@ -19,6 +19,7 @@ reproducible, never in a deployment.
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -132,6 +133,7 @@ class DistributedNoiseStage:
     clip_norm: float = 1.0
     min_honest_fraction: float = 1.0
     secret_seed: int | None = None
+    encoding_margin: float = 0.0  # norm growth after the clip (SecAgg+ rounding): S = C + margin
 
     def init(self) -> dict[str, int]:
         return {"secret_seed": _secret(self.secret_seed)}
@@ -148,7 +150,7 @@ class DistributedNoiseStage:
         c = _clip_norm(plan, self.clip_norm)
         std = distributed_noise_std(
             self.noise_multiplier,
-            sensitivity(c),
+            sensitivity(c + self.encoding_margin),
             len(plan.cohort),
             min_honest_fraction=self.min_honest_fraction,
         )
@@ -245,6 +247,7 @@ class CentralNoiseStage:
     denominator: float | None = None
     clipped_count_stddev: float | None = None
     secret_seed: int | None = None
+    encoding_margin: float = 0.0  # norm growth after the clip (codec, SecAgg+): S uses C + margin
 
     def init(self) -> dict[str, int]:
         return {"secret_seed": _secret(self.secret_seed)}
@@ -267,7 +270,7 @@ class CentralNoiseStage:
         z = self.noise_multiplier
         if self.clipped_count_stddev is not None:
             z = split_noise_multiplier(z, self.clipped_count_stddev)
-        sens = sensitivity(c, weighting=self.weighting, max_weight=self.max_weight)
+        sens = sensitivity(c + self.encoding_margin, weighting=self.weighting, max_weight=self.max_weight)
         std = central_noise_std(z, sens) / float(d)  # noise after division by D
         seed = _mixed_seed(state["secret_seed"], plan.seed, "server", "dp-central-noise")
         noised = add_gaussian_noise(value.aggregate, std, generator=make_generator(seed))
@@ -321,14 +324,14 @@ class AdaptiveClipStage:
                 "AdaptiveClipStage.clip_norm(state) when planning each round"
             )
         m = dp.expected_cohort_size if dp is not None else self.expected_cohort_size
-        bits = []
+        # A client's bit is its own claim: a missing, non-numeric or out-of-range one counts
+        # as "clipped" (0) or is clamped to [0, 1], so the count's sensitivity stays 1 and a
+        # hostile client cannot stop the round; the count is only a hint for the next C.
+        bits, bad = [], 0
         for u in value.updates:
-            if UNCLIPPED_METRIC not in u.metrics:
-                raise PipelineError(
-                    f"update from {u.client_id!r} has no {UNCLIPPED_METRIC!r} metric; clients "
-                    "need a ClipStage for adaptive clipping"
-                )
-            bits.append(float(u.metrics[UNCLIPPED_METRIC]))
+            bit = _unit_bit(u.metrics.get(UNCLIPPED_METRIC))
+            bad += bit is None
+            bits.append(0.0 if bit is None else bit)
         seed = _mixed_seed(state["secret_seed"], plan.seed, "server", "dp-adaptive-clip")
         b = noisy_unclipped_fraction(
             bits, float(m), stddev=self.clipped_count_stddev, generator=make_generator(seed)
@@ -336,8 +339,15 @@ class AdaptiveClipStage:
         new_c = adaptive_clip_update(
             c, b, target_quantile=self.target_quantile, clip_lr=self.clip_lr
         )
-        metrics = {"clip_norm": c, "next_clip_norm": new_c, "unclipped_fraction": b}
+        metrics = {"clip_norm": c, "next_clip_norm": new_c, "unclipped_fraction": b, "invalid_bits": bad}
         return {**state, "clip_norm": new_c}, value, metrics
+
+
+def _unit_bit(raw: Any) -> float | None:
+    """A client's unclipped bit clamped to [0, 1]; None when it is missing or not a finite number."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        return None
+    return min(1.0, max(0.0, float(raw)))
 
 
 def dp_fedavg_stages(
@@ -346,6 +356,7 @@ def dp_fedavg_stages(
     *,
     expected_cohort_size: float,
     secret_seed: int | None = None,
+    encoding_margin: float = 0.0,
 ) -> tuple[list[Any], list[Any]]:
     """Named constructor: the client and server DP stages for a ``PrivacyConfig``.
 
@@ -356,6 +367,8 @@ def dp_fedavg_stages(
         expected_cohort_size: ``m``, clients expected per round (``q * N`` or ``k``); the
             uniform denominator and the adaptive-clipping count's ``m``.
         secret_seed: fixed noise secret for reproducible simulations only.
+        encoding_margin: how much a clipped update's norm can grow before it is summed
+            (:func:`~fedlm.privacy.noise.encoding_margin`); the noise covers ``C + margin``.
 
     Returns:
         ``(client_stages, server_stages)`` in execution order. With capped weighting the
@@ -364,6 +377,11 @@ def dp_fedavg_stages(
     """
     if not config.enabled:
         raise PipelineError("privacy.enabled is false; build no DP stages")
+    if config.mode in ("ddgauss", "skellam"):
+        raise PipelineError(
+            f"privacy.mode={config.mode!r} runs the discrete mechanisms' stages "
+            "(fedlm.privacy.distributed.stages), not DP-FedAvg's Gaussian ones"
+        )
     if config.mode == "distributed":
         client = [
             ClipStage(clip_norm=config.clip_norm),
@@ -372,6 +390,7 @@ def dp_fedavg_stages(
                 clip_norm=config.clip_norm,
                 min_honest_fraction=config.min_honest_fraction,
                 secret_seed=secret_seed,
+                encoding_margin=encoding_margin,
             ),
         ]
         return client, []
@@ -385,6 +404,7 @@ def dp_fedavg_stages(
             denominator=float(expected_cohort_size) if config.weighting == "uniform" else None,
             clipped_count_stddev=sigma_b,
             secret_seed=secret_seed,
+            encoding_margin=encoding_margin,
         )
     ]
     if config.adaptive_clipping and sigma_b is not None:

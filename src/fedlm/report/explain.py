@@ -43,7 +43,7 @@ def audit_section(rounds: list[dict[str, Any]], *, table: Callable) -> str:
         return ""
     return ("<h2>Round audit</h2><p class='muted'>cohort, dropouts, rejected updates and why, DP clipping, "
             "update norms, epsilon, bytes and seconds per stage; no client data</p>"
-            + table(AUDIT_HEADER, audit_rows(rounds)))
+            + "<div class='scroll'>" + table(AUDIT_HEADER, audit_rows(rounds)) + "</div>")
 
 
 def attribution_section(summary: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from fedlm.report.labels import label_section
 from fedlm.report.metrics_log import MetricsLog
 from fedlm.report.personal import fairness_section, personal_section
 from fedlm.report.privacy import privacy_section
+from fedlm.report.robustness import robustness_section
 from fedlm.report.secagg import secagg_section
 
 _CSS = """
@@ -30,6 +31,8 @@ table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ccc;paddi
 th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:1rem} .grid img{max-width:520px;border:1px solid #eee}
 .muted{color:#777}
+.scroll{overflow-x:auto;max-width:100%} .scroll table{font-size:.85rem}
+details summary{cursor:pointer;color:#555}
 """
 
 
@@ -52,6 +55,7 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]], config
     sections.append("<h2>Overview</h2>" + _table(["", "value"], overview))
     sections.append(privacy_section(summary, rounds, table=_table, line_plot=_line_plot))  # epsilon, audit
     sections.append(secagg_section(summary, table=_table))  # cohort, survivors, dropouts per phase
+    sections.append(robustness_section(summary, rounds, table=_table, line_plot=_line_plot))  # attack, defence
 
     plots = []
     ex = [r["round"] for r in evals]
@@ -90,15 +94,56 @@ def render_report(summary: dict[str, Any], records: list[dict[str, Any]], config
     sections.append(attribution_section(summary))  # fedlm explain tokens, when one was asked for
     sections.append(bias_section(summary, table=_table))  # eval.bias_probe
     if config_text:
-        sections.append(f"<h2>Config</h2><pre>{html.escape(config_text)}</pre>")
+        sections.append(config_section(config_text))
     title = html.escape(f"fedlm report: {summary.get('name', 'run')}")
     return (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
         f"<style>{_CSS}</style></head><body><h1>{title}</h1>"
         f"<p class='muted'>model {html.escape(str(summary.get('model')))} · "
         f"{summary.get('trainable_parameters', 0):,} trainable parameters</p>"
+        f"<p class='muted'>{html.escape(data_line(summary))}</p>"
         + "".join(sections) + "</body></html>"
     )
+
+
+def data_line(summary: dict[str, Any]) -> str:
+    """The header's data line: the source, its format, the clients and their examples."""
+    d = summary.get("data") or {}
+    source = d.get("source", "data")
+    where = f" ({d['path']})" if d.get("path") else ""
+    return (f"data: {source}{where}, {d.get('format', '?')} format · {d.get('clients', '?')} clients · "
+            f"{d.get('train_examples', 0):,} train / {d.get('heldout_examples', 0):,} held-out examples · "
+            f"engine: {summary.get('engine', 'simulation')}")
+
+
+def config_section(config_text: str) -> str:
+    """The resolved config: the values that differ from fedlm's defaults, the rest folded away."""
+    changed = non_default_yaml(config_text)
+    return ("<h2>Config</h2><p class='muted'>values that differ from the built-in default</p>"
+            f"<pre>{html.escape(changed or '(the built-in default)')}</pre>"
+            f"<details><summary>the whole resolved config</summary><pre>{html.escape(config_text)}</pre></details>")
+
+
+def non_default_yaml(config_text: str) -> str:
+    """The keys of a resolved config whose values differ from ``ExperimentConfig()``'s, as YAML."""
+    import yaml
+
+    from fedlm.config.schema import ExperimentConfig
+
+    try:
+        given = yaml.safe_load(config_text) or {}
+    except yaml.YAMLError:
+        return config_text
+    default = ExperimentConfig().model_dump(mode="json")
+
+    def diff(a: Any, b: Any) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = {k: d for k, v in a.items() if (d := diff(v, b.get(k))) is not None}
+            return out or None
+        return None if a == b else a
+
+    changed = diff(given, default)
+    return yaml.safe_dump(changed, sort_keys=False).strip() if changed else ""
 
 
 def write_report(run_dir: str | Path) -> Path:

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fedlm.errors import FedlmError
+
 
 def _clean(obj: Any) -> Any:
     """NaN and infinities become null, so every line is strict JSON."""
@@ -19,15 +21,30 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def line(record: dict[str, Any]) -> str:
+    """One record as its ``metrics.jsonl`` line (strict JSON, sorted keys, newline)."""
+    return json.dumps(_clean(record), sort_keys=True) + "\n"
+
+
 class MetricsLog:
-    """Append-only JSONL log; ``truncate_after`` drops records past a resumed round."""
+    """Append-only JSONL log; ``rewrite`` sets it back to a checkpoint's records."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def append(self, record: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(_clean(record), sort_keys=True) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(line(record))
+        except OSError as exc:
+            raise FedlmError(f"could not append to {self.path}: {exc.strerror or exc}; free space or fix "
+                             "permissions, then resume the run with --resume") from None
+
+    def rewrite(self, records: list[dict[str, Any]]) -> None:
+        """Replace the log by ``records`` (written to a temporary file, then renamed)."""
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line(r) for r in records), encoding="utf-8")
+        tmp.replace(self.path)
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -35,8 +52,7 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def truncate_after(self, round_: int) -> None:
-        kept = [r for r in self.read() if r.get("round", 0) <= round_]
-        self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+        self.rewrite([r for r in self.read() if r.get("round", 0) <= round_])
 
 
 def write_json(path: Path, obj: Any) -> None:

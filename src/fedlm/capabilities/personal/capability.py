@@ -9,6 +9,7 @@ to the global model's score. ``summary.json``'s ``personal`` holds both and thei
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -99,11 +100,25 @@ class Personalization(Capability):
         """``summary.json``'s ``personal`` from the global evaluation and the clients' answers."""
         scores: dict[str, tuple[dict, dict | None]] = {}
         for cid, answer in answers.items():
+            if cid not in global_eval.get("clients", {}) or not isinstance(answer, dict):
+                continue  # a deployed client's answer is hostile until checked: an unusable one counts as none
             g = global_eval["clients"][cid]
             own = answer.get("personal")
-            scores[cid] = (g, g if own == "global" else None if own is None else LMScore(**own).as_dict())
-        choices = {cid: a["selection"] for cid, a in answers.items() if a.get("selection")}
+            scores[cid] = (g, g if own == "global" else _score(own))
+        choices = {cid: a["selection"] for cid, a in answers.items()
+                   if cid in scores and isinstance(a.get("selection"), dict)}
         return personal_report(self.ctx.config.personal.method, scores, choices)
+
+
+def _score(sums: Any) -> dict | None:
+    """Held-out metrics from a client's sums, or None when they are absent or not plausible sums."""
+    if not isinstance(sums, dict):
+        return None
+    loss, correct, tokens = sums.get("loss_sum"), sums.get("correct"), sums.get("tokens")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (loss, correct, tokens))
+    if not numbers or not math.isfinite(loss) or loss < 0 or not 0 <= correct <= tokens or tokens != int(tokens):
+        return None
+    return LMScore(float(loss), int(correct), int(tokens)).as_dict()
 
 
 def heldout_sums(ctx: EngineContext, client_id: str, state: TensorDict) -> dict[str, Any]:

@@ -10,9 +10,12 @@ One concept per module:
 * :mod:`.discrete_noise`: discrete Gaussian and Skellam samplers;
 * :mod:`.accounting`: RDP of one round, composition, Poisson subsampling, calibration;
 * :mod:`.mechanism`: the public parameters, client encoding and server decoding;
-* :mod:`.calibration`: the wrap-around bound and the choice of ``(gamma, bits, sigma)``.
+* :mod:`.calibration`: the wrap-around bound and the choice of ``(gamma, bits, sigma)``;
+* :mod:`.ledger`: a run's rounds at the shares that reached each sum, and their epsilon;
+* :mod:`.stages`: the client encoding and server decoding as pipeline stages over SecAgg+.
 
-Pure functions on NumPy arrays with explicit generators; no torch import.
+Pure functions on NumPy arrays with explicit generators; only :mod:`.stages` imports
+torch (it is not imported here).
 """
 
 from fedlm.privacy.distributed.accounting import (

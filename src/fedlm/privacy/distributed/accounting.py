@@ -55,6 +55,7 @@ from dp_accounting.rdp import compute_epsilon
 from scipy.special import gammaln
 
 from fedlm.errors import ConfigError
+from fedlm.privacy.calibrate import least_noise
 from fedlm.privacy.distributed.rotation import padded_dim
 from fedlm.privacy.distributed.rounding import rounded_l1_bound, rounded_l2_bound
 
@@ -329,23 +330,8 @@ def calibrate_noise_stddev(
             f"noise_stddev={hi:.4g} ({max_noise_multiplier:g} x the rounded sensitivity) gives "
             f"epsilon={eps_hi:.4g}; raise target_epsilon or plan fewer rounds"
         )
-    lo, eps_lo = unit, eps(unit)
-    while eps_lo <= target_epsilon:  # bracket from below: eps(lo) > target
-        hi, eps_hi = lo, eps_lo
-        lo /= 4.0
-        if lo < unit * 1e-6:
-            return hi
-        eps_lo = eps(lo)
-    for _ in range(200):
-        if eps_hi >= target_epsilon * (1.0 - rel_tol) or hi / lo < 1.0 + 1e-12:
-            break
-        mid = math.sqrt(lo * hi)
-        e = eps(mid)
-        if e <= target_epsilon:
-            hi, eps_hi = mid, e
-        else:
-            lo = mid
-    return hi
+    return least_noise(eps, target_epsilon, start=unit, floor=unit * 1e-6, ceiling=hi, rel_tol=rel_tol,
+                       down=4.0, up=4.0)
 
 
 def _check_positive(**values: float) -> None:

@@ -107,7 +107,7 @@ def distributed_dp_params(
     clip: float,
     dim: int,
     num_clients: int,
-    target_epsilon: float,
+    target_epsilon: float | None,
     delta: float,
     rounds: int,
     bits: int,
@@ -116,6 +116,8 @@ def distributed_dp_params(
     wrap_probability: float = DEFAULT_WRAP_PROBABILITY,
     signal_norm: float | None = None,
     rel_tol: float = 0.02,
+    noise_stddev: float | None = None,
+    cohort_size: int | None = None,
 ) -> DistributedDpParams:
     """``(gamma, noise_stddev)`` for a ring of ``bits`` bits and a privacy target, as TFF does.
 
@@ -140,6 +142,10 @@ def distributed_dp_params(
         wrap_probability: allowed probability that a round's sum wraps.
         signal_norm: see :func:`wraparound_probability`.
         rel_tol: relative precision of ``gamma``.
+        noise_stddev: a fixed ``sigma`` instead of one calibrated to ``target_epsilon``
+            (pass ``target_epsilon=None``); only ``gamma`` is chosen.
+        cohort_size: the most clients a round may sum, for the wrap-around bound (default
+            ``num_clients``; under Poisson sampling pass a high quantile of the cohort).
 
     Returns:
         The parameters; ``wraparound_probability`` of the result is ``<= wrap_probability``.
@@ -149,13 +155,20 @@ def distributed_dp_params(
             any granularity.
     """
     _check_probability(wrap_probability)
-    if 2 ** (bits - 1) <= num_clients:
+    if 2 ** (bits - 1) <= (num_clients if cohort_size is None else max(int(cohort_size), num_clients)):
         raise ConfigError(
             f"bits={bits} cannot hold the rounding errors of {num_clients} clients (each adds "
             f"up to one step per coordinate; need 2^(bits-1) > {num_clients}); raise bits"
         )
 
+    if (target_epsilon is None) == (noise_stddev is None):
+        raise ConfigError("give exactly one of target_epsilon and noise_stddev to choose the parameters")
+    most = num_clients if cohort_size is None else max(int(cohort_size), num_clients)
+
     def build(gamma: float) -> DistributedDpParams:
+        if noise_stddev is not None:
+            return DistributedDpParams(mechanism=mechanism, clip=clip, dim=dim, num_clients=num_clients, gamma=gamma,
+                                       noise_stddev=noise_stddev, bits=bits, beta=beta)
         sigma = calibrate_noise_stddev(
             mechanism,
             target_epsilon,
@@ -180,7 +193,7 @@ def distributed_dp_params(
         )
 
     def fits(p: DistributedDpParams) -> bool:
-        return wraparound_probability(p, signal_norm=signal_norm) <= wrap_probability
+        return wraparound_probability(p, signal_norm=signal_norm, cohort_size=most) <= wrap_probability
 
     # One step of clip / sqrt(D) puts a typical rotated coordinate within a few steps of 0.
     hi = clip / math.sqrt(padded_dim(dim))
@@ -217,7 +230,7 @@ def _chernoff_exponent(a: float, v: float, mu: float) -> float:
     """``min_{t >= 0} -t a + t^2 v / 2 + mu (cosh t - 1)`` for ``a > 0`` (convex in t)."""
 
     def slope(t: float) -> float:
-        return -a + t * v + mu * math.sinh(t)
+        return -a + t * v + (mu * math.sinh(t) if mu > 0 else 0.0)  # sinh(t) may overflow where mu = 0
 
     t_hi = math.inf
     if v > 0:
@@ -226,7 +239,7 @@ def _chernoff_exponent(a: float, v: float, mu: float) -> float:
         t_hi = min(t_hi, math.asinh(a / mu))
     t = brentq(slope, 0.0, t_hi, xtol=1e-14, rtol=1e-12) if slope(t_hi) > 0 else t_hi
     # cosh t - 1 = 2 sinh(t/2)^2 keeps precision for small t.
-    return -t * a + t * t * v / 2.0 + mu * 2.0 * math.sinh(t / 2.0) ** 2
+    return -t * a + t * t * v / 2.0 + (mu * 2.0 * math.sinh(t / 2.0) ** 2 if mu > 0 else 0.0)
 
 
 def _check_probability(p: float) -> None:

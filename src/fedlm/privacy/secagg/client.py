@@ -203,11 +203,14 @@ class SecAggClient:
         Args:
             msg: ciphertexts from the neighbours that completed ``share_keys`` (U2).
             vector: float array of shape (vector_len,); each coordinate is clipped to
-                [-clip, clip] and quantised to [0, 2^bits - 1].
+                [-clip, clip] and quantised to [0, 2^bits - 1]. An unsigned-integer array
+                is already an element of the ring ``Z_{2^m}`` (distributed DP's encoding,
+                values in [0, 2^m)) and is masked as it is, with weight 1.
             weight: integer in [1, max_weight]; the server learns only the total weight.
         """
         setup = self._expect(msg, ForwardedShares, "share_keys")
         x = np.asarray(vector)
+        integer = x.dtype.kind == "u"
         if x.shape != (setup.vector_len,):
             raise SecAggError(
                 "wrong_size", f"vector has shape {x.shape}, expected ({setup.vector_len},)"
@@ -242,7 +245,14 @@ class SecAggClient:
         length = setup.vector_len + 1  # the last word carries the weight
         y = np.empty(length, dtype=dtype)
         q = y[:-1]
-        q[:] = quantize(x, bits=setup.bits, clip=setup.clip, rng=self._rng, dtype=dtype)
+        if integer:  # already in the ring: no quantisation, weight 1
+            if weight != 1 or (x.size and int(x.max()) >> m):
+                raise SecAggError(
+                    "out_of_range", f"integer inputs need weight 1 and values below 2^{m} (weight={weight})"
+                )
+            q[:] = x.astype(dtype, copy=False)
+        else:
+            q[:] = quantize(x, bits=setup.bits, clip=setup.clip, rng=self._rng, dtype=dtype)
         if weight != 1:
             q *= dtype.type(weight)  # w * q < 2^m by the headroom check, so no wrap here
         y[-1] = weight

@@ -67,7 +67,8 @@ class AggregateResult:
     Attributes:
         total: uint array of shape (vector_len,), sum_i w_i q_i mod 2^m (exact).
         total_weight: sum of the survivors' weights.
-        values: float64 array of shape (vector_len,), the decoded sum_i w_i x_i.
+        values: float64 array of shape (vector_len,), the decoded sum_i w_i x_i (with
+            integer inputs: the sum in the ring, as ``total``).
         survivors: ids whose inputs are in the sum (U3), in cohort order.
     """
 
@@ -90,6 +91,8 @@ class SecAggServer:
         graph_seed: seed of the neighbour graph; fresh random bits when None.
         identities: optional enrolment map (client id -> raw Ed25519 public key); when
             given, unsigned or wrongly signed uploads are rejected (``bad_signature``).
+        integer_inputs: the inputs are ring elements of weight 1 (distributed DP's
+            encoding): the sum is returned in the ring, not dequantised.
 
     Attributes:
         phase: the phase whose uploads the server expects next ("setup" first).
@@ -109,8 +112,10 @@ class SecAggServer:
         round_id: int = 1,
         graph_seed: int | None = None,
         identities: Mapping[str, bytes] | None = None,
+        integer_inputs: bool = False,
     ) -> None:
         self.cohort = tuple(cohort)
+        self.integer_inputs = integer_inputs
         n = len(self.cohort)
         if n < 2 or len(set(self.cohort)) != n:
             raise ConfigError(
@@ -119,7 +124,7 @@ class SecAggServer:
         if vector_len < 1:
             raise ConfigError(f"vector_len={vector_len} must be >= 1")
         need = required_modulus_bits(n, bits=config.bits, max_weight=config.max_weight)
-        if need > config.modulus_bits:
+        if need > config.modulus_bits and not integer_inputs:  # ring elements wrap by design
             raise ConfigError(
                 f"secure_aggregation.modulus_bits={config.modulus_bits} cannot hold the sum of {n} clients at "
                 f"bits={config.bits}, max_weight={config.max_weight}; use modulus_bits >= {need}"
@@ -286,11 +291,14 @@ class SecAggServer:
         m = self.config.modulus_bits
         if m < self._dtype.itemsize * 8:
             np.bitwise_and(total, self._dtype.type((1 << m) - 1), out=total)
-        weight, problem = check_sum_range(total, n=len(u3), config=self.config)
+        weight, problem = check_sum_range(total, n=len(u3), config=self.config, integer=self.integer_inputs)
         if problem:
             self._abort("out_of_range", problem, "unmasking")
         c = self.config
-        values = dequantize_sum(total[:-1], bits=c.bits, clip=c.clip_range, total_weight=weight)
+        if self.integer_inputs:  # the sum in the ring, for the mechanism to decode
+            values = total[:-1].copy()
+        else:
+            values = dequantize_sum(total[:-1], bits=c.bits, clip=c.clip_range, total_weight=weight)
         self.phase = "done"
         self._masked = {}
         self.result = AggregateResult(total[:-1].copy(), weight, values, tuple(self._ordered(u3)))

@@ -59,7 +59,7 @@ def choose_threshold(config: SecAggConfig, *, degree: int, n: int) -> int:
     return t
 
 
-def check_sum_range(total: np.ndarray, *, n: int, config: SecAggConfig) -> tuple[int, str]:
+def check_sum_range(total: np.ndarray, *, n: int, config: SecAggConfig, integer: bool = False) -> tuple[int, str]:
     """Whether an unmasked sum is one honest inputs can produce: (total weight, problem or "").
 
     Each honest client adds w in [1, W] to the last word and w q_j with q_j in
@@ -71,6 +71,8 @@ def check_sum_range(total: np.ndarray, *, n: int, config: SecAggConfig) -> tuple
     Args:
         total: shape (L + 1,), the unmasked sum mod 2^m (last word: the total weight).
         n: |U3|, the number of inputs in the sum.
+        integer: the inputs were ring elements with weight 1 (distributed DP): only the
+            weight is checked (the sum wraps by design; the mechanism bounds how often).
     """
     weight = int(total[-1])
     cap = config.max_weight
@@ -79,6 +81,9 @@ def check_sum_range(total: np.ndarray, *, n: int, config: SecAggConfig) -> tuple
             f"total weight {weight} is outside [{n}, {n * cap}] for {n} survivors at max_weight={cap}: "
             "a client claimed a weight outside [1, max_weight]"
         )
+    if integer:  # ring elements (distributed DP): any residue is a possible honest sum
+        return weight, "" if weight == n else (
+            f"total weight {weight} differs from the {n} survivors: integer inputs carry weight 1")
     limit = ((1 << config.bits) - 1) * weight  # < 2^m by the modulus headroom check
     high = np.flatnonzero(total[:-1] > total.dtype.type(limit))
     if high.size:

@@ -92,6 +92,8 @@ class SecAggSession:
             of those drawn from the config.
         identities: client id -> long-term Ed25519 identity key of each cohort member;
             None: fresh ones for this round (the enrolment map is their public halves).
+        integer_inputs: the clients mask ring elements (distributed DP's encoding, unsigned
+            arrays with values below ``2^modulus_bits``) and the sum stays in the ring.
 
     Attributes:
         server: the protocol server.
@@ -116,6 +118,7 @@ class SecAggSession:
         seed: int | None = None,
         dropouts: Mapping[str, Collection[str]] | None = None,
         identities: Mapping[str, Ed25519PrivateKey | bytes] | None = None,
+        integer_inputs: bool = False,
     ) -> None:
         self.cohort = tuple(cohort)
         unknown = set(dropouts or {}) - set(PHASES)
@@ -132,6 +135,7 @@ class SecAggSession:
             config=config,
             round_id=round_id,
             graph_seed=int(rng.integers(2**63)) if seed is not None else None,
+            integer_inputs=integer_inputs,
         )
         keys = dict(identities) if identities is not None else {c: auth.generate_identity() for c in self.cohort}
         missing = [c for c in self.cohort if c not in keys]

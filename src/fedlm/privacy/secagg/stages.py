@@ -43,6 +43,9 @@ from fedlm.stages import (
 
 SUM_CLIENT_ID = "secagg:sum"  # the one update the server holds after unmasking
 UNMASK_STAGE = "secagg"
+# An update whose only tensor has this name holds ring elements of Z_{2^m} (int64, shape
+# (L,)): distributed DP's encoding, masked as it is and summed in the ring.
+RING_KEY = "secagg:ring"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +160,12 @@ class MaskStage:
         if not session.will_upload(value.client_id):
             raise UpdateRejected("secagg_dropped", "the client left the SecAgg+ round before masking")
         tensors = value.tensors
+        if tensors is not None and set(tensors) == {RING_KEY}:  # already in the ring: mask as it is
+            ring = tensors[RING_KEY].detach().to("cpu").numpy().astype(np.uint64)
+            data = session.mask(value.client_id, ring, weight=1)
+            if data is None:
+                raise UpdateRejected("secagg_refused", "the client's SecAgg+ state machine refused to mask")
+            return state, replace(value, tensors=None, payload=data), {"bytes": len(data), "weight": 1}
         if tensors is None:
             if value.payload is None or self.codec is None:
                 raise PipelineError(f"{self.name} got an update with neither tensors nor a decodable payload")
@@ -187,6 +196,9 @@ class MaskStage:
 class UnmaskStage:
     """Server stage (kind "unmask"): turn the masked uploads into one summed update.
 
+    With ``ring`` (distributed DP) the summed update holds the sum in the ring under
+    ``RING_KEY`` (int64, shape (L,)) for the mechanism's decode stage.
+
     Metrics: :func:`round_figures` of the session, plus ``aborted`` (bool).
     """
 
@@ -194,6 +206,7 @@ class UnmaskStage:
     kind: ClassVar[str] = "unmask"
     shapes: dict[str, tuple[int, ...]]
     max_bytes: int | None = None
+    ring: bool = False
 
     def init(self) -> None:
         return None
@@ -202,6 +215,7 @@ class UnmaskStage:
         session = plan.require(SecAggRound, by=self.name).session
         rejected = list(value.rejected)
         if "aborted" in session.stats:  # gave up in the key phases: nothing was uploaded
+            rejected.extend(_refused(session.stats))
             return state, CohortValue(updates=[], rejected=rejected, skipped="secagg_aborted"), round_figures(session.stats)
         uploads = []
         for u in value.updates:
@@ -217,11 +231,11 @@ class UnmaskStage:
         except SecAggAborted:
             return state, CohortValue(updates=[], rejected=rejected, skipped="secagg_aborted"), round_figures(session.stats)
         finally:
-            rejected.extend(
-                {"client_id": c, "reason": f"secagg_{r}", "detail": "masked input refused by the server"}
-                for c, r in session.stats["rejected"]
-            )
-        total = unflatten(result.values, self.shapes)  # sum_i w_i x_i, float32 by name
+            rejected.extend(_refused(session.stats))
+        if self.ring:
+            total = {RING_KEY: torch.from_numpy(np.asarray(result.values).astype(np.int64))}
+        else:
+            total = unflatten(result.values, self.shapes)  # sum_i w_i x_i, float32 by name
         summed = ClientUpdate(
             client_id=SUM_CLIENT_ID,
             round=plan.round,
@@ -336,6 +350,7 @@ def round_figures(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
+    "RING_KEY",
     "SUM_CLIENT_ID",
     "UNMASK_STAGE",
     "ClientNormBound",
@@ -352,3 +367,9 @@ __all__ = [
     "server_stages",
     "unflatten",
 ]
+
+
+def _refused(stats: dict[str, Any]) -> list[dict[str, str]]:
+    """The clients the SecAgg+ server refused, as the round's ``rejected`` entries."""
+    return [{"client_id": c, "reason": f"secagg_{r}", "detail": "message refused by the SecAgg+ server"}
+            for c, r in stats.get("rejected", [])]

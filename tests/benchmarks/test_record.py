@@ -1,0 +1,66 @@
+"""The split rule refuses to report on the tuned split; results files; interleaving."""
+
+import json
+
+import pytest
+
+from benchmarks._record import SplitRule, TunedSplitError, interleave, read_results, write_results
+
+
+def rule(**kw):
+    return SplitRule(validation="val half", test="test half", tuned=("lr",), **kw)
+
+
+def test_reporting_on_the_tuned_split_fails_loudly():
+    with pytest.raises(TunedSplitError, match="lr were chosen on it"):
+        rule().check_report("validation")
+    with pytest.raises(TunedSplitError):
+        rule().check_report("val half")
+    assert isinstance(TunedSplitError("x"), SystemExit)  # the process exits non-zero
+
+
+def test_test_split_is_accepted_by_either_name():
+    assert rule().check_report("test") == "test half"
+    assert rule().check_report("test half") == "test half"
+
+
+def test_unknown_split_is_refused():
+    with pytest.raises(TunedSplitError, match="unknown split"):
+        rule().check_report("train")
+
+
+def test_untuned_benchmark_may_report_its_validation_split():
+    untuned = SplitRule(validation="a", test="b")
+    assert untuned.check_report("validation") == "a"
+
+
+def test_validation_and_test_must_differ():
+    with pytest.raises(ValueError):
+        SplitRule(validation="x", test="x")
+
+
+def test_describe_names_both_splits_and_the_seeds():
+    text = rule(seeds=(0, 1, 2)).describe()
+    assert "val half" in text and "test half" in text and "0,1,2" in text
+
+
+def test_write_results_appends_stamped_rows(tmp_path):
+    write_results("demo", [{"a": 1}], command="cmd", folder=tmp_path)
+    write_results("demo", [{"a": 2}], command="cmd", folder=tmp_path)
+    rows = read_results("demo", folder=tmp_path)
+    assert [r["a"] for r in rows] == [1, 2]
+    assert {"date", "machine", "load_1min", "command", "git"} <= set(rows[0])
+    assert json.loads((tmp_path / "demo.jsonl").read_text().splitlines()[0])["command"] == "cmd"
+    assert write_results("demo", [{"a": 3}], record=False, folder=tmp_path) is None
+    assert len(read_results("demo", folder=tmp_path)) == 2
+
+
+def test_interleave_alternates_and_records_load():
+    calls = []
+    out = interleave({"A": lambda: calls.append("A") or {"x": 1}, "B": lambda: calls.append("B") or {"x": 2}},
+                     repeats=3)
+    assert calls == ["A", "B", "A", "B", "A", "B"]
+    assert [r["order"] for r in out["B"]] == [1, 3, 5]
+    assert all("load_before" in r and "load_after" in r for r in out["A"])
+    with pytest.raises(ValueError):
+        interleave({"A": dict}, repeats=0)
