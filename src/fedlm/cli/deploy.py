@@ -53,7 +53,7 @@ def _need_flower() -> None:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    from fedlm.config.loader import load_config
+    from fedlm.config.loader import load_config, require_resolved
 
     _need_flower()
     if args.deploy_command == "worker":
@@ -67,8 +67,8 @@ def run_deploy(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         out = Path(args.out)
         data_dir = ""
-        if args.with_data:
-            write_client_files(config, out / "data")
+        if args.with_data:  # the data is read here: its path must resolve
+            write_client_files(require_resolved(config), out / "data")
             data_dir = str((out / "data").resolve())
         write_app(config, out, out_dir=args.run_dir, data_dir=data_dir, client_nodes=_client_nodes(args.client_nodes))
         print(out / "pyproject.toml")
@@ -80,7 +80,7 @@ def run_deploy(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         config = load_config(run_dir / "config.yaml", args.overrides)
     else:
-        config = load_config(args.config, args.overrides)
+        config = require_resolved(load_config(args.config, args.overrides))
         run_dir = Path(args.out or config.output.dir or f"runs/{config.name}-{datetime.now():%Y%m%d-%H%M%S}")
     work = run_dir.parent / f".{run_dir.name}-deploy"  # the same on --resume: the nodes' state is there
     try:

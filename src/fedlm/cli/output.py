@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from fedlm.report.headline import headline_rows
+
 
 def print_summary(summary: dict, run_dir: Path) -> None:
     """The closing table of ``fedlm run``; it names whose held-out data the perplexity is on."""
@@ -20,6 +22,8 @@ def print_summary(summary: dict, run_dir: Path) -> None:
     table.add_row("rounds", str(summary["rounds_completed"]))
     table.add_row("bytes up / down", f"{comm['bytes_up']:,} / {comm['bytes_down']:,}")
     table.add_row("rejected updates", str(summary["robustness"]["rejected"]))
+    for label, value in headline_rows(summary):  # what each enabled capability did
+        table.add_row(label, value)
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
     table.add_row("run directory", str(run_dir))
     Console().print(table)
