@@ -64,3 +64,31 @@ def tiny_overrides(data_path: Path, **extra: object) -> list[str]:
 
 
 __all__ = ["SHARED", "load_config", "tiny_overrides", "write_instruction_jsonl", "write_lm_jsonl"]
+
+
+def run_crashing_in_round(config, out_dir: Path, monkeypatch, *, at_round: int = 3) -> None:
+    """Run ``config`` into ``out_dir`` with a crash ("power cut") at the start of ``at_round``.
+
+    The rounds before it are completed and checkpointed; ``Simulation.run_round`` is
+    restored afterwards, so the caller can resume.
+    """
+    import pytest
+
+    from fedlm.commands.experiment import run_experiment
+    from fedlm.engine import simulation
+
+    real = simulation.Simulation.run_round
+    calls = {"n": 0}
+
+    def crash(self, state, **kw):
+        calls["n"] += 1
+        if calls["n"] == at_round:
+            raise RuntimeError("power cut")
+        return real(self, state, **kw)
+
+    monkeypatch.setattr(simulation.Simulation, "run_round", crash)
+    try:
+        with pytest.raises(RuntimeError, match="power cut"):
+            run_experiment(config, out_dir=out_dir)
+    finally:
+        monkeypatch.setattr(simulation.Simulation, "run_round", real)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
-from tests_support import tiny_overrides, write_lm_jsonl
+from tests_support import run_crashing_in_round, tiny_overrides, write_lm_jsonl
 
 from fedlm.aggregation.fedavg import FixedDenominator
 from fedlm.capabilities.dp import DifferentialPrivacy
@@ -216,23 +216,10 @@ def test_config_rejects_impossible_privacy_settings(overrides, needle):
 
 def test_resume_continues_the_privacy_ledger(many_clients, tmp_path, monkeypatch):
     from fedlm.commands.experiment import resume_experiment
-    from fedlm.engine import simulation
 
     cfg = _dp(many_clients, **{"privacy.noise_multiplier": 1.0, "federation.rounds": 3})
     full = run_experiment(cfg, out_dir=tmp_path / "full").summary["privacy"]
-    real = simulation.Simulation.run_round
-    calls = {"n": 0}
-
-    def crash_in_round_3(self, state, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("power cut")
-        return real(self, state, **kw)
-
-    monkeypatch.setattr(simulation.Simulation, "run_round", crash_in_round_3)
-    with pytest.raises(RuntimeError, match="power cut"):
-        run_experiment(cfg, out_dir=tmp_path / "crashed")
-    monkeypatch.setattr(simulation.Simulation, "run_round", real)
+    run_crashing_in_round(cfg, tmp_path / "crashed", monkeypatch, at_round=3)
     resumed = resume_experiment(tmp_path / "crashed").summary["privacy"]
     assert resumed["rounds_accounted"] == 3
     assert resumed["epsilon"] == pytest.approx(full["epsilon"], rel=1e-12)

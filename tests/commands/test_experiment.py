@@ -5,11 +5,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests_support import tiny_overrides
+from tests_support import run_crashing_in_round, tiny_overrides
 
 from fedlm.commands.experiment import resume_experiment, run_experiment
 from fedlm.config import load_config
-from fedlm.engine import simulation
 from fedlm.errors import CheckpointError
 
 
@@ -48,19 +47,7 @@ def test_resume_after_a_crash_gives_the_same_final_adapter(lm_data, tmp_path, mo
     cfg = load_config(None, tiny_overrides(lm_data, **{"federation.rounds": 4}))
     full = run_experiment(cfg, out_dir=tmp_path / "full").run_dir
 
-    real = simulation.Simulation.run_round
-    calls = {"n": 0}
-
-    def crash_in_round_3(self, state, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("power cut")
-        return real(self, state, **kw)
-
-    monkeypatch.setattr(simulation.Simulation, "run_round", crash_in_round_3)
-    with pytest.raises(RuntimeError, match="power cut"):
-        run_experiment(cfg, out_dir=tmp_path / "crashed")
-    monkeypatch.setattr(simulation.Simulation, "run_round", real)
+    run_crashing_in_round(cfg, tmp_path / "crashed", monkeypatch, at_round=3)
     crashed = tmp_path / "crashed"
     assert not (crashed / "adapter").exists()
     assert max(r["round"] for r in _metrics(crashed)) == 2

@@ -43,9 +43,8 @@ from fedlm.stages import ClientUpdate, RoundPlan
 
 pytestmark = pytest.mark.fuzz
 
-CASES = 40_000  # over the eight parsers below, plus MESSAGE_CASES whole Flower messages
+CASES = 40_000  # the fixed budget (4-13 s on one core here), over the eight parsers below, plus MESSAGE_CASES whole Flower messages
 MESSAGE_CASES = 500
-BUDGET_S = 60.0  # a generous ceiling: 4-13 s on one core of the (shared) development machine
 SHAPES = {"l0.lora_A": (2, 6), "l0.lora_B": (6, 2), "l1.lora_A": (2, 6)}
 MAX_BYTES = 4096
 MAX_EXAMPLES = 8
@@ -216,8 +215,7 @@ def test_every_reply_parser_raises_only_fedlm_errors():
         else:
             check_bounds(kind, result)
         counts[kind] += 1
-    elapsed = time.perf_counter() - t0
-    assert elapsed < BUDGET_S, f"{CASES} cases took {elapsed:.1f} s"
+    elapsed = time.perf_counter() - t0  # reported, never asserted: the budget is the case count
     assert rejected > CASES // 2  # the mutations mostly break something, and those are refused
     print(f"{CASES} reply cases in {elapsed:.1f} s, {rejected} refused: {counts}")
 
