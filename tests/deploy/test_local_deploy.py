@@ -24,7 +24,7 @@ from fedlm.commands.experiment import run_experiment
 from fedlm.deploy.credentials import write_node_key
 from fedlm.deploy.launcher import LocalFederation
 
-pytestmark = [pytest.mark.slow, pytest.mark.deploy]
+pytestmark = [pytest.mark.slow, pytest.mark.deploy, pytest.mark.timeout(600)]
 # A loaded 2-core machine: generous reply timeouts (a live node answers in seconds).
 TIMEOUTS = {"deploy.floor_s": 90, "deploy.train_s": 120}
 
@@ -43,12 +43,16 @@ def test_a_killed_supernode_leaves_a_completed_round_and_rejoins(tmp_path):
     # The killed node's train message waits until the SuperLink marks it offline (two
     # missed 30 s heartbeats, ~60 s) or its timeout (floor_s + train_s = 60 s); only then
     # does the SuperLink let the restarted node in, so round 1 ends about when it is back.
+    # 40 local steps keep a node inside "train" for about a second (two steps would be over
+    # in tens of milliseconds, between two looks at its progress file on an idle machine).
     config = _config(tmp_path, clients=4, **{"federation.clients_per_round": 4, "federation.rounds": 3,
-                                             "deploy.floor_s": 45, "deploy.train_s": 15, "eval.every": 100})
+                                             "federation.local_steps": 40, "deploy.floor_s": 45,
+                                             "deploy.train_s": 15, "eval.every": 100})
     with LocalFederation(config, tmp_path / "work", tmp_path / "deployed", nodes=4) as fed:
         run = fed.submit()
         progress = fed.work / "nodes" / "node-2" / "progress.json"
-        _wait_until(lambda: _read_json(progress) == {"phase": "train", "round": 1}, "node 2 never started training")
+        _wait_until(lambda: _read_json(progress) == {"phase": "train", "round": 1}, "node 2 never started training",
+                    poll_s=0.01)
         fed.procs["node-2"].stop(hard=True)  # killed mid-round
         _wait_until(lambda: _logged_rounds(tmp_path / "deployed"), "round 1 never completed")
         fed.restart_node(2)  # the organisation restarts it (let in once its old session expired)
@@ -117,12 +121,12 @@ def _listed_nodes(listed: dict) -> list[dict]:
     return next((v for v in listed.values() if isinstance(v, list)), [])
 
 
-def _wait_until(ready, failure: str, wait_s: float = 600.0) -> None:
-    deadline = time.monotonic() + wait_s
+def _wait_until(ready, failure: str, wait_s: float = 240.0, poll_s: float = 0.2) -> None:
+    deadline = time.monotonic() + wait_s  # below pytest-timeout's 300 s, so the failure names itself
     while not ready():
         if time.monotonic() > deadline:
             pytest.fail(failure)
-        time.sleep(0.2)
+        time.sleep(poll_s)
 
 
 def _logged_rounds(run_dir: Path) -> list[dict]:
