@@ -35,8 +35,9 @@ run: setup
 
 # Two workers, one thread each: two torch processes with two threads apiece on two cores slow
 # each other ten-fold, and one worker leaves a core idle while the other waits on a subprocess.
+# Work stealing keeps the few minute-long deployment tests from ending up queued on one worker.
 test: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
