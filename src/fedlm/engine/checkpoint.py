@@ -21,7 +21,6 @@ round), so nothing else is needed for an identical resume.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fedlm.digests import sha256_file
 from fedlm.engine.treefile import decode, encode
 from fedlm.errors import CheckpointError
 from fedlm.stages import TensorDict
@@ -185,11 +185,7 @@ def _manifest(path: Path) -> dict[str, Any]:
 
 
 def _fingerprint(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def _fsync_folder(folder: Path) -> None:

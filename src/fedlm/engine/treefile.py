@@ -6,7 +6,7 @@ strings, bytes and None (stage states, client states, optimiser moments, ledgers
 ``{"__tensor__": key}``, and a flat dict of tensors for one safetensors file; ``decode``
 rebuilds it exactly: tuples stay tuples, integer dict keys (an optimiser's parameter ids)
 stay integers, numpy arrays come back as numpy arrays. Neither format can run code when
-read, unlike pickle (``torch.load(weights_only=False)``).
+read (a pickle-based file could).
 """
 
 from __future__ import annotations

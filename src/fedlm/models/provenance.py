@@ -14,24 +14,16 @@ unknown keys in ``adapter_config.json``, so the details live in the sidecar file
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from fedlm.digests import sha256_file
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 RECORD_ATTR = "fedlm_base_model"  # attribute of the base model's HF config
 RECORD_FILE = "base_model.json"  # beside an adapter
 CACHE_RECORD_FILE = "fedlm-base.json"  # beside the converted SmolLM2 weights in the cache
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def smollm2_record(gguf: Path, converted: Path, *, package_version: str | None) -> dict[str, Any]:
@@ -108,4 +100,4 @@ def read_adapter_base(directory: Path) -> dict[str, Any] | None:
 
 
 __all__ = ["RECORD_FILE", "SMOLLM2_HUB_ID", "attach", "base_name", "read_adapter_base", "record_of",
-           "sha256_file", "simple_record", "smollm2_record", "write_adapter_base"]
+           "simple_record", "smollm2_record", "write_adapter_base"]
