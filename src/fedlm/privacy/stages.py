@@ -20,6 +20,7 @@ reproducible, never in a deployment.
 from __future__ import annotations
 
 import math
+import numbers
 import secrets
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -345,7 +346,7 @@ class AdaptiveClipStage:
 
 def _unit_bit(raw: Any) -> float | None:
     """A client's unclipped bit clamped to [0, 1]; None when it is missing or not a finite number."""
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+    if isinstance(raw, bool) or not isinstance(raw, numbers.Real) or not math.isfinite(raw):  # numpy scalars too
         return None
     return min(1.0, max(0.0, float(raw)))
 
