@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,22 @@ class SplitRule:
     def as_dict(self) -> dict[str, Any]:
         return {"validation": self.validation, "test": self.test, "seeds": list(self.seeds),
                 "tuned": list(self.tuned), "fixed": list(self.fixed)}
+
+
+def add_rule_args(ap: Any, *, seeds_help: str) -> None:
+    """``--seeds`` (comma-separated, default "0") and a test-only ``--report-on`` on ``ap``
+    (an ``argparse.ArgumentParser``), for benchmarks that tune nothing."""
+    ap.add_argument("--seeds", default="0", help=seeds_help)
+    ap.add_argument("--report-on", default="test", choices=["test"],
+                    help="the split results are reported on (only test: nothing is tuned)")
+
+
+def read_rule_args(args: Any, rule: SplitRule) -> tuple[str, list[int], SplitRule]:
+    """The checked split, the seeds and ``rule`` with the seeds this run runs (from
+    :func:`add_rule_args`'s options)."""
+    split = rule.check_report(args.report_on)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    return split, seeds, replace(rule, seeds=tuple(seeds))
 
 
 # -- the machine and its load -----------------------------------------------------------------
@@ -281,7 +297,7 @@ def append_table(name: str, rows: list[dict[str, Any]], *, columns: list[str], r
 
 
 __all__ = [
-    "BENCHMARKS_MD", "QUIET_LOAD", "RESULTS", "SplitRule", "TunedSplitError", "append_table",
+    "BENCHMARKS_MD", "QUIET_LOAD", "RESULTS", "SplitRule", "TunedSplitError", "add_rule_args", "append_table",
     "cpu_seconds", "finish", "interleave", "load_average", "machine", "markdown_table",
-    "peak_rss_mib", "read_results", "stamp", "wait_for_quiet", "write_results",
+    "peak_rss_mib", "read_results", "read_rule_args", "stamp", "wait_for_quiet", "write_results",
 ]

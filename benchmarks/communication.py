@@ -25,7 +25,13 @@ steps (batch 4 x 128 tokens), evaluation on 12 clients x 2 batches of 8 sequence
 ``--quick`` runs tiny-llama on a small generated text (seconds), a smoke check only: it
 prints the JSON line but adds no row to BENCHMARKS.md.
 
-    python -m benchmarks.communication [--quick] [--variants lora-fp32,lora-int8]
+**Splits and seeds.** Nothing is tuned: every lr, codec and size above is fixed in advance,
+so there is no validation split, and results are reported on the held-out rows of the
+seeded evaluation clients (``--report-on`` accepts only test). ``--seeds`` (default one
+seed, 0): a seed draws the LoRA init, the held-out rows, the cohorts, the batches and the
+evaluation clients; each seed's variants run side by side and are reported on their own.
+
+    python -m benchmarks.communication [--quick] [--variants lora-fp32,lora-int8] [--seeds 0]
 """
 
 from __future__ import annotations
@@ -37,10 +43,11 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks._record import finish
+from benchmarks._record import SplitRule, finish
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 
@@ -67,8 +74,18 @@ VARIANTS: dict[str, list[str]] = {
     ],
 }
 LORA_LR = "federation.lr=5e-3"
+SPLITS = SplitRule(
+    validation="none (nothing tuned)",
+    test="held-out rows of 12 seeded evaluation clients (Shakespeare roles), 2 batches of 8 each",
+    seeds=(0,),
+    tuned=(),
+    fixed=("LoRA client lr 5e-3, full-model lr 1e-4, constant schedule", "LoRA r 8 on q/v",
+           "3 rounds x 4 clients x 3 local steps, batch 4 x 128 tokens", "int8/int4 one scale per tensor",
+           "top-1% upload with error feedback, int8 broadcast"),
+)
 COLUMNS = [
     "model",
+    "seed",
     "variant",
     "rounds",
     "clients_per_round",
@@ -106,15 +123,17 @@ def quick_text(path: Path) -> None:
     path.write_text("\n\n".join(paragraphs), encoding="utf-8")
 
 
-def shared_overrides(quick: bool, text_path: Path | None) -> list[str]:
-    """Data, cohort, rounds, steps and eval shared by every variant."""
+def shared_overrides(quick: bool, text_path: Path | None, seed: int = 0) -> list[str]:
+    """Data, cohort, rounds, steps, seed and eval shared by every variant."""
     common = [
         "federation.clients_per_round=4",
         "federation.local_steps=3",
         "federation.rounds=3",
         "federation.batch_size=4",
         "federation.lr_schedule=constant",
-        "federation.seed=0",
+        f"federation.seed={seed}",
+        f"model.seed={seed}",
+        f"data.seed={seed}",
         "output.checkpoint_every=1000000",
         "output.report=false",
     ]
@@ -179,36 +198,8 @@ def run_variant(name: str, shared: list[str], work: Path, *, full_rounds: int | 
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="tiny-llama on generated text (seconds)")
-    ap.add_argument(
-        "--variants",
-        default=",".join(VARIANTS),
-        help="comma-separated subset of " + ",".join(VARIANTS),
-    )
-    ap.add_argument(
-        "--full-rounds",
-        type=int,
-        default=None,
-        help="rounds of the full-model baseline (bytes per round are exact after one)",
-    )
-    args = ap.parse_args()
-    names = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        ap.error(f"--variants has unknown {unknown}; choose from {list(VARIANTS)}")
-    # The ratios and the perplexity gap need their baselines in the same run.
-    names = sorted(set(names) | {"full-fp32", "lora-fp32"}, key=list(VARIANTS).index)
-
-    with tempfile.TemporaryDirectory(prefix="fedlm-comm-") as tmp:
-        work = Path(tmp)
-        text_path = work / "quick.txt"
-        if args.quick:
-            quick_text(text_path)
-        shared = shared_overrides(args.quick, text_path)
-        results = {name: run_variant(name, shared, work, full_rounds=args.full_rounds) for name in names}
-
+def compare(names: list[str], results: dict[str, dict[str, Any]]) -> None:
+    """Ratios of the full-fp32 bytes and perplexity gap to lora-fp32, and the goal, per variant."""
     full, base = results["full-fp32"], results["lora-fp32"]
     full_total = full["bytes_up_per_round"] + full["bytes_down_per_round"]
     for name in names:
@@ -224,12 +215,60 @@ def main() -> None:
             and abs(r["ppl_vs_lora_fp32"]) <= 0.01
         )
         r["goal"] = ">= 1000x up, ppl within 1%: " + ("met" if r["goal_met"] else "missed")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="tiny-llama on generated text (seconds)")
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated subset of " + ",".join(VARIANTS),
+    )
+    ap.add_argument(
+        "--full-rounds",
+        type=int,
+        default=None,
+        help="rounds of the full-model baseline (bytes per round are exact after one)",
+    )
+    ap.add_argument("--seeds", default="0", help="each seed runs every variant and is reported on its own")
+    ap.add_argument(
+        "--report-on",
+        default="test",
+        choices=["test"],
+        help="the split results are reported on (only test: nothing is tuned)",
+    )
+    args = ap.parse_args()
+    split = SPLITS.check_report(args.report_on)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    rule = replace(SPLITS, seeds=tuple(seeds))  # the seeds this run ran
+    names = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        ap.error(f"--variants has unknown {unknown}; choose from {list(VARIANTS)}")
+    # The ratios and the perplexity gap need their baselines in the same run.
+    names = sorted(set(names) | {"full-fp32", "lora-fp32"}, key=list(VARIANTS).index)
+
+    runs: dict[int, dict[str, dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="fedlm-comm-") as tmp:
+        work = Path(tmp)
+        text_path = work / "quick.txt"
+        if args.quick:
+            quick_text(text_path)
+        for seed in seeds:
+            shared = shared_overrides(args.quick, text_path, seed)
+            runs[seed] = {name: {"seed": seed, **run_variant(name, shared, work, full_rounds=args.full_rounds)}
+                          for name in names}
+            compare(names, runs[seed])
     if not args.quick:  # a smoke check adds no row to BENCHMARKS.md
-        for name in names:
-            finish("communication", results[name], columns=COLUMNS)
+        for results in runs.values():
+            for name in names:
+                finish("communication", {**results[name], "splits": rule.as_dict(), "reported_on": split},
+                       columns=COLUMNS)
     # The last line is the one JSON object of the whole benchmark.
     sys.stdout.write(
-        json.dumps({"benchmark": "communication", "quick": args.quick, "variants": results}) + "\n"
+        json.dumps({"benchmark": "communication", "quick": args.quick, "splits": rule.describe(),
+                    "reported_on": split, "seeds": seeds, "variants": runs}) + "\n"
     )
 
 

@@ -25,7 +25,9 @@ Per run: ``round_s`` the median warm round (rounds 2..R: round 1 starts Ray, imp
 caches), ``total_s`` launch to exit, ``peak_mib`` the peak of the summed RSS of the whole
 process tree (sampled every 0.2 s with psutil), ``cpu_s`` its CPU seconds.
 
-Nothing is tuned (no validation/test split): the workload is fixed in advance.
+**Splits and seeds.** Nothing is tuned (no validation split): the workload is fixed in
+advance and every figure is a timing of it (``--report-on`` accepts only test). The seeds
+are the ``--repeats`` interleaved repeats (default 3; the workload itself is seed 0).
 
 Goals (every repeat must hold them; medians and the spread are reported):
 
@@ -37,7 +39,7 @@ Goals (every repeat must hold them; medians and the spread are reported):
 
     OMP_NUM_THREADS=1 python -m benchmarks.engines [--clients 4,16,64] [--rounds 3]
         [--repeats 3] [--engines floor,fedlm_simulator,flower_native,fedlm_flower_sim,fedlm_deployed]
-        [--wait-quiet 0] [--no-record]
+        [--wait-quiet 0] [--no-record] [--report-on test]
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from benchmarks._procs import TreeMonitor, run_child
 from benchmarks._record import (
     ROOT,
+    SplitRule,
     git_rev,
     interleave,
     load_average,
@@ -69,6 +73,14 @@ ENGINES = ("floor", "fedlm_simulator", "flower_native", "fedlm_flower_sim", "fed
 WORDS = ["federated", "learning", "keeps", "data", "where", "it", "lives", "while", "a", "shared", "model",
          "improves", "round", "after", "round"]
 ROWS_PER_CLIENT = 24
+SPLITS = SplitRule(
+    validation="none (timing; nothing tuned)",
+    test="fixed workload: tiny-llama, LoRA r 4 on q/v, 1 AdamW step of 2 x 64 tokens per client per round",
+    seeds=(0, 1, 2),  # the interleaved repeats
+    tuned=(),
+    fixed=("clients 4, 16, 64; every client every round", "3 rounds, round 1 dropped from round_s",
+           "24 rows per client", "fedlm_deployed at <= 4 clients"),
+)
 
 
 def write_workload(root: Path, clients: int) -> dict[str, Path]:
@@ -197,10 +209,15 @@ def main() -> None:
                     help="wait up to this many seconds for the load average to fall below 2.5 first")
     ap.add_argument("--quick", action="store_true", help="4 clients, 2 rounds, 1 repeat, no deployment")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--report-on", default="test", choices=["test"],
+                    help="the split results are reported on (only test: nothing is tuned)")
     args = ap.parse_args()
+    split = SPLITS.check_report(args.report_on)
     if args.quick:
         args.clients, args.rounds, args.repeats = "4", 2, 1
         args.engines = "floor,fedlm_simulator,flower_native"
+    rule = replace(SPLITS, seeds=tuple(range(args.repeats)))  # the repeats this run ran
+    rule_fields = {"splits": rule.as_dict(), "reported_on": split}
     engines = [e for e in args.engines.split(",") if e]
     unknown = set(engines) - set(ENGINES)
     if unknown:
@@ -223,14 +240,14 @@ def main() -> None:
                                   for e, rs in results.items()}}
         for e, rs in results.items():
             for r in rs:
-                all_rows.append({"clients": n, "engine": e, "rounds_run": args.rounds, **r})
+                all_rows.append({"clients": n, "engine": e, "rounds_run": args.rounds, **r, **rule_fields})
         log(json.dumps({"clients": n, "goals": summary[n]["goals"]}))
     cmd = "OMP_NUM_THREADS=1 python -m benchmarks.engines " + " ".join(sys.argv[1:])
     write_results(NAME, all_rows, command=cmd, record=not (args.no_record or args.quick))
-    write_results(NAME + "_summary", [{"summary": summary, "deploy": deploy_note, "flwr": flwr_bin("flwr")}],
-                  command=cmd, record=not (args.no_record or args.quick))
+    write_results(NAME + "_summary", [{"summary": summary, "deploy": deploy_note, "flwr": flwr_bin("flwr"),
+                                       **rule_fields}], command=cmd, record=not (args.no_record or args.quick))
     print(json.dumps({"benchmark": NAME, "machine": machine(), "load_end": load_average(), "deploy": deploy_note,
-                      "summary": summary}))
+                      "splits": rule.describe(), "reported_on": split, "summary": summary}))
 
 
 if __name__ == "__main__":

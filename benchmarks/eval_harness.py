@@ -18,6 +18,10 @@ scoring within 3 minutes on 2 cores.
 
 ``--quick`` scores 24 items with tiny-llama (saved to a temporary HF folder for the CLI):
 a smoke check of the whole path; nothing recorded.
+
+**Splits and seeds.** Nothing is tuned (no validation split): both sides score the fixed
+item set (``--report-on`` accepts only test). One run of each side (no repeats; the scoring
+is deterministic, so the seeds are the one repeat, 0).
 """
 
 from __future__ import annotations
@@ -33,13 +37,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._record import append_table
+from benchmarks._record import SplitRule, append_table
 from fedlm.eval.likelihood import lm_eval_samples, mc_metrics, score_tasks
 from fedlm.eval.lm_tasks import write_tasks
 from fedlm.models.loading import load_base_model, smollm2_dir
 
 NAME = "Benchmark scoring through lm-eval (MMLU-Redux medical)"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mmlu-redux-medical"
+SPLITS = SplitRule(
+    validation="none (timing; nothing tuned)",
+    test="MMLU-Redux medical, the 722 items with error_type ok (24 with --quick, or --max-items)",
+    seeds=(0,),  # one run of each side
+    tuned=(),
+    fixed=("smollm2-135m (tiny-llama with --quick)", "batch 8", "the same task YAMLs for both sides"),
+)
 COLUMNS = ["model", "items", "batch_size", "fedlm_s", "fedlm_cpu_s", "fedlm_load", "cli_s", "cli_load",
            "fedlm_acc", "cli_acc", "items_alike", "max_ll_diff"]
 
@@ -93,7 +104,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--data", type=Path, default=DATA, help="the MMLU-Redux medical folder")
     parser.add_argument("--no-cli", action="store_true", help="score with fedlm only")
+    parser.add_argument("--report-on", default="test", choices=["test"],
+                        help="the split results are reported on (only test: nothing is tuned)")
     args = parser.parse_args(argv)
+    split = SPLITS.check_report(args.report_on)
     max_items = 24 if args.quick and args.max_items is None else args.max_items
     with tempfile.TemporaryDirectory(prefix="fedlm-eval-harness-") as tmp:
         tmp = Path(tmp)
@@ -122,10 +136,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row |= {"cli_s": round(cli["s"], 1), "cli_cpu_s": round(cli["cpu_s"], 1), "cli_load": cli["load"],
                 "cli_acc": cli["acc"], "cli_items": len(cli["items"]), "items_alike": alike,
                 "max_ll_diff": diff}
+    row |= {"splits": SPLITS.as_dict(), "reported_on": split}
     append_table(NAME, [row], columns=COLUMNS, record=not args.quick,
                  note="HF_HUB_OFFLINE=1 python -m benchmarks.eval_harness"
                  + (f" --max-items {max_items}" if max_items else ""))
-    print(json.dumps(row))
+    print(json.dumps({**row, "splits": SPLITS.describe()}))
     return row
 
 

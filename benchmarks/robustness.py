@@ -36,6 +36,17 @@ within 2% of no-attack FedAvg.
 smoke check only: it prints the JSON line but adds no rows to BENCHMARKS.md. ``--jobs N``
 runs cells in N processes (one thread each).
 
+**Splits and seeds.** No cell is chosen by comparing results: the defences' settings
+(trim 0.2, FLTrust root 5%, f = the attackers per round) and the training are fixed, so
+there is no validation split and every figure is on the honest clients' held-out rows
+(``--report-on`` accepts only test). The attack's budget (``ROUNDS``, ``ATTACKER_STEPS``)
+was set before this grid, from earlier runs in which FedAvg's attack success stayed at 0
+(see the comment there); each run checks afresh that the attack lands under FedAvg before
+a defence is credited. One caveat on the test rows: FLTrust's root set is the first 5% of
+the pooled held-out rows (``fedlm.capabilities.robust.root_examples``), so the server trains
+on some of the rows its cells are scored on. One seed (0: the data split, init, cohorts,
+attackers and batches); the grid is not repeated over seeds.
+
     OMP_NUM_THREADS=1 python -m benchmarks.robustness [--quick] [--jobs 2] [--data DIR]
 """
 
@@ -55,7 +66,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks._record import append_table
+from benchmarks._record import SplitRule, append_table
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.errors import FedlmError
@@ -73,6 +84,15 @@ ROUNDS, LOCAL_STEPS, ATTACKER_STEPS = 30, 4, 20
 QUICK_ROUNDS, QUICK_ATTACKER_STEPS = 2, 6
 TARGET = "XYZZY"  # short: a tiny byte-level model learns a 5-byte answer in a few steps
 ROWS_PER_CLIENT, MAX_PROMPT_CHARS, SEQ_LEN = 160, 40, 128
+SPLITS = SplitRule(
+    validation="none (nothing tuned)",
+    test="honest clients' held-out rows: triggered and clean prompts (20 per cell), clean held-out loss",
+    seeds=(0,),
+    tuned=(),
+    fixed=("30 rounds x 4 local steps, attacker 20 steps (set before the grid: earlier schedules left FedAvg's ASR at 0)",
+           "trimmed mean beta 0.2, FLTrust root 5%, f = attackers per round", "lr 0.01, batch 8, seq_len 128",
+           "160 rows per client, prompts <= 40 chars", "target XYZZY, poison fraction 0.5"),
+)
 
 
 def base_overrides(data: Path, quick: bool) -> list[str]:
@@ -198,7 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--jobs", type=int, default=1, help="cells run in this many processes")
     ap.add_argument("--data", type=Path, default=DOLLY, help="folder with local_training_*.json (FedIT Dolly)")
+    ap.add_argument("--report-on", default="test", choices=["test"],
+                    help="the split results are reported on (only test: nothing is tuned)")
     args = ap.parse_args(argv)
+    split = SPLITS.check_report(args.report_on)
     root = Path(tempfile.mkdtemp(prefix="fedlm-robustness-"))
     t0 = time.perf_counter()
     try:
@@ -239,10 +262,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     for r in rows:
         r.pop("per_client")
+        r.update(splits=SPLITS.as_dict(), reported_on=split)
     columns = ["attack", "attackers", "defence", "attack_success_rate", "target_on_clean_prompts", "clean_loss",
                "clean_vs_fedavg", "rejected", "error"]
     append_table("robustness", rows, columns=columns, record=not args.quick, note=json.dumps(summary))
-    print(json.dumps({**summary, "rows": rows}))
+    print(json.dumps({**summary, "splits": SPLITS.describe(), "reported_on": split, "rows": rows}))
 
 
 if __name__ == "__main__":

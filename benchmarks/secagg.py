@@ -25,11 +25,13 @@ fedlm's added CPU. Goal: fedlm's added CPU <= 1.3x the floor at d = 2 and at the
 degree. ``--profile`` adds a cProfile of one fedlm round per degree (top functions by
 own time): where the gap to the floor goes.
 
-Nothing is tuned here (no validation/test split); the configurations are fixed in advance.
-Raw rows: ``benchmarks/results/secagg.jsonl``.
+**Splits and seeds.** Nothing is tuned here (no validation split): the configurations are
+fixed in advance and every figure is a timing of them (``--report-on`` accepts only test).
+The seeds are the ``--repeats`` interleaved repeats (default 3; fedlm's repeat r runs
+session seed r + 1). Raw rows: ``benchmarks/results/secagg.jsonl``.
 
     OMP_NUM_THREADS=1 python -m benchmarks.secagg [--quick] [--n 50] [--length 1000000]
-        [--degrees 2,default] [--repeats 3] [--no-flower] [--transport-n 10] [--profile]
+        [--degrees 2,default] [--repeats 3] [--no-flower] [--transport-n 10] [--profile] [--report-on test]
 """
 
 from __future__ import annotations
@@ -44,13 +46,14 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks._procs import TreeMonitor, run_child
-from benchmarks._record import interleave, load_average, machine, write_results
+from benchmarks._record import SplitRule, interleave, load_average, machine, write_results
 from benchmarks._stats import ratio_spread, spread
 from fedlm.config.secagg import SecAggConfig
 from fedlm.privacy.secagg import crypto
@@ -58,6 +61,14 @@ from fedlm.privacy.secagg.session import SecAggSession
 
 NAME = "secagg"
 FLOOR_GOAL = 1.3
+SPLITS = SplitRule(
+    validation="none (timing; nothing tuned)",
+    test="fixed workload: n 50 clients, 1,000,000 float32 values, degrees 2 and fedlm's default, max weight 1",
+    seeds=(0, 1, 2),  # the interleaved repeats
+    tuned=(),
+    fixed=("Flower with d + 1 shares and fedlm's threshold", "4 Flower rounds, round 1 dropped, 2 Ray actors",
+           "floor: n (d + 2) AES-CTR streams, median of 7"),
+)
 
 
 def vectors(n: int, length: int) -> list[np.ndarray]:
@@ -164,7 +175,8 @@ def fedlm_over_flower(n: int, length: int, degree: int | None, *, secagg: bool, 
         f"model.architecture={transport_model(length)}", "data.source=jsonl", f"data.path={rows}",
         "data.client_field=client", "data.partition=natural", "data.min_client_chars=0", "data.max_clients=null",
         "data.seq_len=32", f"federation.rounds={rounds}", f"federation.clients_per_round={n}",
-        "federation.local_steps=1", "federation.batch_size=1", f"eval.every={rounds}", "eval.max_clients=1",
+        "federation.local_steps=1", "federation.batch_size=1", "federation.weighting=uniform",
+        f"eval.every={rounds}", "eval.max_clients=1",
         "eval.max_batches_per_client=1", "output.report=false", f"output.checkpoint_every={rounds}",
         "deploy.floor_s=900", "deploy.train_s=900", *(sec if secagg else []),
     ])
@@ -206,9 +218,14 @@ def main() -> None:
     ap.add_argument("--transport-n", type=int, default=0, help="also run fedlm over Flower messages at this n")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--report-on", default="test", choices=["test"],
+                    help="the split results are reported on (only test: nothing is tuned)")
     args = ap.parse_args()
+    split = SPLITS.check_report(args.report_on)
     if args.quick:
         args.n, args.length, args.repeats, args.rounds, args.transport_n = 10, 100_000, 1, 3, 0
+    rule = replace(SPLITS, seeds=tuple(range(args.repeats)))  # the repeats this run ran
+    rule_fields = {"splits": rule.as_dict(), "reported_on": split}
     have_flwr = importlib.util.find_spec("flwr") is not None and not args.no_flower
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     work = Path(tempfile.mkdtemp(prefix="fedlm-secagg-"))
@@ -267,7 +284,8 @@ def main() -> None:
         summary[dtext] = entry
         for name, rs in res.items():
             for r in rs:
-                rows.append({"graph": dtext, "n": n, "length": L, "degree": d, "threshold": t, "system": name, **r})
+                rows.append({"graph": dtext, "n": n, "length": L, "degree": d, "threshold": t, "system": name, **r,
+                             **rule_fields})
         log(json.dumps({k: v for k, v in entry.items() if k != "profile"}))
     if not args.quick:  # the upload-expansion target is at n = 100
         big = secure_round(vectors(100, 100_000), config_for(100, None), seed=0)
@@ -275,8 +293,9 @@ def main() -> None:
     cmd = "OMP_NUM_THREADS=1 python -m benchmarks.secagg " + " ".join(sys.argv[1:])
     record = not (args.no_record or args.quick)
     write_results(NAME, rows, command=cmd, record=record)
-    write_results(NAME + "_summary", [{"summary": summary}], command=cmd, record=record)
-    print(json.dumps({"benchmark": NAME, "machine": machine(), "load_end": load_average(), "summary": summary}))
+    write_results(NAME + "_summary", [{"summary": summary, **rule_fields}], command=cmd, record=record)
+    print(json.dumps({"benchmark": NAME, "machine": machine(), "load_end": load_average(), "splits": rule.describe(),
+                      "reported_on": split, "summary": summary}))
 
 
 if __name__ == "__main__":

