@@ -90,12 +90,20 @@ class SplitRule:
                 "tuned": list(self.tuned), "fixed": list(self.fixed)}
 
 
-def add_rule_args(ap: Any, *, seeds_help: str) -> None:
-    """``--seeds`` (comma-separated, default "0") and a test-only ``--report-on`` on ``ap``
-    (an ``argparse.ArgumentParser``), for benchmarks that tune nothing."""
+def add_report_on(ap: Any, rule: SplitRule) -> None:
+    """``--report-on`` on ``ap`` (an ``argparse.ArgumentParser``). Where ``rule`` tunes
+    nothing, only "test" parses; else :meth:`SplitRule.check_report` refuses the tuned split."""
+    if rule.tuned:
+        ap.add_argument("--report-on", default="test", help="the split results are reported on (validation refuses)")
+    else:
+        ap.add_argument("--report-on", default="test", choices=["test"],
+                        help="the split results are reported on (only test: nothing is tuned)")
+
+
+def add_rule_args(ap: Any, rule: SplitRule, *, seeds_help: str) -> None:
+    """``--seeds`` (comma-separated, default "0") and ``--report-on`` (:func:`add_report_on`)."""
     ap.add_argument("--seeds", default="0", help=seeds_help)
-    ap.add_argument("--report-on", default="test", choices=["test"],
-                    help="the split results are reported on (only test: nothing is tuned)")
+    add_report_on(ap, rule)
 
 
 def read_rule_args(args: Any, rule: SplitRule) -> tuple[str, list[int], SplitRule]:
@@ -297,7 +305,7 @@ def append_table(name: str, rows: list[dict[str, Any]], *, columns: list[str], r
 
 
 __all__ = [
-    "BENCHMARKS_MD", "QUIET_LOAD", "RESULTS", "SplitRule", "TunedSplitError", "add_rule_args", "append_table",
+    "BENCHMARKS_MD", "QUIET_LOAD", "RESULTS", "SplitRule", "TunedSplitError", "add_report_on", "add_rule_args", "append_table",
     "cpu_seconds", "finish", "interleave", "load_average", "machine", "markdown_table",
     "peak_rss_mib", "read_results", "read_rule_args", "stamp", "wait_for_quiet", "write_results",
 ]

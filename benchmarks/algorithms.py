@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from benchmarks._lm import example_losses, split_heldout
-from benchmarks._record import SplitRule, finish
+from benchmarks._record import SplitRule, add_report_on, finish
 from fedlm.capabilities import build_engine
 from fedlm.commands.experiment import prepare
 from fedlm.config import load_config
@@ -217,7 +217,7 @@ def main() -> None:
     ap.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated subset of part 1")
     ap.add_argument("--lora-methods", default=",".join(LORA_METHODS), help="comma-separated subset of part 2 ('' skips it)")
     ap.add_argument("--seeds", default="0", help="each seed is tuned and reported on its own")
-    ap.add_argument("--report-on", default="test", help="the split results are reported on (validation refuses)")
+    add_report_on(ap, SPLITS)
     args = ap.parse_args()
     split = SPLITS.check_report(args.report_on)
     seeds = [int(x) for x in args.seeds.split(",")]

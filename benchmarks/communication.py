@@ -43,11 +43,10 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks._record import SplitRule, finish
+from benchmarks._record import SplitRule, add_rule_args, finish, read_rule_args
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 
@@ -231,17 +230,9 @@ def main() -> None:
         default=None,
         help="rounds of the full-model baseline (bytes per round are exact after one)",
     )
-    ap.add_argument("--seeds", default="0", help="each seed runs every variant and is reported on its own")
-    ap.add_argument(
-        "--report-on",
-        default="test",
-        choices=["test"],
-        help="the split results are reported on (only test: nothing is tuned)",
-    )
+    add_rule_args(ap, SPLITS, seeds_help="each seed runs every variant and is reported on its own")
     args = ap.parse_args()
-    split = SPLITS.check_report(args.report_on)
-    seeds = [int(x) for x in args.seeds.split(",")]
-    rule = replace(SPLITS, seeds=tuple(seeds))  # the seeds this run ran
+    split, seeds, rule = read_rule_args(args, SPLITS)
     names = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:

@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="6 clients, 2 rounds; BENCHMARKS.md untouched")
     ap.add_argument("--clients", type=int, default=None, help="cohort size (<= 8 for exact Shapley)")
     ap.add_argument("--rounds", type=int, default=None)
-    add_rule_args(ap, seeds_help="each seed is one run and one row")
+    add_rule_args(ap, SPLITS, seeds_help="each seed is one run and one row")
     args = ap.parse_args()
     split, seeds, rule = read_rule_args(args, SPLITS)
     n = args.clients or (6 if args.quick else 8)

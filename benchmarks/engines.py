@@ -59,6 +59,7 @@ from benchmarks._procs import TreeMonitor, run_child
 from benchmarks._record import (
     ROOT,
     SplitRule,
+    add_report_on,
     git_rev,
     interleave,
     load_average,
@@ -209,8 +210,7 @@ def main() -> None:
                     help="wait up to this many seconds for the load average to fall below 2.5 first")
     ap.add_argument("--quick", action="store_true", help="4 clients, 2 rounds, 1 repeat, no deployment")
     ap.add_argument("--no-record", action="store_true")
-    ap.add_argument("--report-on", default="test", choices=["test"],
-                    help="the split results are reported on (only test: nothing is tuned)")
+    add_report_on(ap, SPLITS)
     args = ap.parse_args()
     split = SPLITS.check_report(args.report_on)
     if args.quick:

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._record import SplitRule, append_table
+from benchmarks._record import SplitRule, add_report_on, append_table
 from fedlm.eval.likelihood import lm_eval_samples, mc_metrics, score_tasks
 from fedlm.eval.lm_tasks import write_tasks
 from fedlm.models.loading import load_base_model, smollm2_dir
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--data", type=Path, default=DATA, help="the MMLU-Redux medical folder")
     parser.add_argument("--no-cli", action="store_true", help="score with fedlm only")
-    parser.add_argument("--report-on", default="test", choices=["test"],
-                        help="the split results are reported on (only test: nothing is tuned)")
+    add_report_on(parser, SPLITS)
     args = parser.parse_args(argv)
     split = SPLITS.check_report(args.report_on)
     max_items = 24 if args.quick and args.max_items is None else args.max_items

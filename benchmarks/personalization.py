@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from benchmarks._lm import Losses, example_losses, split_heldout
-from benchmarks._record import SplitRule, write_results
+from benchmarks._record import SplitRule, add_report_on, write_results
 from benchmarks._stats import fmt_mean_std, mean_std, paired_bootstrap, verdict
 from fedlm.capabilities import build_engine
 from fedlm.client.trainer import train_local
@@ -246,7 +246,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--medquad", default=MEDQUAD)
-    ap.add_argument("--report-on", default="test", help="the split results are reported on (validation refuses)")
+    add_report_on(ap, SPLITS)
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     split = SPLITS.check_report(args.report_on)

@@ -54,7 +54,7 @@ from typing import Any
 import torch
 
 from benchmarks._lm import example_losses, split_heldout
-from benchmarks._record import SplitRule, write_results
+from benchmarks._record import SplitRule, add_report_on, write_results
 from benchmarks._stats import fmt_mean_std, paired_bootstrap, verdict
 
 NAME = "pretraining"
@@ -171,7 +171,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--text", type=Path, default=TINYSHAKESPEARE)
-    ap.add_argument("--report-on", default="test")
+    add_report_on(ap, SPLITS)
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     split = SPLITS.check_report(args.report_on)

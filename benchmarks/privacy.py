@@ -55,7 +55,7 @@ from benchmarks._dp_runs import (
     audit_rows,
     compare,
 )
-from benchmarks._record import finish
+from benchmarks._record import add_report_on, finish
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.privacy.accountant import PrivacyAccountant
@@ -153,8 +153,7 @@ def main() -> None:
     ap.add_argument("--participation", choices=("poisson", "full"), default="poisson",
                     help="--mechanisms: the example's Poisson cohorts, or every client in every round")
     ap.add_argument("--jobs", type=int, default=1, help="--mechanisms: seeds run at once, one process each")
-    ap.add_argument("--report-on", default="test", choices=["test"],
-                    help="the split results are reported on (only test: nothing is tuned)")
+    add_report_on(ap, SPLITS)
     args = ap.parse_args()
     SPLITS.check_report(args.report_on)
     torch.set_num_threads(1)  # a 0.1M-parameter model: one thread beats two contending ones

@@ -66,7 +66,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks._record import SplitRule, append_table
+from benchmarks._record import SplitRule, add_report_on, append_table
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.errors import FedlmError
@@ -218,8 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--jobs", type=int, default=1, help="cells run in this many processes")
     ap.add_argument("--data", type=Path, default=DOLLY, help="folder with local_training_*.json (FedIT Dolly)")
-    ap.add_argument("--report-on", default="test", choices=["test"],
-                    help="the split results are reported on (only test: nothing is tuned)")
+    add_report_on(ap, SPLITS)
     args = ap.parse_args(argv)
     split = SPLITS.check_report(args.report_on)
     root = Path(tempfile.mkdtemp(prefix="fedlm-robustness-"))

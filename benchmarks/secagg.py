@@ -53,7 +53,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks._procs import TreeMonitor, run_child
-from benchmarks._record import SplitRule, interleave, load_average, machine, write_results
+from benchmarks._record import (
+    SplitRule,
+    add_report_on,
+    interleave,
+    load_average,
+    machine,
+    write_results,
+)
 from benchmarks._stats import ratio_spread, spread
 from fedlm.config.secagg import SecAggConfig
 from fedlm.privacy.secagg import crypto
@@ -218,8 +225,7 @@ def main() -> None:
     ap.add_argument("--transport-n", type=int, default=0, help="also run fedlm over Flower messages at this n")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-record", action="store_true")
-    ap.add_argument("--report-on", default="test", choices=["test"],
-                    help="the split results are reported on (only test: nothing is tuned)")
+    add_report_on(ap, SPLITS)
     args = ap.parse_args()
     split = SPLITS.check_report(args.report_on)
     if args.quick:

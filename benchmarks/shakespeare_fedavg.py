@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--fedavg-rounds", type=int, default=40)
     ap.add_argument("--fedsgd-every", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
-    add_rule_args(ap, seeds_help="each seed is one FedAvg and one FedSGD run, and one row")
+    add_rule_args(ap, SPLITS, seeds_help="each seed is one FedAvg and one FedSGD run, and one row")
     args = ap.parse_args()
     split, seeds, rule = read_rule_args(args, SPLITS)
     torch.set_num_threads(args.threads)

@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks._record import SplitRule, finish
+from benchmarks._record import SplitRule, add_report_on, finish
 from fedlm.capabilities import build_engine
 from fedlm.client.trainer import steps_for, train_local
 from fedlm.commands.experiment import prepare
@@ -56,8 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--report-on", default="test", choices=["test"],
-                    help="the split results are reported on (only test: nothing is tuned)")
+    add_report_on(ap, SPLITS)
     args = ap.parse_args()
     split = SPLITS.check_report(args.report_on)
     model = args.model or ("tiny-llama" if args.quick else "smollm2-135m")

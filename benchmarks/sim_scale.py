@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._record import SplitRule, finish, peak_rss_mib
+from benchmarks._record import SplitRule, add_report_on, finish, peak_rss_mib
 
 SPLITS = SplitRule(
     validation="none (timing; nothing tuned)",
@@ -66,8 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--report-on", default="test", choices=["test"],
-                    help="the split results are reported on (only test: nothing is tuned)")
+    add_report_on(ap, SPLITS)
     args = ap.parse_args()
     split = SPLITS.check_report(args.report_on)
     if args.child:
