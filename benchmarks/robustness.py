@@ -42,9 +42,9 @@ there is no validation split and every figure is on the honest clients' held-out
 (``--report-on`` accepts only test). The attack's budget (``ROUNDS``, ``ATTACKER_STEPS``)
 was set before this grid, from earlier runs in which FedAvg's attack success stayed at 0
 (see the comment there); each run checks afresh that the attack lands under FedAvg before
-a defence is credited. One caveat on the test rows: FLTrust's root set is the first 5% of
-the pooled held-out rows (``fedlm.capabilities.robust.root_examples``), so the server trains
-on some of the rows its cells are scored on. One seed (0: the data split, init, cohorts,
+a defence is credited. FLTrust's root set (5%) is a seeded sample of the honest clients'
+training rows (``fedlm.capabilities.robust.root_examples``), never a held-out row its cells
+are scored on. One seed (0: the data split, init, cohorts,
 attackers and batches); the grid is not repeated over seeds.
 
     OMP_NUM_THREADS=1 python -m benchmarks.robustness [--quick] [--jobs 2] [--data DIR]

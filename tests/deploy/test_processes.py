@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fedlm.deploy.processes import marked
+from fedlm.deploy.processes import marked, stop_tree
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
@@ -91,9 +91,9 @@ def _wait_for(work: Path, n: int, wait_s: float = 30.0) -> set[int]:
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "self-term"])
 def test_a_signal_stops_every_process_and_the_grandchild_in_its_own_session(tmp_path, how):
-    p = _start(SLEEPERS, str(tmp_path), how)
-    assert len(_wait_for(tmp_path, 2)) >= 2  # the child and its own-session grandchild
-    if how != "self-term":
+    p = _start(SLEEPERS, str(tmp_path), how)  # "ready": the child and its own-session grandchild run
+    if how != "self-term":  # (a self-term stops them right after "ready": nothing left to look at)
+        assert len(_wait_for(tmp_path, 2)) >= 2
         p.send_signal(getattr(signal, how))
     rc = p.wait(timeout=60)
     assert rc != 0 and _gone(tmp_path)
@@ -114,6 +114,27 @@ def test_the_kernel_stops_the_children_when_the_launcher_is_killed(tmp_path):
     assert child not in _marked_by(tmp_path)
     for pid in _marked_by(tmp_path):  # an own-session grandchild is Flower's to stop (its parent monitor)
         os.kill(pid, signal.SIGKILL)
+
+
+# On SIGTERM the main thread leaves at once (the process shows "Z" in /proc) while another
+# thread runs on for a second: waitpid cannot reap the process until that thread ends.
+LINGERING = textwrap.dedent('''
+    import ctypes, signal, threading, time
+    def on_term(*_):
+        threading.Thread(target=time.sleep, args=(1.0,)).start()
+        ctypes.CDLL(None).pthread_exit(None)
+    signal.signal(signal.SIGTERM, on_term)
+    print("ready", flush=True)
+    time.sleep(600)
+''')
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pthread_exit of the main thread, as on Linux")
+def test_a_child_whose_main_thread_left_first_is_stopped_only_once_reaped():
+    p = subprocess.Popen([PY, "-c", LINGERING], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "ready\n"
+    stop_tree([p.pid], popens=[p], wait_s=20)
+    assert p.poll() is not None  # reaped: not only a zombie leader with a thread still running
 
 
 @pytest.mark.slow

@@ -219,7 +219,7 @@ MMLU_REAL = SHARED / "mmlu-redux-medical"
 def test_smollm2_through_lm_eval_matches_a_direct_computation(offline_datasets) -> None:
     model, tok = load_base_model("smollm2-135m")
     with _tasks("mmlu-medical", MMLU_REAL) as task_set:
-        scores = score_tasks(model.eval(), tok, task_set, max_items=4, batch_size=4, progress=False)
+        scores = score_tasks(model.eval(), tok, task_set, max_items=2, batch_size=4, progress=False)
         from lm_eval.tasks import TaskManager
 
         loaded = TaskManager(include_path=str(task_set.include_path), include_defaults=False).load(

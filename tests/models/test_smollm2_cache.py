@@ -48,6 +48,27 @@ def test_converts_once_then_reads_the_cache(fake_package: list[str]) -> None:
     assert len(fake_package) == 2  # the second call converts nothing
 
 
+def test_callers_that_start_together_convert_once(fake_package: list[str], monkeypatch) -> None:
+    import threading
+    import time
+
+    save = loading.PreTrainedModel.save_pretrained
+
+    def slow_save(self, directory, *args, **kwargs):
+        time.sleep(0.5)  # a conversion takes a while: the other caller arrives meanwhile
+        return save(self, directory, *args, **kwargs)
+
+    monkeypatch.setattr(loading.PreTrainedModel, "save_pretrained", slow_save)
+    found: list[Path] = []
+    callers = [threading.Thread(target=lambda: found.append(smollm2_dir())) for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert len(found) == 2 and found[0] == found[1]
+    assert len(fake_package) == 2  # model and tokenizer, read from the GGUF by one caller only
+
+
 def test_a_copy_finished_by_another_process_meanwhile_is_kept(fake_package: list[str], monkeypatch) -> None:
     target = loading.cache_dir() / "models" / "smollm2-135m-instruct"
     save = loading.PreTrainedModel.save_pretrained

@@ -3,19 +3,28 @@
 The aggregators are stages of :mod:`fedlm.aggregation.robust_stages`, named in
 ``robust.aggregator``. This module checks the cohort meets the aggregator's bound once,
 offers the stage as the server's mean, and for FLTrust computes the server's own update
-on its root data each round (in simulation the root set is stood in for by the first
-``robust.fltrust_root_fraction`` of the pooled held-out examples; the paper's server
-collects about 100 clean examples).
+on its root data each round.
+
+In simulation the server has no data of its own, so the root set is stood in for as in
+the FLTrust paper's experiments: a uniform sample (``robust.fltrust_root_fraction``,
+seeded by ``federation.seed``) of the honest clients' training examples, the clean
+distribution the paper's server collects about 100 examples from. It never includes a
+held-out example (evaluation scores those: a root set drawn from them would let the
+server train on its own test rows) nor a row of a malicious client (a data attack may have
+poisoned it).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 from fedlm.aggregation.robust_stages import FLTrustRoot, build_robust_stage
+from fedlm.attacks.stages import malicious_clients
 from fedlm.engine.capability import Capability, EngineContext, FinishedRun, MeanOffer, MeanRank
 from fedlm.engine.simulation import planned_cohort_size
+from fedlm.errors import ConfigError
 from fedlm.stages import RoundPlan, Stage, TensorDict
 
 ROOT_CLIENT = "__server_root__"  # the id the server's own update trains under (no profile, no state)
@@ -58,9 +67,18 @@ class RobustAggregation(Capability):
 
 
 def root_examples(ctx: EngineContext) -> list:
-    """FLTrust's root dataset: a small clean set the server owns (see the module docstring)."""
-    pooled = [ex for c in ctx.data.clients.values() for ex in c.heldout]
-    return pooled[: max(1, math.ceil(ctx.config.robust.fltrust_root_fraction * len(pooled)))]
+    """FLTrust's root dataset: a small clean set the server owns (see the module docstring).
+
+    Raises:
+        ConfigError: no honest client has a training example to draw it from.
+    """
+    bad = malicious_clients(ctx.config.attack, sorted(ctx.data.clients))
+    pooled = [ex for cid, client in sorted(ctx.data.clients.items()) if cid not in bad for ex in client.train]
+    if not pooled:
+        raise ConfigError("robust.aggregator=fltrust needs a root set, but no honest client has a training example; "
+                          "use more data or another robust.aggregator")
+    size = max(1, math.ceil(ctx.config.robust.fltrust_root_fraction * len(pooled)))
+    return random.Random(f"fltrust-root/{ctx.config.federation.seed}").sample(pooled, size)
 
 
 __all__ = ["ROOT_CLIENT", "RobustAggregation", "root_examples"]

@@ -158,9 +158,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """``fedlm run``: a new run, or ``--resume`` of one (refusing flags that would be ignored)."""
-    from fedlm.cli.output import print_summary
-    from fedlm.commands.experiment import default_run_dir, run_experiment
-    from fedlm.commands.run_dir import check_out_dir, require_run_dir, resume_config
+    # Only the light modules until the config and directories are checked: a typo in a
+    # flag is reported in a second, not after torch and transformers load.
+    from fedlm.commands.run_dir import (
+        check_out_dir,
+        default_run_dir,
+        require_run_dir,
+        resume_config,
+    )
     from fedlm.config.loader import load_config, require_resolved
 
     if args.resume:
@@ -172,11 +177,15 @@ def _run(args: argparse.Namespace) -> int:
         if args.config:
             config = resume_config(config, load_config(args.config, args.overrides))
             console.print(f"-c {args.config} is the experiment of {run_dir}; continuing with it", soft_wrap=True)
-        result = run_experiment(require_resolved(config), out_dir=run_dir, resume=True, console=console)
+        config, out_dir, resume = require_resolved(config), run_dir, True
     else:
         config = require_resolved(load_config(args.config, args.overrides))
         check_out_dir(default_run_dir(config, args.out))  # before the model loads
-        result = run_experiment(config, out_dir=args.out, console=console)
+        out_dir, resume = args.out, False
+    from fedlm.cli.output import print_summary
+    from fedlm.commands.experiment import run_experiment
+
+    result = run_experiment(config, out_dir=out_dir, resume=resume, console=console)
     print_summary(result.summary, result.run_dir)
     _refresh_card(result.run_dir)
     return 0

@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from fedlm.capabilities import build_engine, rows_hook
 from fedlm.commands.model_card import refresh_run_card
 from fedlm.commands.progress import RoundProgress
 from fedlm.commands.quiet import summarised_warnings
-from fedlm.commands.run_dir import config_digest, final_model_dir
+from fedlm.commands.run_dir import config_digest, default_run_dir, final_model_dir
 from fedlm.config.loader import dump_config, load_config, require_resolved
 from fedlm.config.schema import ExperimentConfig
 from fedlm.data.federated import FederatedData, build_federated_data
@@ -82,10 +81,6 @@ def run_experiment(
     sim = build_engine(config, model, data)
     return run_in_dir(sim, config, model, run_dir=run_dir, resume=resume,
                       console=console, started=t_start, engine="simulation")
-
-
-def default_run_dir(config: ExperimentConfig, out_dir: str | Path | None) -> Path:
-    return Path(out_dir or config.output.dir or f"runs/{config.name}-{datetime.now():%Y%m%d-%H%M%S}")
 
 
 def run_in_dir(driver: RoundDriver, config: ExperimentConfig, model: AdaptedModel, *, run_dir: Path, resume: bool,

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fedlm.config.schema import ExperimentConfig
 from fedlm.errors import CheckpointError, ConfigError, FedlmError
+
+
+def default_run_dir(config: ExperimentConfig, out_dir: str | Path | None) -> Path:
+    """``out_dir``, else ``output.dir``, else ``runs/NAME-YYYYmmdd-HHMMSS``."""
+    return Path(out_dir or config.output.dir or f"runs/{config.name}-{datetime.now():%Y%m%d-%H%M%S}")
 
 
 def config_digest(config: ExperimentConfig) -> str:
@@ -116,4 +122,4 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]
     return [] if a == b else [(prefix.rstrip("."), a, b)]
 
 
-__all__ = ["check_export_dir", "check_out_dir", "final_model_dir", "read_summary", "require_run_dir", "resume_config"]
+__all__ = ["check_export_dir", "check_out_dir", "default_run_dir", "final_model_dir", "read_summary", "require_run_dir", "resume_config"]

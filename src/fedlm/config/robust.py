@@ -185,7 +185,8 @@ class RobustConfig(BaseModel):
         0.01,
         gt=0.0,
         le=1.0,
-        description="fltrust: fraction of the server's data used as the root dataset.",
+        description="fltrust: size of the root dataset, as a fraction of the honest clients' pooled training "
+        "examples it is sampled from in simulation.",
     )
     flame_noise_lambda: float = Field(
         0.001, ge=0.0, description="flame: noise std as a multiple of the median update norm."

@@ -23,7 +23,8 @@ from typing import Any
 from rich.console import Console
 
 from fedlm.capabilities.secagg import SecureAggregation
-from fedlm.commands.experiment import default_run_dir, run_in_dir
+from fedlm.commands.experiment import run_in_dir
+from fedlm.commands.run_dir import default_run_dir
 from fedlm.config.schema import ExperimentConfig
 from fedlm.deploy import wire
 from fedlm.deploy.client_node import config_from_run

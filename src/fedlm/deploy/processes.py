@@ -130,12 +130,14 @@ def stop_tree(roots: list[int], *, wait_s: float = STOP_WAIT_S, popens: list[sub
     _signal_tree(tree, signal.SIGTERM)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        for p in popens:
-            p.poll()  # reap our own children, or they stay zombies that look alive
-        if not (tree & _live()):
+        # A child counts as gone only once reaped: a multi-threaded process whose main
+        # thread has exited shows "Z" in /proc while its other threads still run, and
+        # waitpid cannot reap it yet.
+        running = [p for p in popens if p.poll() is None]
+        if not running and not (tree & _live()):
             return
         time.sleep(0.1)
-    _signal_tree(tree & _live(), signal.SIGKILL)
+    _signal_tree(tree & (_live() | {p.pid for p in popens if p.poll() is None}), signal.SIGKILL)
     for p in popens:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=wait_s)

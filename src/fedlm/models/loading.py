@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -160,8 +161,23 @@ def _resolve_dir(name: str) -> str:
 def smollm2_dir() -> Path:
     """The cached HF directory of SmolLM2-135M-Instruct, converting the GGUF once."""
     target = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _converted(target):
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One conversion at a time per cache (tens of seconds, 0.5 GB): processes that start
+    # together (parallel benchmarks, SuperNodes on one machine) wait and read its result.
+    with FileLock(str(target.parent / ".smollm2-135m-instruct.lock")):
+        if not _converted(target):
+            _convert_smollm2(target)
+    return target
+
+
+def _converted(target: Path) -> bool:
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
+def _convert_smollm2(target: Path) -> None:
+    """Dequantise the packaged GGUF into a float32 HF checkpoint at ``target``."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
@@ -182,7 +198,6 @@ def smollm2_dir() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:
         model.save_pretrained(tmp)
@@ -199,7 +214,6 @@ def smollm2_dir() -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def smollm2_record() -> dict:

@@ -1,7 +1,11 @@
 """The one search every noise calibration shares: the least noise whose epsilon fits a budget.
 
 Epsilon falls as the noise grows, so the smallest noise with ``epsilon(x) <= target`` is
-found by bracketing and then bisecting on ``log x`` (the noise spans orders of magnitude).
+found by bracketing and then narrowing the bracket on ``log x`` (the noise spans orders of
+magnitude). ``log epsilon`` is close to linear in ``log x`` over a bracket, so each step
+interpolates that line (Illinois' regula falsi), aiming just inside the tolerance window;
+each evaluation is an accountant run (up to seconds with PLD), and this takes about half
+the evaluations plain bisection does.
 Both the Gaussian accountant's noise multiplier
 (:func:`fedlm.privacy.accountant.calibrate_noise_multiplier`) and the distributed
 mechanisms' noise std (:func:`fedlm.privacy.distributed.accounting.calibrate_noise_stddev`)
@@ -59,12 +63,12 @@ def least_noise(
             if hi <= floor:
                 return floor
             lo = max(hi / down, floor)
-            e = epsilon(lo)
-            if e > target:
+            eps_lo = epsilon(lo)
+            if eps_lo > target:
                 break
-            hi, eps_hi = lo, e
+            hi, eps_hi = lo, eps_lo
     else:  # walk up until it fits
-        lo = x
+        lo, eps_lo = x, e
         while True:
             hi = min(lo * up, ceiling)
             eps_hi = epsilon(hi)
@@ -72,16 +76,37 @@ def least_noise(
                 break
             if hi >= ceiling:
                 raise ConfigError(f"epsilon({ceiling:g}) = {eps_hi:.4g} exceeds the target {target:g}")
-            lo = hi
+            lo, eps_lo = hi, eps_hi
+    # f(x) = log epsilon(x) - log aim, with the aim in the middle of the window
+    # [target (1 - rel_tol), target]: f(lo) > 0 >= f(hi) would put the root inside it.
+    aim = target * (1.0 - rel_tol / 2)
+
+    def f(e: float) -> float:
+        return math.log(e / aim) if 0 < e < math.inf else (math.inf if e > 0 else -math.inf)
+
+    f_lo, f_hi = f(eps_lo), f(eps_hi)
+    last = 0  # which end the previous step moved: Illinois halves the other end's f
     for _ in range(max_steps):
         if eps_hi >= target * (1.0 - rel_tol) or hi / lo < 1.0 + 1e-12:
             break
-        mid = math.sqrt(lo * hi)
+        a, b = math.log(lo), math.log(hi)
+        if math.isfinite(f_lo) and math.isfinite(f_hi) and f_lo > f_hi:
+            m = b - f_hi * (b - a) / (f_hi - f_lo)
+            m = min(max(m, a + 0.02 * (b - a)), b - 0.02 * (b - a))  # strictly inside
+        else:
+            m = (a + b) / 2  # an infinite epsilon at lo: bisect
+        mid = math.exp(m)
         e = epsilon(mid)
         if e <= target:
-            hi, eps_hi = mid, e
+            hi, eps_hi, f_hi = mid, e, f(e)
+            if last == -1:
+                f_lo /= 2
+            last = -1
         else:
-            lo = mid
+            lo, f_lo = mid, f(e)
+            if last == 1:
+                f_hi /= 2
+            last = 1
     return hi
 
 
