@@ -263,7 +263,7 @@ def calibrate_noise_multiplier(
 ) -> float:
     """Smallest-noise ``z`` (up to ``rel_tol``) whose ``epsilon`` is at most the target.
 
-    Bisection on ``log z`` (epsilon falls as z grows): the result satisfies
+    A bracketed search on ``log z`` (:func:`~fedlm.privacy.calibrate.least_noise`): the result satisfies
     ``target * (1 - rel_tol) <= epsilon(z) <= target``, unless even ``z_min`` is under the
     target, in which case ``z_min`` is returned (such targets barely constrain the noise).
 

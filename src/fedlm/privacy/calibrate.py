@@ -45,7 +45,7 @@ def least_noise(
             caller checks reachability first, to word the error).
         rel_tol: how far under the target the result may land, in (0, 1).
         down, up: factors of the bracket walk below and above ``start``.
-        max_steps: bisection steps at most.
+        max_steps: steps inside the bracket at most.
 
     Raises:
         ConfigError: invalid arguments.

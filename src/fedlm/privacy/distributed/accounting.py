@@ -276,7 +276,7 @@ def calibrate_noise_stddev(
 ) -> float:
     """The smallest total noise std ``sigma`` (up to ``rel_tol``) with ``epsilon <= target``.
 
-    Bisection on ``log sigma`` (epsilon falls as sigma grows): the result satisfies
+    A bracketed search on ``log sigma`` (:func:`~fedlm.privacy.calibrate.least_noise`): the result satisfies
     ``target (1 - rel_tol) <= epsilon(sigma) <= target``.
 
     Args:
