@@ -23,8 +23,7 @@ DP_YAML = EXAMPLES_DIR / "dp.yaml"
 DELTA = 1e-5
 # Nothing is chosen by comparing results: every setting is the packaged example's or fixed
 # here, and the losses are on the example's held-out text (eval clients' held-out rows).
-SPLITS = SplitRule(
-    validation="none (nothing tuned)",
+SPLITS = SplitRule.untuned(
     test="dp example: held-out rows of the evaluation clients",
     seeds=(0, 1, 2),
     fixed=("the dp example (tiny-llama, 120 Shakespeare roles, clip 1), with --rounds and --participation "

@@ -61,6 +61,13 @@ class SplitRule:
     tuned: tuple[str, ...] = ()
     fixed: tuple[str, ...] = ()
 
+    @classmethod
+    def untuned(cls, test: str, *, seeds: tuple[int, ...], fixed: tuple[str, ...] = (),
+                timing: bool = False) -> SplitRule:
+        """The rule of a benchmark that chooses nothing: no validation split, figures on ``test``."""
+        what = "timing; nothing tuned" if timing else "nothing tuned"
+        return cls(validation=f"none ({what})", test=test, seeds=seeds, fixed=fixed)
+
     def __post_init__(self) -> None:
         if self.validation == self.test:
             raise ValueError(f"validation and test must differ, both are {self.test!r}")

@@ -73,11 +73,9 @@ VARIANTS: dict[str, list[str]] = {
     ],
 }
 LORA_LR = "federation.lr=5e-3"
-SPLITS = SplitRule(
-    validation="none (nothing tuned)",
+SPLITS = SplitRule.untuned(
     test="held-out rows of 12 seeded evaluation clients (Shakespeare roles), 2 batches of 8 each",
     seeds=(0,),
-    tuned=(),
     fixed=("LoRA client lr 5e-3, full-model lr 1e-4, constant schedule", "LoRA r 8 on q/v",
            "3 rounds x 4 clients x 3 local steps, batch 4 x 128 tokens", "int8/int4 one scale per tensor",
            "top-1% upload with error feedback, int8 broadcast"),

@@ -37,11 +37,9 @@ from fedlm.config import load_config
 from fedlm.explain.contribution import ContributionResult, cumulative
 from fedlm.explain.store import load_round
 
-SPLITS = SplitRule(
-    validation="none (nothing tuned)",
+SPLITS = SplitRule.untuned(
     test="pooled held-out rows of the honest clients (explain.validation_clients, the utility every estimator shares)",
     seeds=(0,),
-    tuned=(),
     fixed=("gtg_epsilon 0", "lr 0.02, 4 local steps, batch 2, uniform weights", "seq_len 32", "10 rows per client"),
 )
 POOL = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "while", "birds", "sing", "to", "be", "or", "not", "that", "is", "question", "whether", "tis", "nobler", "a", "stitch", "in", "time", "saves", "nine", "and", "many", "hands", "make", "light", "work", "all", "glitters", "gold", "nor", "who", "wander", "are", "lost"]

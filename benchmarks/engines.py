@@ -74,13 +74,12 @@ ENGINES = ("floor", "fedlm_simulator", "flower_native", "fedlm_flower_sim", "fed
 WORDS = ["federated", "learning", "keeps", "data", "where", "it", "lives", "while", "a", "shared", "model",
          "improves", "round", "after", "round"]
 ROWS_PER_CLIENT = 24
-SPLITS = SplitRule(
-    validation="none (timing; nothing tuned)",
+SPLITS = SplitRule.untuned(
     test="fixed workload: tiny-llama, LoRA r 4 on q/v, 1 AdamW step of 2 x 64 tokens per client per round",
     seeds=(0, 1, 2),  # the interleaved repeats
-    tuned=(),
     fixed=("clients 4, 16, 64; every client every round", "3 rounds, round 1 dropped from round_s",
            "24 rows per client", "fedlm_deployed at <= 4 clients"),
+    timing=True,
 )
 
 

