@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._record import SplitRule
+from benchmarks._stats import t_interval
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.config.loader import EXAMPLES_DIR
@@ -78,13 +79,10 @@ def run_row(mechanism: str, eps: float | None, seed: int, base: list[str], out: 
 
 def interval(values: list[float]) -> dict:
     """Mean and 95% Student-t interval (half-width) over seeds."""
-    from scipy.stats import t as student
-
-    n = len(values)
-    mean = sum(values) / n
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else float("nan")
-    half = float(student.ppf(0.975, n - 1)) * sd / n**0.5 if n > 1 else float("nan")
-    return {"mean": mean, "ci95": half, "values": values}
+    if len(values) < 2:
+        return {"mean": sum(values) / len(values), "ci95": float("nan"), "values": values}
+    ci = t_interval(values)
+    return {"mean": ci.estimate, "ci95": ci.hi - ci.estimate, "values": values}
 
 
 def _seed_rows(seed: int, plan: list[tuple[str, float | None]], base: list[str], ring_bits: int,

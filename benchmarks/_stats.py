@@ -59,6 +59,17 @@ def fmt_mean_std(values: Sequence[float], digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f} (n={len(values)})"
 
 
+def t_interval(values: Sequence[float], *, level: float = LEVEL) -> Interval:
+    """Mean and its Student-t interval over seeds (``n - 1`` degrees of freedom; n >= 2)."""
+    from scipy.stats import t as student
+
+    m, s = mean_std(values)
+    if len(values) < 2:
+        raise ValueError("t_interval needs two or more values")
+    half = float(student.ppf(0.5 + level / 2.0, len(values) - 1)) * s / math.sqrt(len(values))
+    return Interval(m, m - half, m + half, level)
+
+
 def bootstrap_ci(values: Sequence[float], *, level: float = LEVEL, n_boot: int = N_BOOT,
                  seed: int = 0) -> Interval:
     """Percentile bootstrap interval of the mean of ``values`` (items resampled with replacement)."""
@@ -221,5 +232,5 @@ def ratio_spread(num: Sequence[float], den: Sequence[float]) -> Spread:
 __all__ = [
     "LEVEL", "MIN_SEEDS", "Interval", "PairedResult", "Spread", "Verdict", "accuracy_ci",
     "binom_two_sided", "bootstrap_ci", "fmt_mean_std", "mcnemar_exact", "mean_std",
-    "paired_bootstrap", "ratio_spread", "sign_flip_p", "spread", "verdict",
+    "paired_bootstrap", "ratio_spread", "sign_flip_p", "spread", "t_interval", "verdict",
 ]

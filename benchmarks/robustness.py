@@ -72,7 +72,7 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks._record import SplitRule, add_rule_args, append_table, read_rule_args
-from benchmarks._stats import fmt_mean_std, verdict
+from benchmarks._stats import fmt_mean_std, t_interval, verdict
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.errors import FedlmError
@@ -230,6 +230,10 @@ def relative_to_reference(rows: list[dict[str, Any]]) -> None:
 DATA_ATTACKS = ("backdoor", "model_replacement")
 
 
+def _ci(values: list[float]):
+    return t_interval(values) if len(values) > 1 else None
+
+
 def holds_at_20pct(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The goal's reading over seeds, per (defence, data attack) at 20% attackers.
 
@@ -256,6 +260,8 @@ def holds_at_20pct(rows: list[dict[str, Any]]) -> dict[str, Any]:
             cells[f"{defence} ({attack})"] = {
                 "status": status, "asr_max": max(asr), "clean_vs_fedavg": fmt_mean_std(clean, 3),
                 "clean_vs_fedavg_per_seed": clean, "reason": read.reason,
+                # the stricter reading: does the 95% interval's upper end stay under 2%?
+                "clean_ci95": [ci.lo, ci.hi] if (ci := _ci(clean)) else None,
             }
     return {"fedavg_asr_at_20pct": fedavg_asr, "holds": sorted(k for k, v in cells.items() if v["status"] == "met"),
             "per_defence": cells}

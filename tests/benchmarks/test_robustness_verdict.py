@@ -20,6 +20,8 @@ def test_a_defence_holds_only_when_every_seed_agrees():
     assert out["holds"] == ["median (backdoor)"]
     cell = out["per_defence"]["median (backdoor)"]
     assert cell["status"] == "met" and cell["asr_max"] == 0.05
+    lo, hi = cell["clean_ci95"]  # mean 0.00733, sd 0.00929: half-width 4.3027 * sd / sqrt(3)
+    assert abs((hi - lo) / 2 - 4.302653 * 0.0092916 / 3**0.5) < 1e-5
 
 
 def test_one_seed_over_the_clean_margin_or_the_asr_bound_is_not_met():

@@ -14,6 +14,7 @@ from benchmarks._stats import (
     ratio_spread,
     sign_flip_p,
     spread,
+    t_interval,
     verdict,
 )
 
@@ -119,3 +120,13 @@ def test_spread_and_ratio_spread():
     with pytest.raises(ValueError):
         ratio_spread([1.0], [1.0, 2.0])
     assert math.isfinite(spread([0.5]).median)
+
+
+def test_t_interval_of_one_two_three():
+    ci = t_interval([1.0, 2.0, 3.0])
+    half = 4.302653 / math.sqrt(3)  # t(0.975, 2 df) * sd 1 / sqrt(3)
+    assert ci.estimate == 2.0
+    assert ci.lo == pytest.approx(2.0 - half, rel=1e-6)
+    assert ci.hi == pytest.approx(2.0 + half, rel=1e-6)
+    with pytest.raises(ValueError):
+        t_interval([1.0])
