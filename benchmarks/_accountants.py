@@ -19,6 +19,7 @@ Nothing is tuned or random: every figure is a deterministic function of (z, q, r
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -68,9 +69,14 @@ def flower_epsilon(z: float, rounds: int, n: int, k: int, *, poisson: bool = Fal
     out = subprocess.run([python, "-c", _FLOWER, args], capture_output=True, text=True, check=False, timeout=300)
     if out.returncode != 0:
         return None, (out.stderr.strip().splitlines() or ["flwr failed"])[-1]
-    version = subprocess.run([python, "-c", "import flwr; print(flwr.__version__)"], capture_output=True,
-                             text=True, check=False).stdout.strip()
-    return float(json.loads(out.stdout.strip().splitlines()[-1])), f"flwr {version} RdpAccountant ({sampling})"
+    return float(json.loads(out.stdout.strip().splitlines()[-1])), f"flwr {_flwr_version(python)} RdpAccountant ({sampling})"
+
+
+@functools.cache
+def _flwr_version(python: str) -> str:
+    """flwr's version under ``python`` (asked once per interpreter, not once per point)."""
+    return subprocess.run([python, "-c", "import flwr; print(flwr.__version__)"], capture_output=True,
+                          text=True, check=False).stdout.strip()
 
 
 def opacus_epsilon(z: float, rounds: int, q: float = 1.0) -> float:

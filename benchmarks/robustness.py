@@ -230,10 +230,6 @@ def relative_to_reference(rows: list[dict[str, Any]]) -> None:
 DATA_ATTACKS = ("backdoor", "model_replacement")
 
 
-def _ci(values: list[float]):
-    return t_interval(values) if len(values) > 1 else None
-
-
 def holds_at_20pct(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The goal's reading over seeds, per (defence, data attack) at 20% attackers.
 
@@ -254,14 +250,16 @@ def holds_at_20pct(rows: list[dict[str, Any]]) -> dict[str, Any]:
             clean = [r["clean_vs_fedavg"] for r in mine]
             lands = bool(fedavg_asr[attack]) and all(x > 0.05 for x in fedavg_asr[attack])
             read = verdict(clean, higher_is_better=False, margin=-0.02)
-            status = read.status if lands and all(x <= 0.05 for x in asr) else "missed"
             if not lands:
                 status = "not established (the attack does not land under FedAvg in every seed)"
+            else:
+                status = read.status if all(x <= 0.05 for x in asr) else "missed"
+            ci = t_interval(clean) if len(clean) > 1 else None
             cells[f"{defence} ({attack})"] = {
                 "status": status, "asr_max": max(asr), "clean_vs_fedavg": fmt_mean_std(clean, 3),
                 "clean_vs_fedavg_per_seed": clean, "reason": read.reason,
                 # the stricter reading: does the 95% interval's upper end stay under 2%?
-                "clean_ci95": [ci.lo, ci.hi] if (ci := _ci(clean)) else None,
+                "clean_ci95": [ci.lo, ci.hi] if ci else None,
             }
     return {"fedavg_asr_at_20pct": fedavg_asr, "holds": sorted(k for k, v in cells.items() if v["status"] == "met"),
             "per_defence": cells}
