@@ -35,7 +35,7 @@ def summarised_warnings(console: Console) -> Iterator[Counter]:
     root = logging.getLogger()
     absl = logging.getLogger("absl")
     saved = absl.propagate, list(absl.handlers), absl.disabled
-    # absl logs straight to stderr otherwise; and a logging.config call (import-linter's, say)
+    # absl logs straight to stderr otherwise; and a logging.config call elsewhere in the process
     # may have disabled it, which would hide its records from the count too.
     absl.handlers, absl.propagate, absl.disabled = [], True, False
     root.addHandler(handler)
