@@ -179,9 +179,26 @@ def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: b
     else:
         per_seed = [_seed_rows(seed, *work) for seed in seed_ids]
     rows = [r for seed_rows in per_seed for r in seed_rows]
+    cfg = load_config(DP_YAML, base)
+    return summarise(rows, rounds=cfg.federation.rounds, ring_bits=ring_bits, participation=participation,
+                     clients_per_round=cfg.federation.clients_per_round,
+                     sample_rate=1.0 if participation == "full" else
+                     cfg.federation.clients_per_round / cfg.data.max_clients)
+
+
+GOAL_EPSILON = 8.0
+# What must agree before two runs' rows may be pooled into one result (see merge).
+_POOLED_SETTINGS = ("rounds", "ring_bits", "participation", "clients_per_round")
+
+
+def summarise(rows: list[dict], *, rounds: int, ring_bits: int, participation: str, clients_per_round: int,
+              sample_rate: float) -> dict:
+    """The result of :func:`compare` from its per-run rows: a table per (mechanism, epsilon),
+    the loss gap to central DP paired by seed, and the goal's verdict at epsilon 8."""
+    seeds = sorted({r["seed"] for r in rows})
     none = {r["seed"]: r for r in rows if r["mechanism"] == "none"}
     table: dict[str, dict] = {}
-    for mechanism, eps in [*plan, *([("ddgauss_same_noise", epsilons[0])] if same_noise else [])]:
+    for mechanism, eps in dict.fromkeys((r["mechanism"], r["epsilon_target"]) for r in rows):
         mine = [r for r in rows if r["mechanism"] == mechanism and r["epsilon_target"] == eps]
         key = "none" if eps is None else f"{mechanism}_{eps:g}"
         table[key] = {
@@ -192,24 +209,25 @@ def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: b
             else None,
             "noise_multiplier": interval([r["noise_multiplier"] for r in mine]) if eps is not None else None,
             "added_seconds_per_round": interval([r["seconds_per_round"] - none[r["seed"]]["seconds_per_round"]
-                                                 for r in mine]) if none else None,
+                                                 for r in mine if r["seed"] in none]) if none else None,
             "aborted_rounds": sum(r["aborted_rounds"] for r in mine),
         }
     gaps = {}
-    for mechanism in [*(m for m in mechanisms if m != "central"), *(["ddgauss_same_noise"] if same_noise else [])]:
-        for eps in epsilons[:1] if mechanism == "ddgauss_same_noise" else epsilons:  # paired by seed
-            central = {r["seed"]: r["eval_loss"] for r in rows if r["mechanism"] == "central" and r["epsilon_target"] == eps}
-            gaps[f"{mechanism}_{eps:g}"] = interval([r["eval_loss"] / central[r["seed"]] - 1 for r in rows
-                                                     if r["mechanism"] == mechanism and r["epsilon_target"] == eps])
-    gap8 = gaps.get(f"ddgauss_{epsilons[0]:g}") or {"mean": float("nan"), "ci95": float("nan")}
+    for key, row in table.items():
+        if row["mechanism"] in ("none", "central"):
+            continue
+        eps = row["epsilon_target"]
+        central = {r["seed"]: r["eval_loss"] for r in rows if r["mechanism"] == "central" and r["epsilon_target"] == eps}
+        paired = [r for r in rows if r["mechanism"] == row["mechanism"] and r["epsilon_target"] == eps]
+        if central and all(r["seed"] in central for r in paired):  # paired by seed, or not at all
+            gaps[key] = interval([r["eval_loss"] / central[r["seed"]] - 1 for r in paired])
+    gap8 = gaps.get(f"ddgauss_{GOAL_EPSILON:g}") or {"mean": float("nan"), "ci95": float("nan")}
     upper, lower = gap8["mean"] + gap8["ci95"], gap8["mean"] - gap8["ci95"]  # nan: not measured
-    cfg = load_config(DP_YAML, base)
-    q = 1.0 if participation == "full" else cfg.federation.clients_per_round / cfg.data.max_clients
     return {
-        "seeds": seeds, "rounds": cfg.federation.rounds, "ring_bits": ring_bits, "participation": participation,
-        "clients_per_round": cfg.federation.clients_per_round,
-        "splits": replace(SPLITS, seeds=tuple(seed_ids)).as_dict(),  # the seeds this run ran
-        "noise_accounting": noise_needed(epsilons[0], cfg.federation.rounds, q),
+        "seeds": len(seeds), "rounds": rounds, "ring_bits": ring_bits, "participation": participation,
+        "clients_per_round": clients_per_round,
+        "splits": replace(SPLITS, seeds=tuple(seeds)).as_dict(),  # the seeds these rows ran
+        "noise_accounting": noise_needed(GOAL_EPSILON, rounds, sample_rate),
         "rows": table, "relative_loss_gap_vs_central": gaps, "runs": rows,
         **{f"loss_{k}": v["eval_loss"]["mean"] for k, v in table.items()},
         "gap_ddgauss_8": gap8["mean"], "gap_ddgauss_8_ci95": gap8["ci95"],
@@ -219,6 +237,25 @@ def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: b
         if upper != upper else "not separable (interval straddles 1%)",
         "goal": "at epsilon 8 and the same rounds, DDGauss over SecAgg+ within 1% of central DP's held-out loss",
     }
+
+
+def merge(results: list[dict]) -> dict:
+    """One result from several :func:`compare` results of the same settings and disjoint seeds
+    (a later ``--first-seed`` run adding seeds to an earlier one's)."""
+    if not results:
+        raise SystemExit("--merge: give at least one result file")
+    first = results[0]
+    for other in results[1:]:
+        differ = [k for k in _POOLED_SETTINGS if other.get(k) != first.get(k)]
+        if differ:
+            raise SystemExit(f"--merge: the results differ in {', '.join(differ)}; only runs of one setting pool")
+    keys = [(r["seed"], r["mechanism"], r["epsilon_target"]) for res in results for r in res["runs"]]
+    if len(keys) != len(set(keys)):
+        raise SystemExit("--merge: a seed's run appears twice; merge results of disjoint seeds")
+    q = 1.0 if first["participation"] == "full" else first["noise_accounting"]["sample_rate"]
+    return summarise([r for res in results for r in res["runs"]], rounds=first["rounds"],
+                     ring_bits=first["ring_bits"], participation=first["participation"],
+                     clients_per_round=first["clients_per_round"], sample_rate=q)
 
 
 # -- the one-run audit beside the reported epsilon ----------------------------------------

@@ -29,7 +29,9 @@ and Skellam over SecAgg+ (Kairouz et al. 2021; Agarwal et al. 2021) at epsilon 3
 ``--seeds`` seeds run side by side (every mechanism of a seed draws the same secret cohorts):
 held-out loss with a 95% interval, epsilon, bytes per round, seconds added per round.
 ``--participation full`` puts every client in every round (the cross-silo setting, no
-amplification by sampling); ``--jobs`` runs seeds in parallel processes.
+amplification by sampling); ``--jobs`` runs seeds in parallel processes. ``--first-seed``
+and ``--no-baseline`` add seeds to an earlier run, and ``--merge A.json B.json`` pools the
+``--out`` files of one setting and disjoint seeds into one result.
 
 Splits and seeds (:data:`SPLITS`): nothing is tuned; every figure is on the example's
 held-out rows, over seeds 0, 1, 2, ... (``--seeds``), with a Student-t 95% interval and
@@ -63,6 +65,7 @@ from benchmarks._dp_runs import (
     SPLITS,
     audit_rows,
     compare,
+    merge,
 )
 from benchmarks._record import add_report_on, finish
 from fedlm.commands.experiment import run_experiment
@@ -112,6 +115,8 @@ def main() -> None:
                     help="--mechanisms: the example's Poisson cohorts, or every client in every round")
     ap.add_argument("--jobs", type=int, default=1, help="--mechanisms: seeds run at once, one process each")
     ap.add_argument("--first-seed", type=int, default=0, help="--mechanisms: seeds run are first .. first + seeds - 1")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="pool --mechanisms results (--out files) of one setting and disjoint seeds")
     ap.add_argument("--no-baseline", action="store_true",
                     help="--mechanisms: skip the no-DP row (it gives only the seconds each mechanism adds)")
     add_report_on(ap, SPLITS)
@@ -135,12 +140,15 @@ def main() -> None:
             "seeds", "canaries", "confidence", "audit_none", "audit_central_8", "audit_central_3",
             "never_above_reported"])
         return
-    if args.mechanisms:
+    if args.merge:
+        result = merge([json.loads(path.read_text()) for path in args.merge])
+    elif args.mechanisms:
         result = compare(seeds=args.seeds, rounds=args.rounds, sdist=sdist, ring_bits=args.ring_bits,
                          mechanisms=tuple(args.only.split(",")), epsilons=tuple(float(e) for e in args.epsilons.split(",")),
                          participation=args.participation, jobs=args.jobs, first_seed=args.first_seed,
                          baseline=not args.no_baseline,
                          same_noise=args.participation == "poisson")
+    if args.merge or args.mechanisms:
         if args.out is not None:
             args.out.write_text(json.dumps(result, indent=1))
         if args.no_table:

@@ -39,3 +39,25 @@ def test_the_baseline_row_runs_first_by_default(compare, monkeypatch):
                   mechanisms=("central", "ddgauss"), epsilons=(8.0,), participation="full")
     assert [r["mechanism"] for r in out["runs"]] == ["none", "central", "ddgauss"]
     assert out["rows"]["ddgauss_8"]["added_seconds_per_round"]["mean"] == 0.0
+
+
+def test_pooling_two_runs_of_disjoint_seeds_equals_one_run_of_both(compare):
+    both = compare(seeds=2, first_seed=4, baseline=False, rounds=2, sdist=None, same_noise=False,
+                   mechanisms=("central", "ddgauss"), epsilons=(8.0,), participation="full")
+    parts = [compare(seeds=1, first_seed=seed, baseline=False, rounds=2, sdist=None, same_noise=False,
+                     mechanisms=("central", "ddgauss"), epsilons=(8.0,), participation="full") for seed in (4, 5)]
+    pooled = _dp_runs.merge(parts)
+    assert pooled["relative_loss_gap_vs_central"] == both["relative_loss_gap_vs_central"]
+    assert pooled["splits"]["seeds"] == [4, 5] and pooled["seeds"] == 2
+    assert pooled["goal_status"] == both["goal_status"]
+
+
+def test_pooling_refuses_a_seed_twice_or_two_settings(compare):
+    one = compare(seeds=1, first_seed=4, baseline=False, rounds=2, sdist=None, same_noise=False,
+                  mechanisms=("central", "ddgauss"), epsilons=(8.0,), participation="full")
+    with pytest.raises(SystemExit, match="appears twice"):
+        _dp_runs.merge([one, one])
+    other = compare(seeds=1, first_seed=5, baseline=False, rounds=3, sdist=None, same_noise=False,
+                    mechanisms=("central", "ddgauss"), epsilons=(8.0,), participation="full")
+    with pytest.raises(SystemExit, match="differ in rounds"):
+        _dp_runs.merge([one, other])
