@@ -71,7 +71,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks._record import SplitRule, add_rule_args, append_table, read_rule_args
+from benchmarks._record import SplitRule, add_rule_args, append_table, read_rule_args, write_results
 from benchmarks._stats import fmt_mean_std, t_interval, verdict
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
@@ -307,7 +307,9 @@ def main(argv: list[str] | None = None) -> None:
         r.update(splits=rule.as_dict(), reported_on=split)
     columns = ["attack", "attackers", "defence", "attack_success_rate", "target_on_clean_prompts", "clean_loss",
                "clean_vs_fedavg", "rejected", "error"]
-    append_table("robustness", rows, columns=columns, record=not args.quick, note=json.dumps(summary))
+    append_table("robustness", rows, columns=columns, record=not args.quick)  # each row's command: this one's
+    write_results("robustness_summary", [{"summary": summary, "splits": rule.as_dict(), "reported_on": split}],
+                  record=not args.quick)
     print(json.dumps({**summary, "splits": rule.describe(), "reported_on": split, "rows": rows}))
 
 
