@@ -7,10 +7,12 @@ Target: ratio <= 1.10.
 
 **Splits and seeds.** Nothing is tuned (no validation split): a timing of a fixed workload
 (4 clients a round, 3 local steps, 20 Shakespeare roles; ``--report-on`` accepts only test).
-The seeds are the 4 timed rounds (3 with ``--quick``) of one seed-0 run, after a warm-up
-round; the ratio is their median.
+The repeats are the timed rounds (``--rounds``, default 4; 3 with ``--quick``) of one seed-0
+run, after a warm-up round. Each round gives one ratio; the result is their median and their
+mean with a 95% Student-t interval, with the load average before and after the timed rounds.
+The goal is read on the interval's upper end.
 
-    python -m benchmarks.sim_overhead [--quick] [--model smollm2-135m|tiny-llama]
+    python -m benchmarks.sim_overhead [--quick] [--rounds N] [--model smollm2-135m|tiny-llama]
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks._record import SplitRule, add_report_on, finish
+from benchmarks._record import SplitRule, add_report_on, finish, load_average
+from benchmarks._stats import t_interval
 from fedlm.capabilities import build_engine
 from fedlm.client.trainer import steps_for, train_local
 from fedlm.commands.experiment import prepare
@@ -55,11 +58,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--rounds", type=int, default=None, help="timed rounds, one ratio each (>= 3 for an interval)")
     add_report_on(ap, SPLITS)
     args = ap.parse_args()
     split = SPLITS.check_report(args.report_on)
     model = args.model or ("tiny-llama" if args.quick else "smollm2-135m")
-    rounds = 3 if args.quick else 4
+    rounds = args.rounds or (3 if args.quick else 4)
+    if rounds < 2:
+        raise SystemExit(f"--rounds {rounds}: an interval needs two or more timed rounds (use >= 3)")
     rule = replace(SPLITS, seeds=tuple(range(rounds)))  # the rounds this run timed
     overrides = [f"model.name={model}", "federation.clients_per_round=4", "federation.local_steps=3",
                  f"federation.rounds={rounds}", "data.max_clients=20"]
@@ -71,6 +77,7 @@ def main() -> None:
     state = sim.init_state()
     sim.run_round(state)  # warm-up (allocator, kernels)
     ratios, round_s, train_s = [], [], []
+    load_before = load_average()
     for _ in range(rounds):
         plan = sim.plan_round(state.round + 1)
         t_pure = pure_training(sim, plan, state.global_state)
@@ -88,10 +95,14 @@ def main() -> None:
         "round_seconds": statistics.median(round_s),
         "pure_training_seconds": statistics.median(train_s),
         "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "ratio_mean_ci95": t_interval(ratios).as_dict(),
+        "load_1min_before_after": [load_before, load_average()],
         "target": "<= 1.10",
+        "goal_met": t_interval(ratios).hi <= 1.10,
         "splits": rule.as_dict(),
         "reported_on": split,
-    }, columns=["model", "rounds", "round_seconds", "pure_training_seconds", "ratio", "target"])
+    }, columns=["model", "rounds", "round_seconds", "pure_training_seconds", "ratio", "target", "goal_met"])
 
 
 if __name__ == "__main__":
