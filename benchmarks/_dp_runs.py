@@ -36,6 +36,9 @@ SPLITS = SplitRule.untuned(
 MECHANISMS = ("central", "ddgauss", "skellam")
 MECH_EPSILONS = (8.0, 3.0)
 RING_BITS = 20  # SecAgg+'s ring for the discrete mechanisms: 3 bytes a value
+GOAL_EPSILON = 8.0  # the goal: DDGauss within 1% of central DP's held-out loss at this epsilon
+# What must agree before two runs' rows may be pooled into one result (see merge).
+_POOLED_SETTINGS = ("rounds", "ring_bits", "participation", "clients_per_round")
 
 
 def mechanism_overrides(mechanism: str, eps: float | None, ring_bits: int = RING_BITS) -> list[str]:
@@ -180,19 +183,14 @@ def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: b
         per_seed = [_seed_rows(seed, *work) for seed in seed_ids]
     rows = [r for seed_rows in per_seed for r in seed_rows]
     cfg = load_config(DP_YAML, base)
+    q = 1.0 if participation == "full" else cfg.federation.clients_per_round / cfg.data.max_clients
     return summarise(rows, rounds=cfg.federation.rounds, ring_bits=ring_bits, participation=participation,
                      clients_per_round=cfg.federation.clients_per_round,
-                     sample_rate=1.0 if participation == "full" else
-                     cfg.federation.clients_per_round / cfg.data.max_clients)
-
-
-GOAL_EPSILON = 8.0
-# What must agree before two runs' rows may be pooled into one result (see merge).
-_POOLED_SETTINGS = ("rounds", "ring_bits", "participation", "clients_per_round")
+                     noise_accounting=noise_needed(GOAL_EPSILON, cfg.federation.rounds, q))
 
 
 def summarise(rows: list[dict], *, rounds: int, ring_bits: int, participation: str, clients_per_round: int,
-              sample_rate: float) -> dict:
+              noise_accounting: dict) -> dict:
     """The result of :func:`compare` from its per-run rows: a table per (mechanism, epsilon),
     the loss gap to central DP paired by seed, and the goal's verdict at epsilon 8."""
     seeds = sorted({r["seed"] for r in rows})
@@ -227,7 +225,7 @@ def summarise(rows: list[dict], *, rounds: int, ring_bits: int, participation: s
         "seeds": len(seeds), "rounds": rounds, "ring_bits": ring_bits, "participation": participation,
         "clients_per_round": clients_per_round,
         "splits": replace(SPLITS, seeds=tuple(seeds)).as_dict(),  # the seeds these rows ran
-        "noise_accounting": noise_needed(GOAL_EPSILON, rounds, sample_rate),
+        "noise_accounting": noise_accounting,  # noise_needed's split: a function of the settings alone
         "rows": table, "relative_loss_gap_vs_central": gaps, "runs": rows,
         **{f"loss_{k}": v["eval_loss"]["mean"] for k, v in table.items()},
         "gap_ddgauss_8": gap8["mean"], "gap_ddgauss_8_ci95": gap8["ci95"],
@@ -252,10 +250,9 @@ def merge(results: list[dict]) -> dict:
     keys = [(r["seed"], r["mechanism"], r["epsilon_target"]) for res in results for r in res["runs"]]
     if len(keys) != len(set(keys)):
         raise SystemExit("--merge: a seed's run appears twice; merge results of disjoint seeds")
-    q = 1.0 if first["participation"] == "full" else first["noise_accounting"]["sample_rate"]
     return summarise([r for res in results for r in res["runs"]], rounds=first["rounds"],
                      ring_bits=first["ring_bits"], participation=first["participation"],
-                     clients_per_round=first["clients_per_round"], sample_rate=q)
+                     clients_per_round=first["clients_per_round"], noise_accounting=first["noise_accounting"])
 
 
 # -- the one-run audit beside the reported epsilon ----------------------------------------
