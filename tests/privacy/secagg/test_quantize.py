@@ -73,3 +73,26 @@ def test_modulus_headroom_and_expansion():
 def test_bad_parameters_rejected(bits, clip):
     with pytest.raises(ConfigError):
         quantize(np.zeros(2), bits=bits, clip=clip, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("length", [0, 1, (1 << 17) - 1, (1 << 17) + 3])
+@pytest.mark.parametrize("bits,dtype", [(16, np.uint32), (16, np.uint64), (24, np.uint64)])
+def test_chunked_levels_match_across_chunk_edges_and_into_out(length, bits, dtype):
+    # Every value is a hand-worked level (exact, no rounding), repeated across the chunk
+    # edge at 2^17 values: -c -> 0, 0 -> half way rounded to an exact level, c -> 2^b - 1.
+    clip, top = 0.5, (1 << bits) - 1
+    x = np.resize(np.array([-clip, clip, 7.0, -7.0]), length)
+    want = np.resize(np.array([0, top, top, 0], dtype=dtype), length)
+    got = quantize(x, bits=bits, clip=clip, rng=np.random.default_rng(1), dtype=dtype)
+    assert got.dtype == dtype and np.array_equal(got, want)
+    out = np.full(length, 12345, dtype=dtype)
+    same = quantize(x, bits=bits, clip=clip, rng=np.random.default_rng(1), dtype=dtype, out=out)
+    assert same is out and np.array_equal(out, want)
+
+
+def test_an_out_buffer_of_the_wrong_shape_or_type_is_refused():
+    x = np.zeros(4, dtype=np.float32)
+    with pytest.raises(ConfigError, match="out has shape"):
+        quantize(x, bits=8, clip=1.0, rng=np.random.default_rng(0), dtype=np.uint32, out=np.empty(5, np.uint32))
+    with pytest.raises(ConfigError, match="dtype uint64"):
+        quantize(x, bits=8, clip=1.0, rng=np.random.default_rng(0), dtype=np.uint32, out=np.empty(4, np.uint64))

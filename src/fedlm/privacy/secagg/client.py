@@ -264,7 +264,7 @@ class SecAggClient:
                 )
             q[:] = x.astype(dtype, copy=False)
         else:
-            q[:] = quantize(x, bits=setup.bits, clip=setup.clip, rng=self._rng, dtype=dtype)
+            quantize(x, bits=setup.bits, clip=setup.clip, rng=self._rng, dtype=dtype, out=q)
         if weight != 1:
             q *= dtype.type(weight)  # w * q < 2^m by the headroom check, so no wrap here
         y[-1] = weight

@@ -45,6 +45,7 @@ def quantize(
     clip: float,
     rng: np.random.Generator,
     dtype: np.dtype | type = np.uint64,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Clip to [-clip, clip] and stochastically round to ``bits``-bit levels.
 
@@ -55,34 +56,60 @@ def quantize(
     frac(t / 2^f), which is frac(s) to within 2^-f, so E[q] = s up to 2^-f of a level,
     and |q - s| < 1 + LEVEL_SLACK.
 
+    The work runs in chunks of ``_CHUNK`` values, so the float scratch stays in cache
+    and the levels are written straight into ``out`` (a client passes the masking
+    buffer): about half the time of whole-vector passes over 1M values.
+
     Args:
         x: float array of shape (L,).
         bits: b, 1 <= b <= 32.
         clip: c > 0.
         rng: seeds the rounding noise (not security-relevant).
         dtype: unsigned integer type of the result (uint32 holds every b <= 32).
+        out: where to write the result instead, an array of shape (L,) and ``dtype``.
 
     Returns:
-        array of shape (L,) and ``dtype`` with values in [0, 2^b - 1].
+        array of shape (L,) and ``dtype`` with values in [0, 2^b - 1] (``out`` if given).
     """
     from fedlm.privacy.secagg.crypto import prg  # imported here: crypto is the heavier module
 
     _check(bits=bits, clip=clip)
+    x = np.asarray(x)
+    dtype = np.dtype(dtype)
+    if out is None:
+        out = np.empty(x.shape, dtype=dtype)
+    elif out.shape != x.shape or out.dtype != dtype:
+        raise ConfigError(
+            f"out has shape {out.shape} and dtype {out.dtype}; quantize needs {x.shape} and {dtype}"
+        )
     levels = (1 << bits) - 1
     if bits <= 16:
-        f, ftype, signed, word, noise = 8, np.float32, np.int32, np.uint32, np.dtype("<u1")
+        f, ftype, signed, word, noise = 8, np.float32, np.int32, np.dtype(np.uint32), np.dtype("<u1")
     else:
-        f, ftype, signed, word, noise = 16, np.float64, np.int64, np.uint64, np.dtype("<u2")
+        f, ftype, signed, word, noise = 16, np.float64, np.int64, np.dtype(np.uint64), np.dtype("<u2")
     one = float(1 << f)
     scale = levels / (2.0 * clip) * one
-    s = np.multiply(np.asarray(x), ftype(scale), dtype=ftype)  # (L,), s * 2^f
-    s += ftype(clip * scale)
-    np.maximum(s, ftype(0.0), out=s)  # clip to [0, levels * 2^f] (np.clip is slower)
-    np.minimum(s, ftype(levels * one), out=s)
-    t = s.astype(signed).view(word)  # floor, as s >= 0; signed conversion is vectorised
-    np.add(t, prg(rng.bytes(32), t.size, dtype=noise), out=t, casting="unsafe")  # no wrap
-    np.right_shift(t, word(f), out=t)
-    return t if t.dtype == np.dtype(dtype) else t.astype(dtype)
+    shift, top = ftype(clip * scale), ftype(levels * one)
+    r = prg(rng.bytes(32), x.size, dtype=noise)  # (L,), uniform in [0, 2^f)
+    chunk = max(1, min(_CHUNK, x.size))
+    s = np.empty(chunk, dtype=ftype)  # s * 2^f for one chunk
+    t = None if dtype == word else np.empty(chunk, dtype=word)
+    for start in range(0, x.size, chunk):
+        xs = x[start : start + chunk]
+        ss, ts = s[: xs.size], (out[start : start + chunk] if t is None else t[: xs.size])
+        np.multiply(xs, ftype(scale), out=ss, dtype=ftype)
+        ss += shift
+        np.clip(ss, ftype(0.0), top, out=ss)  # the SecAgg stage refuses NaN before masking
+        np.copyto(ts.view(signed), ss, casting="unsafe")  # floor, as s >= 0
+        np.add(ts, r[start : start + chunk], out=ts, casting="unsafe")  # t < 2^(b+f): no wrap
+        np.right_shift(ts, word.type(f), out=ts)
+        if t is not None:
+            out[start : start + chunk] = ts
+    return out
+
+
+# Values per chunk of :func:`quantize`: 128K float32 (512 KiB) was fastest over 1M values.
+_CHUNK = 1 << 17
 
 
 def dequantize_sum(total: np.ndarray, *, bits: int, clip: float, total_weight: int) -> np.ndarray:
