@@ -33,7 +33,11 @@ Raw rows: ``benchmarks/results/personalization.jsonl`` (one per seed, with every
 validation grid and test perplexity).
 
     OMP_NUM_THREADS=1 python -m benchmarks.personalization [--quick] [--seeds 0,1,2]
-        [--examples 32] [--jobs 3] [--report-on test]
+        [--examples 32] [--jobs 3] [--report-on test] [--pool]
+
+A seed takes about two core-hours on this 2-core machine. Run seeds one at a time
+(``--seeds S``, each records its row) and summarise them together with ``--seeds 0,1,2
+--pool``, which reads the recorded rows of the same settings instead of training.
 
 ``--quick``: tiny-llama on 3 sources, one round (seconds; a smoke check, nothing recorded).
 """
@@ -54,7 +58,7 @@ import numpy as np
 import torch
 
 from benchmarks._lm import Losses, example_losses, split_heldout
-from benchmarks._record import SplitRule, add_report_on, write_results
+from benchmarks._record import SplitRule, add_report_on, read_results, write_results
 from benchmarks._stats import fmt_mean_std, mean_std, paired_bootstrap, verdict
 from fedlm.capabilities import build_engine
 from fedlm.client.trainer import train_local
@@ -225,6 +229,35 @@ def summarise(seeds: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_of_means": {m: mean_std([x["mean"] for x in stats[m]])[0] for m in METHODS}}
 
 
+# Settings that do not change what a seed measures: recorded runs that differ only in these pool.
+_NOT_DESIGN = frozenset({"seeds", "jobs", "threads", "no_record", "pool", "medquad"})
+
+
+def _design(settings: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in settings.items() if k not in _NOT_DESIGN}, default=str))
+
+
+def pooled_runs(args: argparse.Namespace, seeds: list[int]) -> list[dict[str, Any]]:
+    """The recorded runs of ``seeds`` with these settings (``--pool``), in ``seeds`` order.
+
+    A seed costs about two core-hours here, so seeds run one at a time (each ``--seeds S``
+    records its row) and pool later. Refuses a seed recorded twice with these settings or
+    one not recorded at all."""
+    want, found = _design(vars(args)), {}
+    for row in read_results(NAME):
+        if "seed_run" not in row or _design(row.get("settings", {})) != want:
+            continue
+        seed = row["seed_run"]["seed"]
+        if seed in found:
+            raise SystemExit(f"--pool: seed {seed} is recorded twice with these settings; keep one row of it")
+        found[seed] = row["seed_run"]
+    missing = [s for s in seeds if s not in found]
+    if missing:
+        raise SystemExit(f"--pool: no recorded run of seed(s) {missing} with these settings; "
+                         f"run them first (--seeds {','.join(map(str, missing))})")
+    return [found[s] for s in seeds]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -248,6 +281,7 @@ def main() -> None:
     ap.add_argument("--medquad", default=MEDQUAD)
     add_report_on(ap, SPLITS)
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--pool", action="store_true", help="summarise the recorded runs of --seeds instead of running")
     args = ap.parse_args()
     split = SPLITS.check_report(args.report_on)
     args.lrs = [float(x) for x in args.lrs.split(",")]
@@ -257,7 +291,9 @@ def main() -> None:
         args.model, args.clients, args.rounds, args.local_steps, args.seq_len, args.examples = "tiny-llama", 3, 1, 2, 128, 8
         args.steps_grid, args.val_cap, args.test_cap = [1, 2], 4, 4
     t0 = time.perf_counter()
-    if args.jobs > 1 and len(seeds) > 1:
+    if args.pool:
+        runs = pooled_runs(args, seeds)
+    elif args.jobs > 1 and len(seeds) > 1:
         with ProcessPoolExecutor(min(args.jobs, len(seeds)), mp_context=multiprocessing.get_context("spawn")) as pool:
             runs = list(pool.map(run_seed, [args] * len(seeds), seeds))
     else:
@@ -265,7 +301,7 @@ def main() -> None:
     summary = summarise(runs)
     cmd = ("OMP_NUM_THREADS=1 python -m benchmarks.personalization " + " ".join(sys.argv[1:])).strip()
     record = not (args.quick or args.no_record)
-    write_results(NAME, [{"seed_run": r, "splits": SPLITS.as_dict(), "reported_on": split,
+    write_results(NAME, [] if args.pool else [{"seed_run": r, "splits": SPLITS.as_dict(), "reported_on": split,
                           "settings": {k: v for k, v in vars(args).items() if k != "medquad"}} for r in runs],
                   command=cmd, record=record)
     write_results(NAME + "_summary", [{"summary": summary, "seeds": seeds, "splits": SPLITS.as_dict(),
