@@ -198,6 +198,13 @@ def git_rev() -> str:
         return "unknown"
 
 
+def command_line(module: str) -> str:
+    """How this benchmark was started: its ``OMP_NUM_THREADS`` as set, then its arguments."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    prefix = f"OMP_NUM_THREADS={threads} " if threads else ""
+    return f"{prefix}python -m benchmarks.{module} {' '.join(sys.argv[1:])}".strip()
+
+
 def stamp(command: str | None = None) -> dict[str, Any]:
     """Where and when a row was measured."""
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "machine": machine(),

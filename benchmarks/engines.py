@@ -60,6 +60,7 @@ from benchmarks._record import (
     ROOT,
     SplitRule,
     add_report_on,
+    command_line,
     git_rev,
     interleave,
     load_average,
@@ -241,7 +242,7 @@ def main() -> None:
             for r in rs:
                 all_rows.append({"clients": n, "engine": e, "rounds_run": args.rounds, **r, **rule_fields})
         log(json.dumps({"clients": n, "goals": summary[n]["goals"]}))
-    cmd = "OMP_NUM_THREADS=1 python -m benchmarks.engines " + " ".join(sys.argv[1:])
+    cmd = command_line("engines")
     write_results(NAME, all_rows, command=cmd, record=not (args.no_record or args.quick))
     write_results(NAME + "_summary", [{"summary": summary, "deploy": deploy_note, "flwr": flwr_bin("flwr"),
                                        **rule_fields}], command=cmd, record=not (args.no_record or args.quick))

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from benchmarks._lm import Losses, example_losses, split_heldout
-from benchmarks._record import SplitRule, add_report_on, read_results, write_results
+from benchmarks._record import SplitRule, add_report_on, command_line, read_results, write_results
 from benchmarks._stats import fmt_mean_std, mean_std, paired_bootstrap, verdict
 from fedlm.capabilities import build_engine
 from fedlm.client.trainer import train_local
@@ -299,7 +299,7 @@ def main() -> None:
     else:
         runs = [run_seed(args, s) for s in seeds]
     summary = summarise(runs)
-    cmd = ("OMP_NUM_THREADS=1 python -m benchmarks.personalization " + " ".join(sys.argv[1:])).strip()
+    cmd = command_line("personalization")
     record = not (args.quick or args.no_record)
     write_results(NAME, [] if args.pool else [{"seed_run": r, "splits": SPLITS.as_dict(), "reported_on": split,
                           "settings": {k: v for k, v in vars(args).items() if k != "medquad"}} for r in runs],

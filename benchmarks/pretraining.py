@@ -54,7 +54,7 @@ from typing import Any
 import torch
 
 from benchmarks._lm import example_losses, split_heldout
-from benchmarks._record import SplitRule, add_report_on, write_results
+from benchmarks._record import SplitRule, add_report_on, command_line, write_results
 from benchmarks._stats import fmt_mean_std, paired_bootstrap, verdict
 
 NAME = "pretraining"
@@ -221,7 +221,7 @@ def main() -> None:
         "goal": f"H = {args.h} within {GOAL_GAP:.0%} of H = 1 with >= {GOAL_COMM:g}x less: {goal}",
         "goal_status": goal.status,
     }
-    cmd = "OMP_NUM_THREADS=1 python -m benchmarks.pretraining " + " ".join(sys.argv[1:])
+    cmd = command_line("pretraining")
     record = not (args.quick or args.no_record)
     write_results(NAME, [{k: v for k, v in r.items() if k != "test_items"} for r in [*tune, *rest]],
                   command=cmd, record=record)

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from benchmarks._lm import example_losses, split_heldout
-from benchmarks._record import RESULTS, SplitRule, read_results, write_results
+from benchmarks._record import RESULTS, SplitRule, command_line, read_results, write_results
 from benchmarks._stats import accuracy_ci, bootstrap_ci, mcnemar_exact, paired_bootstrap, verdict
 from fedlm.capabilities import build_engine
 from fedlm.client.trainer import train_local
@@ -323,7 +323,7 @@ def main() -> None:
     t0 = time.perf_counter()
     runs = [run_seed(args, int(s), record) for s in args.seeds.split(",")]
     summary = summarise(recipe, args, runs)
-    cmd = ("OMP_NUM_THREADS=1 python -m benchmarks.recipes " + " ".join(sys.argv[1:])).strip()
+    cmd = command_line("recipes")
     write_results(NAME, [{"recipe": args.recipe, "splits": recipe["splits"].as_dict(), "reported_on": split,
                           "seeds": [r["seed"] for r in runs], "chosen": {r["seed"]: r["chosen"] for r in runs},
                           "clients": runs[0]["clients"], **summary,

@@ -64,6 +64,7 @@ from benchmarks._procs import TreeMonitor, run_child
 from benchmarks._record import (
     SplitRule,
     add_report_on,
+    command_line,
     interleave,
     load_average,
     machine,
@@ -327,7 +328,7 @@ def main() -> None:
     if not args.quick:  # the upload-expansion target is at n = 100
         big = secure_round(vectors(100, 100_000), config_for(100, None), seed=0)
         summary["upload_expansion_n100"] = {"value": big["upload_expansion"], "goal": "<= 1.5"}
-    cmd = "OMP_NUM_THREADS=1 python -m benchmarks.secagg " + " ".join(sys.argv[1:])
+    cmd = command_line("secagg")
     record = not (args.no_record or args.quick)
     write_results(NAME, rows, command=cmd, record=record)
     write_results(NAME + "_summary", [{"summary": summary, **rule_fields}], command=cmd, record=record)

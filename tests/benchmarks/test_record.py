@@ -64,3 +64,13 @@ def test_interleave_alternates_and_records_load():
     assert all("load_before" in r and "load_after" in r for r in out["A"])
     with pytest.raises(ValueError):
         interleave({"A": dict}, repeats=0)
+
+
+def test_the_recorded_command_names_the_threads_it_ran_with(monkeypatch):
+    from benchmarks._record import command_line
+
+    monkeypatch.setattr("sys.argv", ["personalization.py", "--seeds", "0", "--threads", "2"])
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert command_line("personalization") == "OMP_NUM_THREADS=2 python -m benchmarks.personalization --seeds 0 --threads 2"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert command_line("personalization") == "python -m benchmarks.personalization --seeds 0 --threads 2"
