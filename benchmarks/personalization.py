@@ -301,9 +301,10 @@ def main() -> None:
     summary = summarise(runs)
     cmd = command_line("personalization")
     record = not (args.quick or args.no_record)
-    write_results(NAME, [] if args.pool else [{"seed_run": r, "splits": SPLITS.as_dict(), "reported_on": split,
-                          "settings": {k: v for k, v in vars(args).items() if k != "medquad"}} for r in runs],
-                  command=cmd, record=record)
+    if not args.pool:  # pooled seeds are recorded already
+        write_results(NAME, [{"seed_run": r, "splits": SPLITS.as_dict(), "reported_on": split,
+                              "settings": {k: v for k, v in vars(args).items() if k != "medquad"}} for r in runs],
+                      command=cmd, record=record)
     write_results(NAME + "_summary", [{"summary": summary, "seeds": seeds, "splits": SPLITS.as_dict(),
                                        "wall_seconds": time.perf_counter() - t0}], command=cmd, record=record)
     sys.stdout.write(json.dumps({"benchmark": NAME, "splits": SPLITS.describe(), "reported_on": split,

@@ -102,16 +102,21 @@ def config_for(n: int, degree: int | None) -> SecAggConfig:
     return SecAggConfig(enabled=True, neighbours=degree, threshold=2 if degree == 2 else degree // 2 + 1)
 
 
+def median_cpu(call, reps: int) -> float:
+    """Median CPU seconds of ``reps`` calls of ``call``."""
+    times = []
+    for _ in range(reps):
+        t0 = time.process_time()
+        call()
+        times.append(time.process_time() - t0)
+    return statistics.median(times)
+
+
 def stream_seconds(length: int, reps: int = 7) -> float:
     """CPU seconds of one AES-CTR mask stream of ``length`` uint32 words added mod 2^32."""
     acc = np.zeros(length, dtype=np.uint32)
     seed = bytes(range(32))
-    times = []
-    for _ in range(reps):
-        t0 = time.process_time()
-        crypto.apply_streams(acc, [(seed, False)])
-        times.append(time.process_time() - t0)
-    return statistics.median(times)
+    return median_cpu(lambda: crypto.apply_streams(acc, [(seed, False)]), reps)
 
 
 def public_key_seconds(reps: int = 101) -> tuple[float, float]:
@@ -120,17 +125,8 @@ def public_key_seconds(reps: int = 101) -> tuple[float, float]:
     payload = bytes(64)
     public, signature = signer.public_key().public_bytes_raw(), signer.sign(payload)
     mine, theirs = crypto.private_key(crypto.generate_private_key()), crypto.public_key(peer)
-
-    def median_cpu(call) -> float:
-        times = []
-        for _ in range(reps):
-            t0 = time.process_time()
-            call()
-            times.append(time.process_time() - t0)
-        return statistics.median(times)
-
-    return (median_cpu(lambda: identity.verify(public, signature, payload)),
-            median_cpu(lambda: crypto.agree(mine, theirs, label=b"mask", round_id=1)))
+    return (median_cpu(lambda: identity.verify(public, signature, payload), reps),
+            median_cpu(lambda: crypto.agree(mine, theirs, label=b"mask", round_id=1), reps))
 
 
 def plaintext_round(vecs: list[np.ndarray]) -> None:
