@@ -33,8 +33,30 @@ ROOT = Path(__file__).resolve().parents[1]
 # ``python -m benchmarks --quick`` points both at a scratch folder (FEDLM_BENCH_OUT), so that
 # the small versions of the tables never overwrite the recorded ones.
 _OUT = os.environ.get("FEDLM_BENCH_OUT")
+
+
+class OutputFolderError(SystemExit):
+    """Results could not be written where they are meant to go."""
+
+
+def writable_folder(folder: Path) -> Path:
+    """``folder``, once it is known that it exists or can be made, and can be written.
+
+    Checked when a benchmark starts: a run of an hour writes its rows only at its end, so a
+    folder it cannot write must stop it before the hour, not after.
+    """
+    probe = folder
+    while not probe.exists():  # the nearest existing ancestor decides
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputFolderError(
+            f"results folder {folder}: {probe} is not a writable folder, so this run's rows could not be "
+            "saved when it ends; set FEDLM_BENCH_OUT to a new folder or a writable one")
+    return folder
+
+
 BENCHMARKS_MD = Path(_OUT) / "BENCHMARKS.md" if _OUT else ROOT / "BENCHMARKS.md"
-RESULTS = Path(_OUT) / "results" if _OUT else Path(__file__).resolve().parent / "results"
+RESULTS = writable_folder(Path(_OUT) / "results" if _OUT else Path(__file__).resolve().parent / "results")
 QUIET_LOAD = 2.5  # 1-minute load average below which timings are taken (2 shared cores)
 
 
@@ -319,7 +341,8 @@ def append_table(name: str, rows: list[dict[str, Any]], *, columns: list[str], r
 
 
 __all__ = [
-    "BENCHMARKS_MD", "QUIET_LOAD", "RESULTS", "SplitRule", "TunedSplitError", "add_report_on", "add_rule_args", "append_table",
-    "cpu_seconds", "finish", "interleave", "load_average", "machine", "markdown_table",
-    "peak_rss_mib", "read_results", "read_rule_args", "stamp", "wait_for_quiet", "write_results",
+    "BENCHMARKS_MD", "QUIET_LOAD", "RESULTS", "OutputFolderError", "SplitRule", "TunedSplitError",
+    "add_report_on", "add_rule_args", "append_table", "cpu_seconds", "finish", "interleave",
+    "load_average", "machine", "markdown_table", "peak_rss_mib", "read_results", "read_rule_args",
+    "stamp", "wait_for_quiet", "writable_folder", "write_results",
 ]

@@ -1,10 +1,22 @@
 """The split rule refuses to report on the tuned split; results files; interleaving."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from benchmarks._record import SplitRule, TunedSplitError, interleave, read_results, write_results
+from benchmarks._record import (
+    ROOT,
+    OutputFolderError,
+    SplitRule,
+    TunedSplitError,
+    interleave,
+    read_results,
+    writable_folder,
+    write_results,
+)
 
 
 def rule(**kw):
@@ -74,3 +86,21 @@ def test_the_recorded_command_names_the_threads_it_ran_with(monkeypatch):
     assert command_line("personalization") == "OMP_NUM_THREADS=2 python -m benchmarks.personalization --seeds 0 --threads 2"
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert command_line("personalization") == "python -m benchmarks.personalization --seeds 0 --threads 2"
+
+
+def test_a_results_folder_that_cannot_be_written_is_refused_before_the_run(tmp_path):
+    blocker = tmp_path / "p2"
+    blocker.write_bytes(b"not a folder")
+    with pytest.raises(OutputFolderError, match="p2 is not a writable folder"):
+        writable_folder(blocker / "results")
+    fresh = tmp_path / "new" / "results"
+    assert writable_folder(fresh) == fresh and not fresh.exists()  # nothing made before the run writes
+
+
+def test_a_benchmark_stops_at_start_when_its_output_folder_is_a_file(tmp_path):
+    blocker = tmp_path / "out"
+    blocker.write_bytes(b"")
+    env = {**os.environ, "FEDLM_BENCH_OUT": str(blocker)}
+    done = subprocess.run([sys.executable, "-c", "import benchmarks._record"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "FEDLM_BENCH_OUT" in done.stderr
