@@ -36,3 +36,23 @@ def test_a_seed_recorded_twice_is_refused(monkeypatch):
     monkeypatch.setattr(personalization, "read_results", lambda name: [_row(0), _row(0, threads=2)])
     with pytest.raises(SystemExit, match="seed 0 is recorded twice"):
         personalization.pooled_runs(_args(pool=True), [0])
+
+
+def _seed(seed: int) -> dict:
+    # two clients, two test questions each; "b" is the worst client under every method
+    items = {"local_only": {"a": [1.0, 2.0], "b": [3.0, 3.0]},
+             "fedavg_global": {"a": [1.5, 2.5], "b": [3.2, 3.0]},
+             "finetune": {"a": [0.9, 1.8], "b": [3.0, 2.8]}}
+    ppl = {m: {c: 2.0 + sum(v) for c, v in per.items()} for m, per in items.items()}
+    chosen = {m: {"lr": 0.003, "steps": 12} for m in ("local_only", "finetune")}
+    return {"seed": seed, "clients": ["a", "b"], "chosen": chosen, "test_ppl": ppl, "test_items": items}
+
+
+def test_the_summary_records_each_goals_paired_difference_per_question():
+    paired = personalization.summarise([_seed(0), _seed(1), _seed(2)])["paired_answer_loss"]
+    fedavg, finetune = paired["fedavg_beats_local_mean"], paired["finetune_beats_local_mean"]
+    worst = paired["finetune_improves_worst10_over_fedavg"]
+    assert fedavg["n"] == finetune["n"] == 12 and worst["n"] == 6  # 3 seeds x the questions compared
+    assert fedavg["diff"]["estimate"] == pytest.approx((0.5 + 0.5 + 0.2 + 0.0) / 4)
+    assert finetune["diff"]["estimate"] == pytest.approx((-0.1 - 0.2 + 0.0 - 0.2) / 4)
+    assert worst["diff"]["estimate"] == pytest.approx((-0.2 - 0.2) / 2)  # client b only
