@@ -12,6 +12,7 @@ from benchmarks._record import (
     OutputFolderError,
     SplitRule,
     TunedSplitError,
+    command_line,
     interleave,
     read_results,
     writable_folder,
@@ -79,8 +80,6 @@ def test_interleave_alternates_and_records_load():
 
 
 def test_the_recorded_command_names_the_threads_it_ran_with(monkeypatch):
-    from benchmarks._record import command_line
-
     monkeypatch.setattr("sys.argv", ["personalization.py", "--seeds", "0", "--threads", "2"])
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert command_line("personalization") == "OMP_NUM_THREADS=2 python -m benchmarks.personalization --seeds 0 --threads 2"
