@@ -109,10 +109,14 @@ class SplitRule:
                                   f"(validation) and {self.test!r} (test)")
         return self.test
 
-    def describe(self) -> str:
+    def describe(self, ran: Sequence[int] | None = None) -> str:
+        """One line naming both splits and the seeds; ``ran``: the seeds this run actually
+        ran, where a benchmark runs them one at a time (shown beside the rule's own)."""
         tuned = ", ".join(self.tuned) or "nothing"
-        return (f"tuned on {self.validation} ({tuned}); reported on {self.test}; "
-                f"seeds {','.join(map(str, self.seeds))}")
+        seeds = ",".join(map(str, self.seeds))
+        if ran is not None and tuple(ran) != self.seeds:
+            seeds = f"{','.join(map(str, ran))} of the rule's {seeds}"
+        return f"tuned on {self.validation} ({tuned}); reported on {self.test}; seeds {seeds}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"validation": self.validation, "test": self.test, "seeds": list(self.seeds),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -112,6 +112,29 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, level: float = L
         raise ValueError("paired_bootstrap needs two equal-length, non-empty sequences")
     return PairedResult(d.size, bootstrap_ci(d, level=level, n_boot=n_boot, seed=seed),
                         sign_flip_p(d, n_perm=n_boot, seed=seed), "paired bootstrap + sign-flip")
+
+
+def paired_over_seeds(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], *,
+                      shared_items: bool) -> PairedResult:
+    """``a`` against ``b`` pooled over seeds; ``a[s]``, ``b[s]``: per-item scores of seed s.
+
+    Where every seed scores the same items (a fixed test set), the item is the unit: its
+    scores are averaged over the seeds before the paired test, so an item scored in three
+    seeds counts once. Counting its three copies as independent would narrow the interval
+    by up to sqrt(3) when item difficulty, not the seed, drives the differences. Where each
+    seed draws its own items, every seed's items are pooled as they are.
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_over_seeds needs the same seeds on both sides, got {len(a)} and {len(b)}")
+    if not shared_items:
+        return paired_bootstrap(np.concatenate([np.asarray(x, dtype=np.float64) for x in a]),
+                                np.concatenate([np.asarray(x, dtype=np.float64) for x in b]))
+    lengths = {len(x) for x in (*a, *b)}
+    if len(lengths) != 1:
+        raise ValueError(f"shared_items: every seed must score the same items, got lengths {sorted(lengths)}")
+    one = paired_bootstrap(np.mean(np.asarray(a, dtype=np.float64), axis=0),
+                           np.mean(np.asarray(b, dtype=np.float64), axis=0))
+    return replace(one, test=f"{one.test} over items, each averaged over {len(a)} seeds")
 
 
 def sign_flip_p(diffs: Sequence[float], *, n_perm: int = N_BOOT, seed: int = 0) -> float:

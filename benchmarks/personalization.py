@@ -307,7 +307,7 @@ def main() -> None:
                       command=cmd, record=record)
     write_results(NAME + "_summary", [{"summary": summary, "seeds": seeds, "splits": SPLITS.as_dict(),
                                        "wall_seconds": time.perf_counter() - t0}], command=cmd, record=record)
-    sys.stdout.write(json.dumps({"benchmark": NAME, "splits": SPLITS.describe(), "reported_on": split,
+    sys.stdout.write(json.dumps({"benchmark": NAME, "splits": SPLITS.describe(seeds), "reported_on": split,
                                  **summary, "wall_seconds": time.perf_counter() - t0}) + "\n")
 
 

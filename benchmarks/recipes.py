@@ -34,7 +34,9 @@ paired tests but its goals read "not established".
 **Goal:** federated beats local-only on average (accuracy on each multiple-choice test set;
 answer loss on the loss test sets), read by :func:`benchmarks._stats.verdict`. Paired tests:
 per item, federated's hit (or loss) against the mean of the local models' hits (paired
-bootstrap and sign-flip p), and McNemar's exact test against each local model.
+bootstrap and sign-flip p), and McNemar's exact test against each local model. Pooled over
+seeds, an item of a fixed test set (PubMedQA, MMLU, Dolly's global test) counts once: its
+scores are averaged over the seeds first (:func:`benchmarks._stats.paired_over_seeds`).
 
 Long on 2 shared cores: every scored model is saved as it finishes to
 ``benchmarks/results/recipes_items.jsonl`` (per-item scores) and re-used by a later run
@@ -64,7 +66,14 @@ import torch
 
 from benchmarks._lm import example_losses, split_heldout
 from benchmarks._record import RESULTS, SplitRule, command_line, read_results, write_results
-from benchmarks._stats import accuracy_ci, bootstrap_ci, mcnemar_exact, paired_bootstrap, verdict
+from benchmarks._stats import (
+    accuracy_ci,
+    bootstrap_ci,
+    mcnemar_exact,
+    paired_bootstrap,
+    paired_over_seeds,
+    verdict,
+)
 from fedlm.capabilities import build_engine
 from fedlm.client.trainer import train_local
 from fedlm.commands.experiment import prepare
@@ -85,6 +94,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                       "federation.local_steps": 3, "data.heldout_fraction": 0.2},
         "mc": {"pubmedqa": (DATA / "pubmedqa", {"split": "test"}), "mmlu-medical": (DATA / "mmlu-redux-medical", {})},
         "loss_test": "medquad_test_half",
+        "fixed_tests": {"pubmedqa", "mmlu-medical"},  # the same items in every seed (the MedQuAD half is drawn)
         "splits": SplitRule(validation="MedQuAD held-out, even half (answer loss)",
                             test="PubMedQA test (500), MMLU-Redux medical ok (722), MedQuAD held-out odd half",
                             seeds=(0, 1, 2), tuned=("client lr per method",),
@@ -96,6 +106,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                       "federation.local_steps": 3, "data.heldout_fraction": 0.2},
         "mc": {},
         "loss_test": "dolly_global_test",
+        "fixed_tests": {"dolly_global_test"},
         "splits": SplitRule(validation="Dolly clients' held-out, even half (answer loss)",
                             test="Dolly global_test.json (80 records, answer loss)",
                             seeds=(0, 1, 2), tuned=("client lr per method",),
@@ -240,7 +251,7 @@ def run_seed(args, seed: int, record: bool) -> dict[str, Any]:
 
 def summarise(recipe: dict, args, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per seed and test set: each row's score with its 95% bootstrap interval; federated
-    against the mean of the local models, paired per item (pooled over seeds), and the goal."""
+    against the mean of the local models, paired per item (pooled over seeds, a fixed test set's item counted once), and the goal."""
     benches = [b for b in args.benchmarks if b in recipe["mc"]] + [recipe["loss_test"]]
     rows: list[dict[str, Any]] = []
     goals: dict[str, str] = {}
@@ -248,7 +259,7 @@ def summarise(recipe: dict, args, runs: list[dict[str, Any]]) -> dict[str, Any]:
     for bench in benches:
         is_mc = bench in recipe["mc"]
         metric = "hit" if is_mc else "loss"
-        fed_all, local_all, diffs, per_seed = [], [], [], []
+        fed_by_seed, local_by_seed, diffs, per_seed = [], [], [], []
         for run in runs:
             sc = run["scores"]
             if not all(bench in v for v in sc.values()):
@@ -272,13 +283,13 @@ def summarise(recipe: dict, args, runs: list[dict[str, Any]]) -> dict[str, Any]:
             if "federated" in sc:
                 one = paired_bootstrap(items("federated"), local_mean)
                 diffs.append(one.diff.estimate)
-                fed_all += items("federated")
-                local_all += local_mean.tolist()
+                fed_by_seed.append(items("federated"))
+                local_by_seed.append(local_mean.tolist())
                 per_seed.append({"seed": run["seed"], "federated_minus_local": one.as_dict(),
                                  "mcnemar_vs_each_local": ({n: mcnemar_exact(items("federated"), items(n))
                                                             for n in local} if is_mc else None)})
         if diffs:
-            pooled = paired_bootstrap(fed_all, local_all)
+            pooled = paired_over_seeds(fed_by_seed, local_by_seed, shared_items=bench in recipe["fixed_tests"])
             tests[bench] = {"per_seed": per_seed, "pooled": pooled.as_dict()}
             goals[bench] = str(verdict(diffs, paired=pooled, higher_is_better=is_mc))
     return {"rows": rows, "paired_tests": tests, "goals": goals}
@@ -328,7 +339,7 @@ def main() -> None:
                           "seeds": [r["seed"] for r in runs], "chosen": {r["seed"]: r["chosen"] for r in runs},
                           "clients": runs[0]["clients"], **summary,
                           "wall_seconds": time.perf_counter() - t0}], command=cmd, record=record)
-    sys.stdout.write(json.dumps({"benchmark": NAME, "recipe": args.recipe, "splits": recipe["splits"].describe(),
+    sys.stdout.write(json.dumps({"benchmark": NAME, "recipe": args.recipe, "splits": recipe["splits"].describe([r["seed"] for r in runs]),
                                  "reported_on": split, "chosen": {r["seed"]: r["chosen"] for r in runs},
                                  "rows": summary["rows"], "goals": summary["goals"],
                                  "wall_seconds": time.perf_counter() - t0}) + "\n")

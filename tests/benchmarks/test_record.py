@@ -57,6 +57,11 @@ def test_describe_names_both_splits_and_the_seeds():
     assert "val half" in text and "test half" in text and "0,1,2" in text
 
 
+def test_describe_shows_the_seeds_a_run_ran_beside_the_rules():
+    assert rule(seeds=(0, 1, 2)).describe([0, 1, 2]).endswith("seeds 0,1,2")
+    assert rule(seeds=(0, 1, 2)).describe([1]).endswith("seeds 1 of the rule's 0,1,2")
+
+
 def test_write_results_appends_stamped_rows(tmp_path):
     write_results("demo", [{"a": 1}], command="cmd", folder=tmp_path)
     write_results("demo", [{"a": 2}], command="cmd", folder=tmp_path)

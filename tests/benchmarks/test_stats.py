@@ -11,6 +11,7 @@ from benchmarks._stats import (
     mcnemar_exact,
     mean_std,
     paired_bootstrap,
+    paired_over_seeds,
     ratio_spread,
     sign_flip_p,
     spread,
@@ -85,6 +86,31 @@ def test_paired_bootstrap_reports_a_minus_b():
     assert res.diff.lo == pytest.approx(0.1) and res.diff.hi == pytest.approx(0.1)
     assert res.p_value == pytest.approx(2 / 64)  # exact: only all-+ and all-- reach 0.1
     assert res.n == 6
+
+
+def test_paired_over_seeds_counts_a_shared_item_once():
+    # 2 items scored in 3 seeds: item 0 always +1 better, item 1 always equal.
+    a = [[1.0, 0.0]] * 3
+    b = [[0.0, 0.0]] * 3
+    shared = paired_over_seeds(a, b, shared_items=True)
+    assert shared.n == 2 and shared.diff.estimate == pytest.approx(0.5)
+    assert shared.p_value == pytest.approx(1.0)  # exact over 4 sign patterns: |mean| >= 0.5 in all
+    assert "averaged over 3 seeds" in shared.test
+    drawn = paired_over_seeds(a, b, shared_items=False)  # each seed its own items: 6 of them
+    assert drawn.n == 6 and drawn.diff.estimate == pytest.approx(0.5)
+    assert drawn.p_value == pytest.approx(16 / 64)  # 3 nonzero diffs of 1: all-same signs among 2^3, x 2^3 zeros
+
+
+def test_paired_over_seeds_averages_each_item_over_seeds():
+    a = [[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]
+    b = [[0.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
+    res = paired_over_seeds(a, b, shared_items=True)
+    # item 0: (1 + 0 + 1)/3 - 0 = 2/3; item 1: (0 + 0 + 1)/3 - 1/3 = 0
+    assert res.diff.estimate == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="same items"):
+        paired_over_seeds([[1.0], [1.0, 0.0]], [[0.0], [0.0, 0.0]], shared_items=True)
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_over_seeds([[1.0]], [], shared_items=False)
 
 
 @pytest.mark.parametrize("diffs, higher, status", [
