@@ -37,7 +37,9 @@ validation grid and test perplexity).
 
 A seed takes about two core-hours on this 2-core machine. Run seeds one at a time
 (``--seeds S``, each records its row) and summarise them together with ``--seeds 0,1,2
---pool``, which reads the recorded rows of the same settings instead of training.
+--pool``, which reads the recorded rows of the same settings instead of training. A cut seed
+resumes at the phase it was in: each finished phase (FedAvg, then each tuned method) is kept
+in ``$TMPDIR/fedlm-personalization-phases`` (:func:`finished_phase`).
 
 ``--quick``: tiny-llama on 3 sources, one round (seconds; a smoke check, nothing recorded).
 """
@@ -46,12 +48,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import multiprocessing
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,6 +75,7 @@ from fedlm.seeds import derive_seed
 
 MEDQUAD = "../shared/datasets/medquad.jsonl"
 NAME = "personalization"
+PHASES = Path(tempfile.gettempdir()) / "fedlm-personalization-phases"  # finished phases: a cut seed resumes
 METHODS = ("local_only", "fedavg_global", "finetune")
 SPLITS = SplitRule(
     validation="MedQuAD held-out, even positions (validation half)",
@@ -124,6 +131,36 @@ def choose(grid: dict) -> tuple[tuple[float, int], dict[str, float]]:
     return min(means, key=means.get), {f"lr={k[0]:g},steps={k[1]}": m for k, m in means.items()}
 
 
+def finished_phase(args: argparse.Namespace, seed: int, phase: str, compute: Callable[[], dict]) -> dict:
+    """``compute()``, or its saved result from an earlier run of this seed with the same settings.
+
+    A seed runs for about an hour in three phases (FedAvg, then each tuned method); each
+    finished phase is saved to ``PHASES`` (tensors, numbers and strings only: read back with
+    ``weights_only``), so a cut run resumes at the phase it was in. Nothing is saved or read
+    for ``--quick`` or ``--no-record``."""
+    key = json.dumps({"design": _design(vars(args)), "seed": seed, "phase": phase}, sort_keys=True)
+    path = PHASES / f"{phase}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    keep = not (args.quick or args.no_record)
+    if keep and path.is_file():
+        print(f"seed {seed}: {phase} read from {path}", file=sys.stderr, flush=True)
+        return torch.load(path, weights_only=True)
+    out = compute()
+    if keep:
+        PHASES.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        torch.save(out, partial)
+        partial.replace(path)  # a run cut while saving leaves no half-written phase behind
+    return out
+
+
+def _packed(losses: dict[str, Losses]) -> dict[str, dict[str, torch.Tensor]]:
+    return {c: {"nll": torch.from_numpy(v.nll), "tokens": torch.from_numpy(v.tokens)} for c, v in losses.items()}
+
+
+def _unpacked(packed: dict[str, dict[str, torch.Tensor]]) -> dict[str, Losses]:
+    return {c: Losses(v["nll"].numpy(), v["tokens"].numpy()) for c, v in packed.items()}
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One seed end to end; returns per-client validation and test figures of every method."""
     torch.set_num_threads(args.threads)
@@ -143,14 +180,20 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         return {cid: example_losses(model.model, view.clients[cid].heldout, pad_id=pad) for cid in ids}
 
     # FedAvg: fixed settings, nothing tuned.
-    sim = build_engine(cfg, model, data)
-    state = sim.init_state()
-    with contextlib.redirect_stderr(io.StringIO()):
-        while state.round < fed.rounds:
-            state, _ = sim.run_round(state)
-    g = state.global_state
-    tests: dict[str, dict[str, Losses]] = {"fedavg_global": scored(test, g)}
-    vals: dict[str, Any] = {"fedavg_global": {c: v.mean_loss for c, v in scored(val, g).items()}}
+    def fedavg() -> dict[str, Any]:
+        sim = build_engine(cfg, model, data)
+        state = sim.init_state()
+        with contextlib.redirect_stderr(io.StringIO()):
+            while state.round < fed.rounds:
+                state, _ = sim.run_round(state)
+        g = state.global_state
+        return {"state": g, "test": _packed(scored(test, g)),
+                "val": {c: v.mean_loss for c, v in scored(val, g).items()}}
+
+    part = finished_phase(args, seed, "fedavg_global", fedavg)
+    g = part["state"]
+    tests: dict[str, dict[str, Losses]] = {"fedavg_global": _unpacked(part["test"])}
+    vals: dict[str, Any] = {"fedavg_global": part["val"]}
     print(f"seed {seed}: fedavg done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
     chosen: dict[str, Any] = {}
@@ -160,15 +203,20 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "local_only": (init, sorted({max(1, local_steps_total * j // 3) for j in (1, 2, 3)}), 11),
     }
     for method, (start, steps, salt) in grids.items():
-        grid = grid_run(model, data, views, start, lrs=args.lrs, steps=set(steps), seed=seed, salt=salt,
-                        batch_size=fed.batch_size, fed=fed)
-        best, means = choose(grid)
-        chosen[method] = {"lr": best[0], "steps": best[1], "val_mean_loss": means}
-        vals[method] = {c: v.mean_loss for c, v in grid[best]["val"].items()}
-        tests[method] = {}
-        for cid in ids:  # test scored once, for the chosen setting only
-            model.set_state(grid[best]["state"][cid])
-            tests[method][cid] = example_losses(model.model, test.clients[cid].heldout, pad_id=pad)
+        def tuned(start=start, steps=steps, salt=salt) -> dict[str, Any]:
+            grid = grid_run(model, data, views, start, lrs=args.lrs, steps=set(steps), seed=seed, salt=salt,
+                            batch_size=fed.batch_size, fed=fed)
+            best, means = choose(grid)
+            scores = {}
+            for cid in ids:  # test scored once, for the chosen setting only
+                model.set_state(grid[best]["state"][cid])
+                scores[cid] = example_losses(model.model, test.clients[cid].heldout, pad_id=pad)
+            return {"chosen": {"lr": best[0], "steps": best[1], "val_mean_loss": means},
+                    "val": {c: v.mean_loss for c, v in grid[best]["val"].items()}, "test": _packed(scores)}
+
+        part = finished_phase(args, seed, method, tuned)
+        chosen[method], vals[method], tests[method] = part["chosen"], part["val"], _unpacked(part["test"])
+        best = (chosen[method]["lr"], chosen[method]["steps"])
         print(f"seed {seed}: {method} chose {best} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
     return {
