@@ -41,9 +41,10 @@ scores are averaged over the seeds first (:func:`benchmarks._stats.paired_over_s
 Long on 2 shared cores: every scored model is saved as it finishes to
 ``benchmarks/results/recipes_items.jsonl`` (per-item scores) and re-used by a later run
 with the same settings, so a cut run resumes. ``--benchmarks pubmedqa`` scores fewer sets.
+``--pool`` summarises the recorded items of ``--seeds`` without training (seeds run apart).
 
     OMP_NUM_THREADS=1 python -m benchmarks.recipes [--recipe medical|instruct] [--quick]
-        [--seeds 0] [--clients 3] [--lrs 1e-3,3e-3] [--benchmarks pubmedqa,mmlu-medical]
+        [--seeds 0] [--clients 3] [--lrs 1e-3,3e-3] [--benchmarks pubmedqa,mmlu-medical] [--pool]
 
 ``--quick``: tiny-llama, 2 clients, 8 items (a smoke check; nothing recorded).
 """
@@ -249,6 +250,35 @@ def run_seed(args, seed: int, record: bool) -> dict[str, Any]:
     return {"seed": seed, "clients": ids, "chosen": chosen, "scores": scores, "seconds": time.perf_counter() - t0}
 
 
+def recorded_runs(args, seeds: list[int]) -> list[dict[str, Any]]:
+    """``--pool``: the seeds' scored items with these settings, as :func:`run_seed` returns them.
+
+    Every scored model is in ``recipes_items.jsonl`` (saved as it finishes); each seed's chosen
+    lrs come from the latest ``recipes.jsonl`` row that ran it. Refuses a seed scored under two
+    client draws, or one whose federated, local or other models miss a test set."""
+    recipe = RECIPES[args.recipe]
+    benches = [b for b in args.benchmarks if b in recipe["mc"]] + [recipe["loss_test"]]
+    want = {"recipe": args.recipe, "quick": False, "lrs": args.lrs, "max_items": args.max_items}
+    items = [r for r in read_results("recipes_items") if all(r.get(k) == v for k, v in want.items())]
+    chosen = {int(k): v for r in read_results(NAME) if r.get("recipe") == args.recipe
+              for k, v in (r.get("chosen") or {}).items()}
+    runs = []
+    for seed in seeds:
+        mine = [r for r in items if r["seed"] == seed]
+        draws = {tuple(r["clients"]) for r in mine}
+        if len(draws) > 1:
+            raise SystemExit(f"--pool: seed {seed} was scored under {len(draws)} client draws; keep one")
+        scores: dict[str, dict] = {}
+        for r in mine:  # a model scored twice with these settings: the later row
+            scores.setdefault(r["model"], {})[r["benchmark"]] = r["items"]
+        unscored = sorted(f"{m} on {b}" for m in scores for b in benches if b not in scores[m])
+        if "federated" not in scores or not any(m.startswith("local_only:") for m in scores) or unscored:
+            raise SystemExit(f"--pool: seed {seed} is not fully scored with these settings "
+                             f"({', '.join(unscored) or 'no federated or local model'}); run it first (--seeds {seed})")
+        runs.append({"seed": seed, "clients": list(draws.pop()), "chosen": chosen.get(seed), "scores": scores})
+    return runs
+
+
 def summarise(recipe: dict, args, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per seed and test set: each row's score with its 95% bootstrap interval; federated
     against the mean of the local models, paired per item (pooled over seeds, a fixed test set's item counted once), and the goal."""
@@ -322,6 +352,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-on", default="test")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--pool", action="store_true", help="summarise the recorded items of --seeds instead of training")
     args = ap.parse_args()
     recipe = RECIPES[args.recipe]
     split = recipe["splits"].check_report(args.report_on)
@@ -332,11 +363,12 @@ def main() -> None:
         args.clients, args.max_items, args.lrs = 2, 8, args.lrs[:1]
     record = not (args.quick or args.no_record)
     t0 = time.perf_counter()
-    runs = [run_seed(args, int(s), record) for s in args.seeds.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = recorded_runs(args, seeds) if args.pool else [run_seed(args, s, record) for s in seeds]
     summary = summarise(recipe, args, runs)
     cmd = command_line("recipes")
     write_results(NAME, [{"recipe": args.recipe, "splits": recipe["splits"].as_dict(), "reported_on": split,
-                          "seeds": [r["seed"] for r in runs], "chosen": {r["seed"]: r["chosen"] for r in runs},
+                          "seeds": seeds, "pooled": args.pool, "chosen": {r["seed"]: r["chosen"] for r in runs},
                           "clients": runs[0]["clients"], **summary,
                           "wall_seconds": time.perf_counter() - t0}], command=cmd, record=record)
     sys.stdout.write(json.dumps({"benchmark": NAME, "recipe": args.recipe, "splits": recipe["splits"].describe([r["seed"] for r in runs]),
