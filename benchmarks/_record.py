@@ -152,8 +152,26 @@ def machine() -> str:
     import torch
 
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    isa = cpu_vector_isa()
+    return (f"{platform.machine()}, {os.cpu_count()} cores{f' ({isa})' if isa else ''}{gpu}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def cpu_vector_isa(cpuinfo: str | None = None) -> str:
+    """The widest vector units the CPU offers ("AVX-512 + AMX", "AVX-512", "AVX2"; "" unknown).
+
+    Two machines with "2 cores" can differ three-fold in torch's fp32 speed (AVX2 against
+    AVX-512), so absolute timings name it; ratios measured side by side in one run do not
+    depend on it. ``cpuinfo``: the text of /proc/cpuinfo (read when None; "" off Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    if "avx512f" in flags:
+        return "AVX-512 + AMX" if "amx_tile" in flags else "AVX-512"
+    return "AVX2" if "avx2" in flags else ""
 
 
 def load_average() -> float:

@@ -13,6 +13,7 @@ from benchmarks._record import (
     SplitRule,
     TunedSplitError,
     command_line,
+    cpu_vector_isa,
     interleave,
     read_results,
     writable_folder,
@@ -108,3 +109,15 @@ def test_a_benchmark_stops_at_start_when_its_output_folder_is_a_file(tmp_path):
     done = subprocess.run([sys.executable, "-c", "import benchmarks._record"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "FEDLM_BENCH_OUT" in done.stderr
+
+
+@pytest.mark.parametrize("flags, isa", [
+    ("fpu sse2 avx avx2 fma", "AVX2"),
+    ("avx2 avx512f avx512bw", "AVX-512"),
+    ("avx2 avx512f amx_bf16 amx_tile", "AVX-512 + AMX"),
+    ("fpu sse2", ""),
+])
+def test_the_machine_line_names_the_cpus_vector_units(flags, isa):
+    cpuinfo = f"processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
+    assert cpu_vector_isa(cpuinfo) == isa
+    assert cpu_vector_isa("") == ""
