@@ -281,7 +281,8 @@ def recorded_runs(args, seeds: list[int]) -> list[dict[str, Any]]:
 
 def summarise(recipe: dict, args, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per seed and test set: each row's score with its 95% bootstrap interval; federated
-    against the mean of the local models, paired per item (pooled over seeds, a fixed test set's item counted once), and the goal."""
+    against the mean of the local models, paired per item (pooled over seeds, an item of a
+    fixed test set counted once), and the goal."""
     benches = [b for b in args.benchmarks if b in recipe["mc"]] + [recipe["loss_test"]]
     rows: list[dict[str, Any]] = []
     goals: dict[str, str] = {}
@@ -371,7 +372,7 @@ def main() -> None:
                           "seeds": seeds, "pooled": args.pool, "chosen": {r["seed"]: r["chosen"] for r in runs},
                           "clients": runs[0]["clients"], **summary,
                           "wall_seconds": time.perf_counter() - t0}], command=cmd, record=record)
-    sys.stdout.write(json.dumps({"benchmark": NAME, "recipe": args.recipe, "splits": recipe["splits"].describe([r["seed"] for r in runs]),
+    sys.stdout.write(json.dumps({"benchmark": NAME, "recipe": args.recipe, "splits": recipe["splits"].describe(seeds),
                                  "reported_on": split, "chosen": {r["seed"]: r["chosen"] for r in runs},
                                  "rows": summary["rows"], "goals": summary["goals"],
                                  "wall_seconds": time.perf_counter() - t0}) + "\n")
