@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -231,7 +232,12 @@ def interleave(runs: dict[str, Callable[[], dict[str, Any]]], repeats: int,
 
 
 # -- results files ----------------------------------------------------------------------------
+@functools.cache
 def git_rev() -> str:
+    """The commit the running benchmark's code came from ("+dirty": tracked files changed).
+
+    Read once, when this module is imported (below), so that a row written an hour into a
+    run names the code that ran, not a commit made while it ran."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10).stdout.strip()
@@ -240,6 +246,9 @@ def git_rev() -> str:
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+git_rev()
 
 
 def command_line(module: str) -> str:

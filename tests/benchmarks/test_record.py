@@ -121,3 +121,27 @@ def test_the_machine_line_names_the_cpus_vector_units(flags, isa):
     cpuinfo = f"processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
     assert cpu_vector_isa(cpuinfo) == isa
     assert cpu_vector_isa("") == ""
+
+
+def test_rows_name_the_commit_the_run_started_from(tmp_path, monkeypatch):
+    import subprocess
+
+    from benchmarks import _record
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "f").write_text("1")
+    git("add", "f")
+    git("commit", "-qm", "first")
+    monkeypatch.setattr(_record, "ROOT", tmp_path)
+    _record.git_rev.cache_clear()
+    try:
+        started = _record.git_rev()
+        (tmp_path / "f").write_text("2")
+        git("commit", "-qam", "made while the benchmark ran")
+        assert _record.git_rev() == started and not started.endswith("+dirty")
+    finally:
+        _record.git_rev.cache_clear()
