@@ -138,7 +138,8 @@ def finished_phase(args: argparse.Namespace, seed: int, phase: str, compute: Cal
     finished phase is saved to ``PHASES`` (tensors, numbers and strings only: read back with
     ``weights_only``), so a cut run resumes at the phase it was in. Nothing is saved or read
     for ``--quick`` or ``--no-record``."""
-    key = json.dumps({"design": _design(vars(args)), "seed": seed, "phase": phase}, sort_keys=True)
+    key = json.dumps({"design": _design(vars(args)), "data": str(vars(args).get("medquad")), "seed": seed,
+                      "phase": phase}, sort_keys=True)  # the data file too: pooled rows leave its path out
     path = PHASES / f"{phase}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     keep = not (args.quick or args.no_record)
     if keep and path.is_file():

@@ -53,7 +53,8 @@ def test_another_seed_phase_or_setting_is_computed_afresh(phases):
     personalization.finished_phase(_args(), 1, "finetune", compute)
     personalization.finished_phase(_args(), 0, "local_only", compute)
     personalization.finished_phase(_args(clients=3), 0, "finetune", compute)
-    assert len(calls) == 4
+    personalization.finished_phase(_args(medquad="other.jsonl"), 0, "finetune", compute)
+    assert len(calls) == 5
 
 
 @pytest.mark.parametrize("flag", ["quick", "no_record"])
