@@ -175,6 +175,23 @@ def cpu_vector_isa(cpuinfo: str | None = None) -> str:
     return "AVX2" if "avx2" in flags else ""
 
 
+def kept(path: Path, compute: Callable[[], Any], *, keep: bool = True) -> Any:
+    """``compute()``, or what an earlier run saved at ``path`` (tensors, numbers and strings,
+    read back with ``weights_only``): long benchmarks keep finished work so a cut run resumes.
+    The file is written whole or not at all; ``keep=False`` neither reads nor writes."""
+    import torch
+
+    if keep and path.is_file():
+        return torch.load(path, weights_only=True)
+    out = compute()
+    if keep:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        torch.save(out, partial)
+        partial.replace(path)
+    return out
+
+
 def load_average() -> float:
     """The 1-minute load average (the machine is shared: every timing carries it)."""
     return round(os.getloadavg()[0], 2)
@@ -373,7 +390,7 @@ def append_table(name: str, rows: list[dict[str, Any]], *, columns: list[str], r
 
 __all__ = [
     "BENCHMARKS_MD", "QUIET_LOAD", "RESULTS", "OutputFolderError", "SplitRule", "TunedSplitError",
-    "add_report_on", "add_rule_args", "append_table", "cpu_seconds", "finish", "interleave",
+    "add_report_on", "add_rule_args", "append_table", "cpu_seconds", "finish", "interleave", "kept",
     "load_average", "machine", "markdown_table", "peak_rss_mib", "read_results", "read_rule_args",
     "stamp", "wait_for_quiet", "writable_folder", "write_results",
 ]

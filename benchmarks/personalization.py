@@ -64,7 +64,14 @@ import numpy as np
 import torch
 
 from benchmarks._lm import Losses, example_losses, split_heldout
-from benchmarks._record import SplitRule, add_report_on, command_line, read_results, write_results
+from benchmarks._record import (
+    SplitRule,
+    add_report_on,
+    command_line,
+    kept,
+    read_results,
+    write_results,
+)
 from benchmarks._stats import fmt_mean_std, mean_std, paired_bootstrap, verdict
 from fedlm.capabilities import build_engine
 from fedlm.client.trainer import train_local
@@ -141,17 +148,7 @@ def finished_phase(args: argparse.Namespace, seed: int, phase: str, compute: Cal
     key = json.dumps({"design": _design(vars(args)), "data": str(vars(args).get("medquad")), "seed": seed,
                       "phase": phase}, sort_keys=True)  # the data file too: pooled rows leave its path out
     path = PHASES / f"{phase}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-    keep = not (args.quick or args.no_record)
-    if keep and path.is_file():
-        print(f"seed {seed}: {phase} read from {path}", file=sys.stderr, flush=True)
-        return torch.load(path, weights_only=True)
-    out = compute()
-    if keep:
-        PHASES.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        torch.save(out, partial)
-        partial.replace(path)  # a run cut while saving leaves no half-written phase behind
-    return out
+    return kept(path, compute, keep=not (args.quick or args.no_record))
 
 
 def _packed(losses: dict[str, Losses]) -> dict[str, dict[str, torch.Tensor]]:

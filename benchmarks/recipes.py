@@ -67,7 +67,7 @@ import numpy as np
 import torch
 
 from benchmarks._lm import example_losses, split_heldout
-from benchmarks._record import RESULTS, SplitRule, command_line, read_results, write_results
+from benchmarks._record import RESULTS, SplitRule, command_line, kept, read_results, write_results
 from benchmarks._stats import (
     accuracy_ci,
     bootstrap_ci,
@@ -230,13 +230,7 @@ def run_seed(args, seed: int, record: bool) -> dict[str, Any]:
         trials = {}
         for lr in args.lrs:
             saved = STATES / f"{scorer.cache_key(method, f'lr={lr:g}')}.pt"
-            if record and saved.is_file():
-                got = torch.load(saved)
-            else:
-                got = train(method, lr)
-                if record:
-                    STATES.mkdir(parents=True, exist_ok=True)
-                    torch.save(got, saved)
+            got = kept(saved, lambda method=method, lr=lr: train(method, lr), keep=record)
             trials[lr] = (float(np.mean([val_loss(s) for s in got.values()])), got)
             print(f"seed {seed}: {method} lr {lr:g} validation loss {trials[lr][0]:.4f} "
                   f"after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
