@@ -93,3 +93,20 @@ def test_construction_validates_sizes():
     with pytest.raises(SecAggError) as e:
         decode(bytes([VERSION, 0x63]) + bytes(8))
     assert e.value.reason == "malformed"
+
+
+def test_fields_that_do_not_fit_their_length_prefix_are_refused_when_encoded():
+    from fedlm.privacy.secagg.codec import Reader, Writer
+
+    w = Writer()
+    for too_big in (lambda: w.text("x" * 65_536), lambda: w.u32(1 << 32), lambda: w.u8(-1)):
+        with pytest.raises(SecAggError) as e:
+            too_big()
+        assert e.value.reason == "wrong_size"
+    w.text("é" * 3)  # 6 bytes of UTF-8
+    w.u64(2**64 - 1)
+    r = Reader(b"".join(w.parts), 0)
+    assert (r.text(), r.u64()) == ("é" * 3, 2**64 - 1)
+    with pytest.raises(SecAggError) as e:
+        r.u8()  # nothing left
+    assert e.value.reason == "malformed"

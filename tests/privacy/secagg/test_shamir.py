@@ -77,3 +77,15 @@ def test_bad_inputs_are_rejected():
     with pytest.raises(SecAggError) as e:
         Share.from_bytes((1).to_bytes(4, "big") + PRIME.to_bytes(16, "big") * 3, secret_len=32)
     assert e.value.reason == "malformed"
+
+
+def test_share_values_are_the_polynomial_reduced_mod_the_prime():
+    from fedlm.privacy.secagg.shamir import _evaluate
+
+    assert _evaluate([3, 2, 1], 5) == 3 + 2 * 5 + 25
+    # 40 coefficients near the prime at the largest share point: the value is reduced
+    # once at the end, so it must still equal step-by-step reduction.
+    poly = [PRIME - 1 - i for i in range(40)]
+    x = 2**32 - 1
+    expected = sum(a * pow(x, k, PRIME) for k, a in enumerate(poly)) % PRIME
+    assert _evaluate(poly, x) == expected

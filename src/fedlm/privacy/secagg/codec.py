@@ -23,35 +23,50 @@ def pack(fmt: str, *values: object) -> bytes:
         raise SecAggError("wrong_size", f"cannot encode {values!r} as {fmt!r}: {exc}") from None
 
 
+# Compiled once: a round encodes and decodes tens of thousands of small fields (ids in
+# every cohort list), where format parsing and slicing per field added up.
+_U8, _U16, _U32, _U64, _F64 = (struct.Struct(f) for f in (">B", ">H", ">I", ">Q", ">d"))
+
+
 class Writer:
     """Accumulates encoded fields; ``b"".join(parts)`` is the body."""
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
 
+    def _put(self, field: struct.Struct, v: object) -> None:
+        try:
+            self.parts.append(field.pack(v))
+        except struct.error as exc:
+            raise SecAggError("wrong_size", f"cannot encode {v!r} as {field.format!r}: {exc}") from None
+
     def u8(self, v: int) -> None:
-        self.parts.append(pack(">B", v))
+        self._put(_U8, v)
 
     def u32(self, v: int) -> None:
-        self.parts.append(pack(">I", v))
+        self._put(_U32, v)
 
     def u64(self, v: int) -> None:
-        self.parts.append(pack(">Q", v))
+        self._put(_U64, v)
 
     def f64(self, v: float) -> None:
-        self.parts.append(pack(">d", v))
+        self._put(_F64, v)
 
     def text(self, v: str) -> None:
         try:
             raw = v.encode()
         except (AttributeError, UnicodeEncodeError):
             raise SecAggError("malformed", f"a client id must be a UTF-8 string, got {v!r}") from None
-        self.parts.append(pack(">H", len(raw)) + raw)
+        if len(raw) > 0xFFFF:
+            raise SecAggError("wrong_size", f"a client id is {len(raw)} bytes; at most 65,535 fit")
+        self.parts.append(_U16.pack(len(raw)) + raw)
 
     def blob(self, v: bytes) -> None:
         if not isinstance(v, (bytes, bytearray, memoryview)):
             raise SecAggError("malformed", f"a blob must be bytes, got {type(v).__name__}")
-        self.parts.append(pack(">I", len(v)) + bytes(v))
+        if len(v) > 0xFFFFFFFF:
+            raise SecAggError("wrong_size", f"a blob is {len(v)} bytes; at most 2^32 - 1 fit")
+        self.parts.append(_U32.pack(len(v)) + bytes(v))
 
 
 class Reader:
@@ -60,39 +75,37 @@ class Reader:
     def __init__(self, data: bytes, pos: int) -> None:
         self.data, self.pos = data, pos
 
+    def _advance(self, n: int) -> int:
+        """Claim the next ``n`` bytes; returns where they start."""
+        start = self.pos
+        if start + n > len(self.data):
+            raise SecAggError("malformed", f"message truncated at byte {start} (wanted {n} more)")
+        self.pos = start + n
+        return start
+
     def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise SecAggError(
-                "malformed", f"message truncated at byte {self.pos} (wanted {n} more)"
-            )
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
+        start = self._advance(n)
+        return self.data[start : start + n]
 
     def view(self, n: int) -> memoryview:
         """Like :meth:`take`, but a zero-copy view (for the large vector payload)."""
-        if self.pos + n > len(self.data):
-            raise SecAggError(
-                "malformed", f"message truncated at byte {self.pos} (wanted {n} more)"
-            )
-        out = memoryview(self.data)[self.pos : self.pos + n]
-        self.pos += n
-        return out
+        start = self._advance(n)
+        return memoryview(self.data)[start : start + n]
 
     def u8(self) -> int:
-        return self.take(1)[0]
+        return _U8.unpack_from(self.data, self._advance(1))[0]
 
     def u32(self) -> int:
-        return struct.unpack(">I", self.take(4))[0]
+        return _U32.unpack_from(self.data, self._advance(4))[0]
 
     def u64(self) -> int:
-        return struct.unpack(">Q", self.take(8))[0]
+        return _U64.unpack_from(self.data, self._advance(8))[0]
 
     def f64(self) -> float:
-        return struct.unpack(">d", self.take(8))[0]
+        return _F64.unpack_from(self.data, self._advance(8))[0]
 
     def text(self) -> str:
-        (n,) = struct.unpack(">H", self.take(2))
+        n = _U16.unpack_from(self.data, self._advance(2))[0]
         try:
             return self.take(n).decode()
         except UnicodeDecodeError:

@@ -83,15 +83,16 @@ def harary_neighbours(
     half = (degree + 1) // 2
     # position[i] is client i's place on the circle; a seeded permutation (PCG64) is
     # fine here because the graph is public, only the masks must be unpredictable.
-    position = np.random.default_rng(seed).permutation(n)
-    at = np.empty(n, dtype=np.int64)
-    at[position] = np.arange(n)
-    offsets = np.array([d for d in range(-half, half + 1) if d != 0])
-    out = {}
-    for i, cid in enumerate(cohort):
-        near = at[(position[i] + offsets) % n]
-        out[cid] = frozenset(cohort[j] for j in near.tolist())
-    return out
+    position = np.random.default_rng(seed).permutation(n).tolist()
+    at = [0] * n  # at[p]: the client at place p on the circle
+    for i, p in enumerate(position):
+        at[p] = i
+    offsets = [d for d in range(-half, half + 1) if d != 0]
+    # Plain lists, not numpy: n small lookups each, where numpy's per-call cost dominated.
+    return {
+        cid: frozenset([cohort[at[(position[i] + d) % n]] for d in offsets])
+        for i, cid in enumerate(cohort)
+    }
 
 
 def is_connected(nodes: Collection[str], neighbours: Mapping[str, frozenset[str]]) -> bool:
