@@ -31,3 +31,19 @@ def test_the_floor_counts_every_signature_check_and_key_agreement(monkeypatch, n
 def test_public_key_timings_are_positive_cpu_seconds():
     t_verify, t_agree = secagg.public_key_seconds(reps=3)
     assert 0 < t_verify < 1 and 0 < t_agree < 1
+
+
+def test_the_working_floor_counts_one_quantisation_per_client(monkeypatch):
+    from fedlm.privacy.secagg import client
+
+    calls = []
+    quantize = client.quantize
+
+    def counting_quantize(x, **kwargs):
+        calls.append(x.size)
+        return quantize(x, **kwargs)
+
+    monkeypatch.setattr(client, "quantize", counting_quantize)
+    secagg.secure_round(secagg.vectors(10, 16), secagg.config_for(10, 2), seed=3)
+    assert calls == [16] * 10
+    assert 0 < secagg.quantize_seconds(1000, secagg.config_for(10, 2), reps=3) < 1
