@@ -139,14 +139,20 @@ def choose(grid: dict) -> tuple[tuple[float, int], dict[str, float]]:
     return min(means, key=means.get), {f"lr={k[0]:g},steps={k[1]}": m for k, m in means.items()}
 
 
+# Settings a phase never reads, so changing them keeps its saved result: FedAvg is fixed in
+# advance, and local-only's step grid is FedAvg's budget, not ``--steps-grid``.
+_PHASE_IGNORES = {"fedavg_global": ("lrs", "steps_grid"), "local_only": ("steps_grid",)}
+
+
 def finished_phase(args: argparse.Namespace, seed: int, phase: str, compute: Callable[[], dict]) -> dict:
-    """``compute()``, or its saved result from an earlier run of this seed with the same settings.
+    """``compute()``, or its saved result from an earlier run of this seed with the same settings (those the phase reads).
 
     A seed runs for about an hour in three phases (FedAvg, then each tuned method); each
     finished phase is saved to ``PHASES`` (tensors, numbers and strings only: read back with
     ``weights_only``), so a cut run resumes at the phase it was in. Nothing is saved or read
     for ``--quick`` or ``--no-record``."""
-    key = json.dumps({"design": _design(vars(args)), "data": str(vars(args).get("medquad")), "seed": seed,
+    design = {k: v for k, v in _design(vars(args)).items() if k not in _PHASE_IGNORES.get(phase, ())}
+    key = json.dumps({"design": design, "data": str(vars(args).get("medquad")), "seed": seed,
                       "phase": phase}, sort_keys=True)  # the data file too: pooled rows leave its path out
     path = PHASES / f"{phase}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     return kept(path, compute, keep=not (args.quick or args.no_record))

@@ -63,3 +63,17 @@ def test_quick_and_unrecorded_runs_keep_nothing(phases, flag):
     for _ in range(2):
         personalization.finished_phase(_args(**{flag: True}), 0, "finetune", compute)
     assert len(calls) == 2 and not phases.exists()
+
+
+def test_a_phase_keeps_its_result_when_only_a_setting_it_never_reads_changes(phases):
+    compute, calls = _counting({"val": {"a": 1.0}})
+    for phase in ("fedavg_global", "local_only", "finetune"):
+        personalization.finished_phase(_args(steps_grid=[4, 8, 12]), 0, phase, compute)
+    assert len(calls) == 3
+    # A wider fine-tuning grid reruns fine-tuning only; a new lr grid reruns the two tuned phases.
+    for phase in ("fedavg_global", "local_only", "finetune"):
+        personalization.finished_phase(_args(steps_grid=[4, 8, 12, 16]), 0, phase, compute)
+    assert len(calls) == 4
+    for phase in ("fedavg_global", "local_only", "finetune"):
+        personalization.finished_phase(_args(steps_grid=[4, 8, 12, 16], lrs=[0.01]), 0, phase, compute)
+    assert len(calls) == 6
