@@ -146,8 +146,7 @@ def main() -> None:
         result = compare(seeds=args.seeds, rounds=args.rounds, sdist=sdist, ring_bits=args.ring_bits,
                          mechanisms=tuple(args.only.split(",")), epsilons=tuple(float(e) for e in args.epsilons.split(",")),
                          participation=args.participation, jobs=args.jobs, first_seed=args.first_seed,
-                         baseline=not args.no_baseline,
-                         same_noise=args.participation == "poisson")
+                         baseline=not args.no_baseline)
     if args.merge or args.mechanisms:
         if args.out is not None:
             args.out.write_text(json.dumps(result, indent=1))

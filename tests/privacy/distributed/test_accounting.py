@@ -4,6 +4,7 @@ import dp_accounting as dpa
 import numpy as np
 import pytest
 from dp_accounting.rdp import RdpAccountant
+from scipy.special import logsumexp
 
 from fedlm.errors import ConfigError
 from fedlm.privacy.distributed.accounting import (
@@ -91,13 +92,110 @@ def test_poisson_subsampling_hand_worked():
     got = poisson_subsampled_rdp(eps, [2, 3, 4], q)
     # alpha = 2: log((1-q)(1+q) + q^2 e^eps(2)) = log(1 + q^2 (e^eps(2) - 1)).
     assert got[0] == pytest.approx(math.log1p(q**2 * math.expm1(0.8)), rel=1e-12)
-    # alpha = 3: (1/2) log((1-q)^2 (1+2q) + 3 q^2 (1-q) e^eps(2) + 3 q^3 e^(2 eps(3))).
+    # alpha = 3: (1/2) log((1-q)^2 (1+2q) + 3 q^2 (1-q) e^eps(2) + q^3 e^(2 eps(3))).
     inner = (
-        (1 - q) ** 2 * (1 + 2 * q) + 3 * q**2 * (1 - q) * math.exp(0.8) + 3 * q**3 * math.exp(2.2)
+        (1 - q) ** 2 * (1 + 2 * q) + 3 * q**2 * (1 - q) * math.exp(0.8) + q**3 * math.exp(2.2)
     )
     assert got[1] == pytest.approx(0.5 * math.log(inner), rel=1e-12)
     assert np.all(got <= eps)
     np.testing.assert_array_equal(poisson_subsampled_rdp(eps, [2, 4], 1.0), eps[[0, 2]])
+
+
+@pytest.mark.parametrize(("z", "q", "rounds"), [(0.826, 0.1, 40), (1.0, 0.01, 1000), (0.5, 0.3, 5)])
+def test_a_gaussian_curve_subsampled_is_dp_accountings_exact_analysis(z, q, rounds):
+    # eps(l) = l / (2 z^2): the sum is the sampled Gaussian's RDP at integer orders
+    # (Mironov, Talwar and Zhang 2019), which dp-accounting evaluates in closed form.
+    rdp = np.arange(2, max(RDP_ORDERS) + 1) / (2 * z * z)
+    got = rdp_to_epsilon(RDP_ORDERS, poisson_subsampled_rdp(rdp, RDP_ORDERS, q) * rounds, DELTA)
+    assert got == pytest.approx(_gaussian_eps(z, rounds, q=q), rel=1e-12)
+
+
+def _renyi(a, b, order):
+    """``D_order(a || b)`` of two probability vectors on one finite set (full support)."""
+    return float(logsumexp(order * np.log(a) + (1.0 - order) * np.log(b))) / (order - 1.0)
+
+
+def _both_directions(p, shifted, q, orders):
+    """Exact RDP of the Poisson-subsampled pair, remove and add directions."""
+    mix = (1 - q) * p + q * shifted
+    return (np.array([_renyi(mix, p, a) for a in orders]), np.array([_renyi(p, mix, a) for a in orders]))
+
+
+def _ring_pmf(pmf, support, modulus):
+    """Fold a pmf on the integers ``support`` onto Z_modulus (the SecAgg+ ring)."""
+    ring = np.zeros(modulus)
+    np.add.at(ring, np.mod(support, modulus), pmf)
+    return ring / ring.sum()
+
+
+def _summed_discrete_gaussians(scale, shares, modulus):
+    k = np.arange(-60, 61)
+    one = np.exp(-(k**2) / (2.0 * scale**2))
+    total = one / one.sum()
+    for _ in range(shares - 1):
+        total = np.convolve(total, one / one.sum())
+    return _ring_pmf(total, np.arange(total.size) - (total.size // 2), modulus)
+
+
+def _skellam(variance, modulus):
+    from scipy.stats import skellam
+
+    k = np.arange(-200, 201)
+    return _ring_pmf(skellam.pmf(k, variance / 2, variance / 2), k, modulus)
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [
+        _summed_discrete_gaussians(0.6, 3, 32),  # tau is large here: far from one Gaussian
+        _summed_discrete_gaussians(1.5, 4, 64),
+        _skellam(6.0, 32),
+    ],
+    ids=["ddgauss-3-shares", "ddgauss-4-shares", "skellam"],
+)
+@pytest.mark.parametrize("q", [0.02, 0.3, 0.9])
+def test_the_subsampled_sum_bounds_both_directions_of_the_exact_mechanism(noise, q):
+    # The noisy sums without and with one client's vector v = 3 on the ring: P and P
+    # shifted. The bound fed with the exact unsampled RDP equals the exact remove
+    # direction, and the add direction is never larger: the pair is symmetric.
+    shifted = np.roll(noise, 3)
+    orders = list(range(2, 33))
+    exact = np.array([_renyi(shifted, noise, a) for a in orders])
+    remove, add = _both_directions(noise, shifted, q, orders)
+    bound = poisson_subsampled_rdp(exact, orders, q)
+    below = bound < exact  # where amplification helps, the sum is the remove direction itself
+    np.testing.assert_allclose(remove[below], bound[below], rtol=1e-9)
+    assert np.all(remove <= bound * (1 + 1e-9))
+    assert np.all(add <= remove * (1 + 1e-9) + 1e-15)
+
+
+def test_the_bound_fed_with_the_papers_rdp_covers_the_exact_ddgauss():
+    # Three shares of N_Z(0, 1.5^2) in one dimension, v = 3: Kairouz et al.'s eps(l) with
+    # tau and the L1 term, then subsampled, stays above the exact subsampled divergences.
+    noise = _summed_discrete_gaussians(1.5, 3, 64)
+    orders = list(range(2, 33))
+    paper = ddgauss_rdp(orders, l2=3.0, l1=3.0, stddev=1.5 * math.sqrt(3), tau=ddgauss_tau(1.5, 3), dim=1)
+    for q in (0.05, 0.5):
+        remove, add = _both_directions(noise, np.roll(noise, 3), q, orders)
+        bound = poisson_subsampled_rdp(paper, orders, q)
+        assert np.all(np.maximum(remove, add) <= bound)
+
+
+def test_without_symmetry_the_add_direction_can_exceed_the_sum():
+    # An asymmetric pair (no bijection swaps P and Q): the add direction breaks the bound,
+    # which is why the sum is only used for the symmetric discrete mechanisms.
+    p, other = np.array([0.10, 0.40, 0.50]), np.array([0.15, 0.84, 0.01])
+    orders = list(range(2, 10))
+    exact = np.array([_renyi(other, p, a) for a in orders])
+    remove, add = _both_directions(p, other, 0.95, orders)
+    bound = poisson_subsampled_rdp(exact, orders, 0.95)
+    assert np.all(remove <= bound * (1 + 1e-9))
+    assert add[-1] > bound[-1] + 1.0
+
+
+def test_an_infinite_rdp_stays_infinite_after_subsampling():
+    got = poisson_subsampled_rdp(np.array([0.5, np.inf, np.inf]), [2, 3, 4], 0.1)
+    assert math.isfinite(got[0]) and np.all(np.isinf(got[1:]))
 
 
 def test_poisson_subsampling_needs_every_integer_order():
@@ -117,11 +215,9 @@ def test_fine_granularity_approaches_the_continuous_gaussian(mechanism):
     for z in (0.8, 2.0, 5.0):
         got = _eps(mechanism, gamma=1e-7, noise_stddev=z, rounds=50)
         assert got == pytest.approx(_gaussian_eps(z, 50), rel=2e-3)
-    # With Poisson sampling the general bound of Zhu and Wang (coefficient 3 on the terms
-    # l >= 3) is looser than the tight subsampled-Gaussian RDP: 2.22 against 1.85 here.
+    # With Poisson sampling too: the subsampled sum is the Gaussian's exact one.
     got = _eps(mechanism, gamma=1e-7, noise_stddev=1.0, rounds=100, sample_rate=0.02)
-    exact = _gaussian_eps(1.0, 100, q=0.02)
-    assert exact * (1 - 1e-3) <= got <= 1.25 * exact
+    assert got == pytest.approx(_gaussian_eps(1.0, 100, q=0.02), rel=2e-3)
 
 
 @pytest.mark.parametrize("mechanism", ["ddgauss", "skellam"])
