@@ -48,9 +48,10 @@ share lowers the noise; plan ``n`` as the number of honest shares).
 
 Rounds compose by adding RDP; ``(epsilon, delta)`` comes from dp-accounting's RDP
 conversion (``dp_accounting.rdp.compute_epsilon``, the improved conversion of Canonne,
-Kamath and Steinke 2020, Prop. 12). The formulas are those of the authors' accounting
-code (google-research/federated, ``distributed_dp/accounting_utils.py``); TFF's
-``DistributedDpSumFactory`` runs the same two mechanisms.
+Kamath and Steinke 2020, Prop. 12). The per-release formulas are those of the authors'
+accounting code (google-research/federated, ``distributed_dp/accounting_utils.py``), whose
+subsampling uses the general bound; TFF's ``DistributedDpSumFactory`` runs the same two
+mechanisms.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ SecAgg+'s masked-input phase, less the clients that may be dishonest), each of l
 noise has std ``sigma sqrt(h / n)`` (:func:`.accounting.round_rdp` with
 ``noise_stddev = sigma sqrt(h / n)`` and ``num_clients = h``). Rounds compose by adding RDP
 (Mironov 2017), at any mix of ``(n, h)``; ``h = 0`` is a round without a noise guarantee
-(epsilon infinite). Poisson amplification (Zhu and Wang 2019) applies per round when the
+(epsilon infinite). Poisson amplification (:func:`.accounting.poisson_subsampled_rdp`) applies per round when the
 cohort is secret from the adversary; :meth:`DistributedLedger.epsilon` gives both.
 """
 
