@@ -7,7 +7,13 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from fedlm.errors import ConfigError
-from fedlm.privacy.accountant import PrivacyAccountant, calibrate_noise_multiplier, check_delta
+from fedlm.privacy.accountant import (
+    PLD_INTERVAL,
+    PrivacyAccountant,
+    calibrate_noise_multiplier,
+    check_delta,
+    pld_interval,
+)
 from fedlm.privacy.clipping import split_noise_multiplier
 
 DELTA = 1e-5
@@ -246,3 +252,30 @@ def test_epsilon_after_is_a_pure_look_ahead():
     acc.step(5)
     assert acc.epsilon() == pytest.approx(ahead)
     assert ahead > before > 0 and math.isfinite(ahead)
+
+
+def _exact_gaussian_epsilon(mu: float, delta: float) -> float:
+    """Epsilon of a mu-GDP mechanism at delta (Balle and Wang 2018's analytic formula)."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    def delta_at(eps: float) -> float:  # e^eps Phi(b) in logs: eps reaches 1e5 here
+        return norm.cdf(-eps / mu + mu / 2) - math.exp(eps + norm.logcdf(-eps / mu - mu / 2))
+
+    return brentq(lambda e: delta_at(e) - delta, 0.0, mu * mu / 2 + 20 * mu + 10)
+
+
+def test_pld_keeps_the_default_grid_where_it_is_cheap():
+    assert pld_interval([(0.826, 40)]) == PLD_INTERVAL
+    assert pld_interval([]) == PLD_INTERVAL
+
+
+@pytest.mark.parametrize(("z", "rounds"), [(0.01, 20), (0.1, 20)])
+def test_pld_at_a_small_noise_multiplier_stays_small_and_never_below_the_truth(z, rounds):
+    # Without the coarser grid, z = 0.01 over 20 rounds asks dp-accounting for 15.6 GiB.
+    # T unsampled Gaussian rounds are exactly one Gaussian with mu = sqrt(T) / z.
+    assert pld_interval([(z, rounds)]) > PLD_INTERVAL
+    acc = PrivacyAccountant("pld", "none", noise_multiplier=z, delta=1e-5, population=120)
+    acc.step(rounds)
+    exact = _exact_gaussian_epsilon(math.sqrt(rounds) / z, 1e-5)
+    assert exact <= acc.epsilon() <= exact * 1.01

@@ -32,6 +32,15 @@ dropped out, :meth:`PrivacyAccountant.step` with ``noise_multiplier``) is still 
 exactly; dp-accounting composes events of different ``z``. A segment with ``z = 0`` is a
 round whose release had no noise guarantee (``NonPrivateDpEvent``: epsilon is infinite).
 ``state_dict`` / ``load_state_dict`` make resume exact.
+
+PLD's grid. dp-accounting discretises the privacy loss in steps of
+``value_discretization_interval`` (1e-4 by default), and its arrays span the composed loss,
+about ``sum_r 1/(2 z_r^2)`` plus a few standard deviations ``sqrt(sum_r 1/z_r^2)``. At
+``z = 0.1`` over 20 rounds that is 10^7 points and about 5 GB; at ``z = 0.01`` the process
+runs out of memory. :func:`pld_interval` coarsens the step so the span stays near
+``PLD_POINTS`` points. The discretisation is pessimistic, so a coarser step can only raise
+the epsilon. Where we measured it, with z from 0.5 to 1 and 40 to 1,000 rounds, the rise was
+under 1e-4 relative.
 """
 
 from __future__ import annotations
@@ -50,6 +59,17 @@ from fedlm.privacy.clipping import split_noise_multiplier
 
 KINDS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "fixed", "none")
+PLD_INTERVAL = 1e-4  # dp-accounting's default discretisation step of the privacy loss
+PLD_POINTS = 1_000_000  # about 0.5 GB of dp-accounting's arrays
+
+
+def pld_interval(segments: Sequence[tuple[float, int]]) -> float:
+    """PLD's discretisation step for ``[(z, rounds), ...]``: the default, or coarser so that
+    the unamplified composed loss's mean plus 8 standard deviations fits in ``PLD_POINTS``
+    steps (an over-estimate under sampling, which only makes the step coarser than needed)."""
+    inv = sum(n / (z * z) for z, n in segments if z > 0 and n > 0)  # sum_r 1/z_r^2
+    span = inv / 2.0 + 8.0 * math.sqrt(inv)
+    return max(PLD_INTERVAL, span / PLD_POINTS)
 
 
 def check_delta(delta: float, num_clients: int | None) -> None:
@@ -199,7 +219,7 @@ class PrivacyAccountant:
             raise ConfigError(f"extra_rounds must be >= 0, got {extra_rounds!r}")
         if self.rounds + extra_rounds == 0:
             return 0.0
-        acc = self._dp_accountant()
+        acc = self._dp_accountant(extra_rounds)
         acc.compose(self.ledger_event(extra_rounds))
         return float(acc.get_epsilon(self.delta))
 
@@ -237,9 +257,10 @@ class PrivacyAccountant:
         self.set_noise_multiplier(float(state["noise_multiplier"]))
         self._history = [(float(z), int(n)) for z, n in state["history"]]
 
-    def _dp_accountant(self) -> dpa.PrivacyAccountant:
+    def _dp_accountant(self, extra_rounds: int = 0) -> dpa.PrivacyAccountant:
         if self.kind == "pld":
-            return PLDAccountant()
+            segments = [*self._history, (self.noise_multiplier, extra_rounds)]
+            return PLDAccountant(value_discretization_interval=pld_interval(segments))
         if self.sampling == "fixed":
             return RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
         return RdpAccountant()
