@@ -39,8 +39,8 @@ about ``sum_r 1/(2 z_r^2)`` plus a few standard deviations ``sqrt(sum_r 1/z_r^2)
 ``z = 0.1`` over 20 rounds that is 10^7 points and about 5 GB; at ``z = 0.01`` the process
 runs out of memory. :func:`pld_interval` coarsens the step so the span stays near
 ``PLD_POINTS`` points. The discretisation is pessimistic, so a coarser step can only raise
-the epsilon. Where we measured it, with z from 0.5 to 1 and 40 to 1,000 rounds, the rise was
-under 1e-4 relative.
+the epsilon: at (z 0.5, 1,000 rounds, q 0.1) the step grows 25x and epsilon moves from
+126.1666 to 126.1672; at (1, 1,000, 0.1), 7.5x and 25.2046 both times.
 """
 
 from __future__ import annotations
