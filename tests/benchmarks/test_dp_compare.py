@@ -17,12 +17,11 @@ def _fake_row(mechanism, eps, seed, base, out, **_kw):
 @pytest.fixture
 def compare(monkeypatch):
     monkeypatch.setattr(_dp_runs, "run_row", _fake_row)
-    monkeypatch.setattr(_dp_runs, "noise_needed", lambda *a: {})
     return _dp_runs.compare
 
 
 def test_later_seeds_without_the_baseline_give_a_gap_paired_by_seed(compare):
-    out = compare(seeds=2, first_seed=4, baseline=False, rounds=2, sdist=None, same_noise=False,
+    out = compare(seeds=2, first_seed=4, baseline=False, rounds=2, sdist=None,
                   mechanisms=("central", "ddgauss"), epsilons=(8.0,), participation="full")
     assert sorted({r["seed"] for r in out["runs"]}) == [4, 5]
     assert "none" not in {r["mechanism"] for r in out["runs"]}
@@ -35,16 +34,16 @@ def test_later_seeds_without_the_baseline_give_a_gap_paired_by_seed(compare):
 
 def test_the_baseline_row_runs_first_by_default(compare, monkeypatch):
     monkeypatch.setitem(LOSSES[4], "none", 2.5)
-    out = compare(seeds=1, first_seed=4, rounds=2, sdist=None, same_noise=False,
+    out = compare(seeds=1, first_seed=4, rounds=2, sdist=None,
                   mechanisms=("central", "ddgauss"), epsilons=(8.0,), participation="full")
     assert [r["mechanism"] for r in out["runs"]] == ["none", "central", "ddgauss"]
     assert out["rows"]["ddgauss_8"]["added_seconds_per_round"]["mean"] == 0.0
 
 
 def test_pooling_two_runs_of_disjoint_seeds_equals_one_run_of_both(compare):
-    both = compare(seeds=2, first_seed=4, baseline=False, rounds=2, sdist=None, same_noise=False,
+    both = compare(seeds=2, first_seed=4, baseline=False, rounds=2, sdist=None,
                    mechanisms=("central", "ddgauss"), epsilons=(8.0,), participation="full")
-    parts = [compare(seeds=1, first_seed=seed, baseline=False, rounds=2, sdist=None, same_noise=False,
+    parts = [compare(seeds=1, first_seed=seed, baseline=False, rounds=2, sdist=None,
                      mechanisms=("central", "ddgauss"), epsilons=(8.0,), participation="full") for seed in (4, 5)]
     pooled = _dp_runs.merge(parts)
     assert pooled["relative_loss_gap_vs_central"] == both["relative_loss_gap_vs_central"]
@@ -53,11 +52,11 @@ def test_pooling_two_runs_of_disjoint_seeds_equals_one_run_of_both(compare):
 
 
 def test_pooling_refuses_a_seed_twice_or_two_settings(compare):
-    one = compare(seeds=1, first_seed=4, baseline=False, rounds=2, sdist=None, same_noise=False,
+    one = compare(seeds=1, first_seed=4, baseline=False, rounds=2, sdist=None,
                   mechanisms=("central", "ddgauss"), epsilons=(8.0,), participation="full")
     with pytest.raises(SystemExit, match="appears twice"):
         _dp_runs.merge([one, one])
-    other = compare(seeds=1, first_seed=5, baseline=False, rounds=3, sdist=None, same_noise=False,
+    other = compare(seeds=1, first_seed=5, baseline=False, rounds=3, sdist=None,
                     mechanisms=("central", "ddgauss"), epsilons=(8.0,), participation="full")
     with pytest.raises(SystemExit, match="differ in rounds"):
         _dp_runs.merge([one, other])

@@ -169,12 +169,13 @@ class PrivacyAccountant:
 
     def ledger_event(self, extra_rounds: int = 0) -> dpa.DpEvent:
         """The whole history (plus ``extra_rounds`` at the current z) as one event."""
-        segments = [*self._history]
-        if extra_rounds:
-            segments.append((self.noise_multiplier, extra_rounds))
         return dpa.ComposedDpEvent(
-            [dpa.SelfComposedDpEvent(self.round_event(z), n) for z, n in segments if n > 0]
+            [dpa.SelfComposedDpEvent(self.round_event(z), n) for z, n in self._segments(extra_rounds)]
         )
+
+    def _segments(self, extra_rounds: int) -> list[tuple[float, int]]:
+        """``[(z, rounds), ...]``: the history, plus ``extra_rounds`` at the current z."""
+        return [(z, n) for z, n in (*self._history, (self.noise_multiplier, extra_rounds)) if n > 0]
 
     # -- state ----------------------------------------------------------------------------
 
@@ -259,8 +260,7 @@ class PrivacyAccountant:
 
     def _dp_accountant(self, extra_rounds: int = 0) -> dpa.PrivacyAccountant:
         if self.kind == "pld":
-            segments = [*self._history, (self.noise_multiplier, extra_rounds)]
-            return PLDAccountant(value_discretization_interval=pld_interval(segments))
+            return PLDAccountant(value_discretization_interval=pld_interval(self._segments(extra_rounds)))
         if self.sampling == "fixed":
             return RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
         return RdpAccountant()

@@ -1,11 +1,13 @@
 import dataclasses
 import math
 
+import dp_accounting as dpa
 import numpy as np
 import pytest
 
 from fedlm.errors import ConfigError
-from fedlm.privacy.distributed.accounting import distributed_epsilon
+from fedlm.privacy.calibrate import least_noise
+from fedlm.privacy.distributed.accounting import RDP_ORDERS, distributed_epsilon
 from fedlm.privacy.distributed.calibration import (
     distributed_dp_params,
     min_bits,
@@ -153,3 +155,18 @@ def test_calibrated_parameters_round_trip():
     # Noise std sigma plus rounding (< sqrt(n / 4) gamma): no wrap-around outliers.
     scale = math.sqrt(p.noise_stddev**2 + 20 * p.gamma**2 / 4)
     assert err.std() < 1.1 * scale and np.max(np.abs(err)) < 6 * scale
+
+
+def test_under_poisson_sampling_ddgauss_needs_central_dps_noise_to_within_one_percent():
+    # The dp example's point (q = 0.1, 40 rounds, epsilon 8): the Gaussian through
+    # dp-accounting needs z = 0.8235; DDGauss's own terms (rounding, tau, the ring) add under 1%.
+    def gaussian_eps(z):
+        event = dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(z))
+        return dpa.rdp.RdpAccountant(list(RDP_ORDERS)).compose(event, 40).get_epsilon(1e-5)
+
+    z_central = least_noise(gaussian_eps, 8.0, start=1.0, floor=1e-3, ceiling=1e3, rel_tol=1e-3, down=1.5, up=1.5)
+    assert z_central == pytest.approx(0.8235, rel=2e-3)
+    ddgauss = distributed_dp_params("ddgauss", clip=1.0, dim=100_000, num_clients=12, target_epsilon=8.0,
+                                    delta=1e-5, rounds=40, bits=20, sample_rate=0.1)
+    assert ddgauss.noise_stddev / z_central == pytest.approx(1.0, abs=0.01)
+    assert ddgauss.noise_stddev >= z_central * 0.98  # calibration lands within rel_tol

@@ -158,12 +158,11 @@ def poisson_subsampled_rdp(
     if q == 1.0:
         return full[np.asarray(ints) - 2]
     base, head = _subsampling_terms(tuple(ints), q)
-    with np.errstate(invalid="ignore"):  # -inf + inf where l > alpha and eps(l) is infinite
-        logs = base + (np.arange(base.shape[1]) + 1.0) * full[None, : base.shape[1]]  # (l-1) eps(l)
-    logs = np.where(np.isneginf(base), -np.inf, logs)  # (K, L): only the terms l <= alpha
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # inf - inf from an infinite eps(l): masked, or made inf below
+        terms = base + (np.arange(base.shape[1]) + 1.0) * full[None, : base.shape[1]]  # + (l-1) eps(l)
+        logs = np.where(np.isneginf(base), -np.inf, terms)  # (K, L): only the terms l <= alpha
         tail = np.logaddexp.reduce(logs, axis=1)  # (K,)
-    tail = np.where(np.isnan(tail), np.inf, tail)  # inf - inf inside: an infinite eps(l <= alpha)
+    tail = np.where(np.isnan(tail), np.inf, tail)
     bound = np.logaddexp(head, tail) / (np.asarray(ints, dtype=np.float64) - 1.0)
     return np.minimum(bound, full[np.asarray(ints) - 2])
 
