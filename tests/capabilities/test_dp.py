@@ -346,3 +346,29 @@ def test_dp_sgd_noise_and_batches_are_seeded_from_the_secret_key_not_federation_
     seeds = [cap.train_options(plan, "a", engine, {}).seed for cap in caps]
     assert 12345 not in seeds and seeds[0] != seeds[1]  # each run's own secret
     assert caps[0].train_options(plan, "a", engine, {}).seed == seeds[0]  # and fixed within a run (resume)
+
+
+@pytest.mark.parametrize("mode", ["central", "ddgauss", "skellam"])
+def test_the_noise_a_run_leaves_in_the_model_is_the_accounted_noise(many_clients, tmp_path, mode):
+    # Local lr 1e-30 makes every update ~0, so after R rounds of FedAvg (server lr 1) the model
+    # moved by R independent draws of the noise in the mean: std z C / k sqrt(R) per weight.
+    # Catches noise added twice, a wrong denominator or scale in decoding, and noise reused
+    # across rounds (that would grow as R, not sqrt(R)). ~90k weights: the std is known to 0.3%.
+    from transformers import AutoModelForCausalLM
+
+    from fedlm.models.loading import load_base_model
+
+    rounds, k = 3, N_CLIENTS  # every client in every round: the discrete mechanisms refuse fixed cohorts
+    extra = {"privacy.mode": mode, **SECURE, "secure_aggregation.modulus_bits": 24, "secure_aggregation.bits": 1,
+             "secure_aggregation.corrupt_fraction": 0.0} if mode != "central" else {}
+    cfg = _dp(many_clients, **{"privacy.noise_multiplier": 1.0, "privacy.clip_norm": 0.1, "privacy.sampling": "none",
+                               "federation.rounds": rounds, "federation.clients_per_round": k, "federation.lr": 1e-30,
+                               "lora.enabled": "false", "eval.every": 1000, **extra})
+    p = run_experiment(cfg, out_dir=tmp_path / mode).summary["privacy"]
+    assert p["noise_multiplier"] == pytest.approx(1.0) and p["denominator"] == k
+    init, _ = load_base_model("tiny-llama", seed=cfg.model.seed)
+    final = dict(AutoModelForCausalLM.from_pretrained(tmp_path / mode / "model").named_parameters())
+    moved = torch.cat([(final[n].detach().double() - w.detach().double()).flatten() for n, w in init.named_parameters()])
+    assert moved.numel() > 50_000
+    assert moved.std().item() == pytest.approx(1.0 * 0.1 / k * math.sqrt(rounds), rel=0.02)
+    assert abs(moved.mean().item()) < 5 * moved.std().item() / math.sqrt(moved.numel())

@@ -86,6 +86,18 @@ def _client_rng(secret, plan_seed, cid):
     return client_generator(secret, plan_seed, cid)
 
 
+def test_a_clients_rounding_and_noise_are_fresh_each_round_and_private_to_it():
+    # The server knows every round's rotation, so a noise share reused in two rounds would
+    # cancel in the difference of the two rotated sums: each share must be a new draw.
+    def draws(secret, plan_seed, cid):
+        return _client_rng(secret, plan_seed, cid).integers(2**62, size=4)
+
+    first = draws(11, 1001, "c0")
+    assert np.array_equal(first, draws(11, 1001, "c0"))  # a resumed round redraws the same share
+    for other in (draws(11, 1002, "c0"), draws(11, 1001, "c1"), draws(12, 1001, "c0")):
+        assert not np.array_equal(first, other)
+
+
 def test_shares_are_sized_for_the_honest_fraction_and_survivors_counted_without_the_dishonest():
     assert honest_shares(10, 1.0) == 10 and honest_shares(10, 0.75) == 8 and honest_shares(0, 0.5) == 1
     assert honest_survivors(10, 10, 1.0) == 10 and honest_survivors(6, 10, 1.0) == 6
