@@ -11,12 +11,14 @@ import torch
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 from tests_support import run_crashing_in_round, tiny_overrides, write_lm_jsonl
+from transformers import AutoModelForCausalLM
 
 from fedlm.aggregation.fedavg import FixedDenominator
 from fedlm.capabilities.dp import DifferentialPrivacy
 from fedlm.commands.experiment import run_experiment
 from fedlm.config import load_config
 from fedlm.errors import ConfigError
+from fedlm.models.loading import load_base_model
 from fedlm.privacy import sampling as secret
 from fedlm.privacy.records import PrivateRounds
 from fedlm.privacy.stages import DpMeanStage, DpRound
@@ -354,10 +356,6 @@ def test_the_noise_a_run_leaves_in_the_model_is_the_accounted_noise(many_clients
     # moved by R independent draws of the noise in the mean: std z C / k sqrt(R) per weight.
     # Catches noise added twice, a wrong denominator or scale in decoding, and noise reused
     # across rounds (that would grow as R, not sqrt(R)). ~90k weights: the std is known to 0.3%.
-    from transformers import AutoModelForCausalLM
-
-    from fedlm.models.loading import load_base_model
-
     rounds, k = 3, N_CLIENTS  # every client in every round: the discrete mechanisms refuse fixed cohorts
     extra = {"privacy.mode": mode, **SECURE, "secure_aggregation.modulus_bits": 24, "secure_aggregation.bits": 1,
              "secure_aggregation.corrupt_fraction": 0.0} if mode != "central" else {}

@@ -158,11 +158,10 @@ def poisson_subsampled_rdp(
     if q == 1.0:
         return full[np.asarray(ints) - 2]
     base, head = _subsampling_terms(tuple(ints), q)
-    with np.errstate(invalid="ignore"):  # inf - inf from an infinite eps(l): masked, or made inf below
+    with np.errstate(invalid="ignore"):  # -inf + inf where l > alpha meets an infinite eps(l): masked next
         terms = base + (np.arange(base.shape[1]) + 1.0) * full[None, : base.shape[1]]  # + (l-1) eps(l)
-        logs = np.where(np.isneginf(base), -np.inf, terms)  # (K, L): only the terms l <= alpha
-        tail = np.logaddexp.reduce(logs, axis=1)  # (K,)
-    tail = np.where(np.isnan(tail), np.inf, tail)
+    logs = np.where(np.isneginf(base), -np.inf, terms)  # (K, L): only the terms l <= alpha
+    tail = np.logaddexp.reduce(logs, axis=1)  # (K,); an infinite eps(l), l <= alpha, gives inf
     bound = np.logaddexp(head, tail) / (np.asarray(ints, dtype=np.float64) - 1.0)
     return np.minimum(bound, full[np.asarray(ints) - 2])
 
